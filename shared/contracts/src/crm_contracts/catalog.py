@@ -1,0 +1,102 @@
+"""The event catalogue: one topic per event type, its CloudEvents ``type``, its data model
+and schema version. Producers and consumers look events up here, never by string literals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from .events import campaigns, leads, opportunities
+
+M = TypeVar("M", bound=BaseModel)
+
+TYPE_PREFIX = "com.crmsuite"
+SCHEMA_URN = "urn:crmsuite:schema"
+DLQ_SUFFIX = ".dlq"
+
+
+@dataclass(frozen=True)
+class EventSpec(Generic[M]):
+    """One event type: ``topic`` is ``<entity>.<past-tense-verb>``."""
+
+    topic: str
+    data_model: type[M]
+    version: int = 1
+    description: str = ""
+
+    @property
+    def type(self) -> str:
+        return f"{TYPE_PREFIX}.{self.topic}.v{self.version}"
+
+    @property
+    def dataschema(self) -> str:
+        return f"{SCHEMA_URN}:{self.topic}:v{self.version}"
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.topic + DLQ_SUFFIX
+
+
+LEAD_CAPTURED = EventSpec(
+    "lead.captured", leads.LeadCaptured, description="A system captured a lead (published by other systems)."
+)
+LEAD_CREATED = EventSpec(
+    "lead.created", leads.LeadCreated, description="The leads service stored a new lead."
+)
+LEAD_UPDATED = EventSpec("lead.updated", leads.LeadUpdated, description="A lead's data changed.")
+LEAD_QUALIFIED = EventSpec(
+    "lead.qualified", leads.LeadQualified, description="A lead was qualified as hot, warm or cold."
+)
+LEAD_DISQUALIFIED = EventSpec(
+    "lead.disqualified", leads.LeadDisqualified, description="A lead was disqualified with a reason."
+)
+LEAD_CONVERTED = EventSpec(
+    "lead.converted",
+    leads.LeadConverted,
+    description="A lead became an account, a contact and optionally an opportunity.",
+)
+ACCOUNT_CREATED = EventSpec(
+    "account.created", opportunities.AccountCreated, description="An account was created."
+)
+CONTACT_CREATED = EventSpec(
+    "contact.created", opportunities.ContactCreated, description="A contact was created."
+)
+OPPORTUNITY_CREATED = EventSpec(
+    "opportunity.created", opportunities.OpportunityCreated, description="An opportunity was opened."
+)
+OPPORTUNITY_UPDATED = EventSpec(
+    "opportunity.updated",
+    opportunities.OpportunityUpdated,
+    description="An opportunity's amount, date or owner changed.",
+)
+OPPORTUNITY_STAGE_CHANGED = EventSpec(
+    "opportunity.stage_changed",
+    opportunities.OpportunityStageChanged,
+    description="An opportunity moved to another stage.",
+)
+OPPORTUNITY_CLOSED = EventSpec(
+    "opportunity.closed", opportunities.OpportunityClosed, description="An opportunity was won or lost."
+)
+CAMPAIGN_CREATED = EventSpec(
+    "campaign.created", campaigns.CampaignCreated, description="A campaign was created."
+)
+
+ALL_EVENTS: tuple[EventSpec[Any], ...] = (
+    LEAD_CAPTURED,
+    LEAD_CREATED,
+    LEAD_UPDATED,
+    LEAD_QUALIFIED,
+    LEAD_DISQUALIFIED,
+    LEAD_CONVERTED,
+    ACCOUNT_CREATED,
+    CONTACT_CREATED,
+    OPPORTUNITY_CREATED,
+    OPPORTUNITY_UPDATED,
+    OPPORTUNITY_STAGE_CHANGED,
+    OPPORTUNITY_CLOSED,
+    CAMPAIGN_CREATED,
+)
+
+BY_TOPIC: dict[str, EventSpec[Any]] = {spec.topic: spec for spec in ALL_EVENTS}

@@ -1,0 +1,66 @@
+"""The CloudEvents 1.0 envelope (structured JSON mode) every event of the suite travels in.
+
+The per-aggregate version rides in the ``sequence`` extension attribute as a decimal string
+(``sequencetype`` = ``Integer``), so consumers can refuse to let an older version overwrite a
+newer one. The data schema version is part of ``type`` (``...v1``) and of ``dataschema``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+DataT = TypeVar("DataT", bound=BaseModel)
+
+SPEC_VERSION: Literal["1.0"] = "1.0"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class CloudEvent(BaseModel, Generic[DataT]):
+    """A CloudEvent whose ``data`` is a validated pydantic model."""
+
+    # Extension attributes are allowed by the CloudEvents spec; keep them rather than reject.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    specversion: Literal["1.0"] = SPEC_VERSION
+    id: str = Field(
+        min_length=1, max_length=200, description="Unique per event; consumers de-duplicate on it."
+    )
+    source: str = Field(min_length=1, max_length=500, description="URI-reference of the producing system.")
+    type: str = Field(min_length=1, max_length=200, description="Event type including schema version.")
+    subject: str | None = Field(default=None, max_length=200, description="The aggregate id.")
+    time: AwareDatetime = Field(description="When the occurrence happened (RFC 3339).")
+    datacontenttype: Literal["application/json"] = "application/json"
+    dataschema: str | None = Field(default=None, max_length=500)
+    sequence: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,18}$",
+        description="Per-aggregate version (Integer as decimal string): newer versions win.",
+    )
+    sequencetype: Literal["Integer"] | None = None
+    data: DataT
+
+    @field_validator("time")
+    @classmethod
+    def _normalise_time(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+    @property
+    def version(self) -> int | None:
+        """The aggregate version carried in ``sequence``."""
+        return int(self.sequence) if self.sequence is not None else None
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+def envelope_dict(event: CloudEvent[Any]) -> dict[str, Any]:
+    """JSON-ready dict of the event, without unset optional attributes."""
+    return event.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,1 @@
+"""Event data models, one module per owning service."""

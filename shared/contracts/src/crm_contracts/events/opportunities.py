@@ -1,0 +1,127 @@
+"""Contracts of the opportunities service: accounts, contacts and opportunities moving
+through pipeline stages until they are won or lost."""
+
+from __future__ import annotations
+
+from datetime import date
+from enum import StrEnum
+
+from pydantic import AwareDatetime, EmailStr, Field
+
+from .common import Actor, Contract, Currency, Id, Money, Percent, ShortText
+from .leads import LeadSource
+
+
+class AccountType(StrEnum):
+    CUSTOMER = "customer"
+    PROSPECT = "prospect"
+    PARTNER = "partner"
+    COMPETITOR = "competitor"
+    RESELLER = "reseller"
+    DISTRIBUTOR = "distributor"
+    OTHER = "other"
+
+
+class StageKind(StrEnum):
+    OPEN = "open"
+    CLOSED_WON = "closed_won"
+    CLOSED_LOST = "closed_lost"
+
+
+class ForecastCategory(StrEnum):
+    OMITTED = "omitted"
+    PIPELINE = "pipeline"
+    BEST_CASE = "best_case"
+    COMMIT = "commit"
+    CLOSED = "closed"
+
+
+class AccountCreated(Contract):
+    account_id: Id
+    name: ShortText
+    type: AccountType
+    domain: str | None = Field(default=None, max_length=253)
+    industry: str | None = Field(default=None, max_length=100)
+    employees: int | None = Field(default=None, ge=0)
+    country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+    owner_id: Id | None = None
+    originating_lead_id: Id | None = None
+    created_at: AwareDatetime
+
+
+class ContactCreated(Contract):
+    contact_id: Id
+    account_id: Id | None = None
+    first_name: str | None = Field(default=None, max_length=100)
+    last_name: str | None = Field(default=None, max_length=100)
+    email: EmailStr | None = None
+    job_title: str | None = Field(default=None, max_length=200)
+    decision_maker: bool = False
+    originating_lead_id: Id | None = None
+    created_at: AwareDatetime
+
+
+class OpportunityFigures(Contract):
+    """Everything reporting needs to place an opportunity in the pipeline and forecast."""
+
+    opportunity_id: Id
+    name: ShortText
+    account_id: Id
+    primary_contact_id: Id | None = None
+    owner_id: Id | None = None
+    pipeline_id: Id
+    stage_id: Id
+    stage_name: ShortText
+    stage_kind: StageKind
+    probability: Percent
+    forecast_category: ForecastCategory
+    amount: Money
+    currency: Currency
+    expected_close_date: date | None = None
+    lead_id: Id | None = None
+    lead_source: LeadSource | None = None
+    campaign_id: Id | None = None
+    created_at: AwareDatetime
+
+
+class OpportunityCreated(Contract):
+    opportunity: OpportunityFigures
+    created_by: Actor
+
+
+class OpportunityUpdated(Contract):
+    opportunity: OpportunityFigures
+    changed_fields: list[str]
+    updated_at: AwareDatetime
+    updated_by: Actor
+
+
+class OpportunityStageChanged(Contract):
+    """One move between stages, with the figures as they stand after it."""
+
+    opportunity_id: Id
+    pipeline_id: Id
+    previous_stage_id: Id
+    previous_stage_name: ShortText
+    stage_id: Id
+    stage_name: ShortText
+    stage_kind: StageKind
+    probability: Percent
+    forecast_category: ForecastCategory
+    amount: Money
+    currency: Currency
+    expected_close_date: date | None = None
+    changed_at: AwareDatetime
+    changed_by: Actor
+    opportunity: OpportunityFigures
+
+
+class OpportunityClosed(Contract):
+    opportunity_id: Id
+    won: bool
+    amount: Money
+    currency: Currency
+    loss_reason: str | None = Field(default=None, max_length=200)
+    closed_at: AwareDatetime
+    closed_by: Actor
+    opportunity: OpportunityFigures

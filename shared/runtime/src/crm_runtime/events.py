@@ -1,0 +1,49 @@
+"""Building and reading CloudEvents for the catalogue's event types."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, TypeVar
+
+from crm_contracts.catalog import EventSpec
+from crm_contracts.envelope import CloudEvent, new_event_id, utcnow
+from pydantic import BaseModel
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def make_event(
+    spec: EventSpec[M],
+    data: M,
+    *,
+    source: str,
+    subject: str,
+    version: int | None = None,
+    time: datetime | None = None,
+    event_id: str | None = None,
+) -> CloudEvent[M]:
+    """A CloudEvent of ``spec`` about aggregate ``subject`` at aggregate ``version``."""
+    return CloudEvent[spec.data_model](  # type: ignore[name-defined]
+        id=event_id or new_event_id(),
+        source=source,
+        type=spec.type,
+        subject=subject,
+        time=time or utcnow(),
+        dataschema=spec.dataschema,
+        sequence=str(version) if version is not None else None,
+        sequencetype="Integer" if version is not None else None,
+        data=data,
+    )
+
+
+def encode(event: CloudEvent[Any]) -> bytes:
+    return event.model_dump_json(exclude_none=True).encode()
+
+
+def decode(spec: EventSpec[M], raw: bytes) -> CloudEvent[M]:
+    """Parse and validate raw bytes as an event of ``spec``; raises pydantic.ValidationError
+    or ValueError (wrong ``type``) with a message naming the offending field."""
+    event: CloudEvent[M] = CloudEvent[spec.data_model].model_validate_json(raw)  # type: ignore[name-defined]
+    if event.type != spec.type:
+        raise ValueError(f"type: expected {spec.type!r} on topic {spec.topic!r}, got {event.type!r}")
+    return event

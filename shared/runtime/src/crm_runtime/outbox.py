@@ -1,0 +1,173 @@
+"""Transactional outbox and its relay.
+
+A service writes its state change and the events it emits in one MongoDB transaction: the
+events go to the ``outbox`` collection as the exact bytes to publish. The relay publishes them
+in insertion order with the idempotent producer and deletes them only once Kafka acknowledged
+them, so a crash or a Kafka outage loses nothing; a crash between publish and delete republishes,
+which idempotent consumers absorb. Only the holder of a short lease relays, so replicas of a
+service never publish the same backlog concurrently and per-aggregate order is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+from crm_contracts.envelope import CloudEvent
+from faststream.kafka import KafkaBroker
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from pymongo import ASCENDING
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from .events import encode
+from .mongo import Document
+from .settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+OUTBOX = "outbox"
+LEASES = "leases"
+LEASE_SECONDS = 15
+
+
+class Outbox:
+    """Appends events to the outbox inside the caller's transaction."""
+
+    def __init__(self, db: AsyncDatabase[Document], settings: ServiceSettings) -> None:
+        self._collection = db[OUTBOX]
+        self._settings = settings
+        self._wake = asyncio.Event()
+
+    async def add(self, session: AsyncClientSession, topic: str, event: CloudEvent[Any]) -> None:
+        await self._collection.insert_one(
+            {
+                "_id": ObjectId(),
+                "topic": self._settings.topic(topic),
+                "key": event.subject or event.id,
+                "event_id": event.id,
+                "payload": encode(event),
+                "created_at": datetime.now(UTC),
+            },
+            session=session,
+        )
+
+    def notify(self) -> None:
+        """Tell the relay that new events were committed, so it need not wait for its poll."""
+        self._wake.set()
+
+    async def wait(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    async def pending(self) -> int:
+        return await self._collection.count_documents({})
+
+
+class OutboxRelay:
+    """Publishes committed outbox entries to Kafka, in order, until Kafka has them."""
+
+    def __init__(
+        self,
+        db: AsyncDatabase[Document],
+        broker: KafkaBroker,
+        outbox: Outbox,
+        settings: ServiceSettings,
+        registry: CollectorRegistry,
+    ) -> None:
+        self._db = db
+        self._broker = broker
+        self._outbox = outbox
+        self._settings = settings
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.published = Counter(
+            "crm_outbox_published", "Events the outbox relay published", registry=registry
+        )
+        self.backlog = Gauge(
+            "crm_outbox_backlog", "Committed events not yet acknowledged by Kafka", registry=registry
+        )
+        self.last_error: str | None = None
+
+    async def ensure_indexes(self) -> None:
+        await self._db[OUTBOX].create_index([("created_at", ASCENDING)])
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        """Flush what can be flushed quickly, then stop and give the lease back."""
+        self._stopping.set()
+        self._outbox.notify()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, timeout=10)
+            except TimeoutError:
+                self._task.cancel()
+        with contextlib.suppress(PyMongoError):
+            await self._db[LEASES].delete_one({"_id": "outbox-relay", "owner": self._owner})
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                published = await self.relay_once() if await self._hold_lease() else 0
+                self.last_error = None
+                backoff = 0.1
+            except Exception as exc:  # Kafka or Mongo away: keep everything, try again.
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("outbox relay failed, retrying", extra={"error": self.last_error})
+                published = 0
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            if self._stopping.is_set():
+                return
+            if not published:
+                await self._outbox.wait(self._settings.outbox_poll_seconds)
+
+    async def _hold_lease(self) -> bool:
+        now = datetime.now(UTC)
+        try:
+            await self._db[LEASES].find_one_and_update(
+                {"_id": "outbox-relay", "$or": [{"owner": self._owner}, {"expires_at": {"$lt": now}}]},
+                {"$set": {"owner": self._owner, "expires_at": now + timedelta(seconds=LEASE_SECONDS)}},
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            return False  # another replica holds a live lease
+        return True
+
+    async def relay_once(self) -> int:
+        """Publish one batch in insertion order; returns how many were published."""
+        batch = await (
+            self._db[OUTBOX]
+            .find({}, sort=[("_id", ASCENDING)], limit=self._settings.outbox_batch_size)
+            .to_list()
+        )
+        self.backlog.set(len(batch))
+        if not batch:
+            return 0
+        # Send the whole batch before awaiting acks: the producer keeps per-partition order.
+        futures = [
+            await self._broker.publish(
+                entry["payload"],
+                topic=entry["topic"],
+                key=entry["key"].encode(),
+                headers={"content-type": "application/cloudevents+json", "ce_id": entry["event_id"]},
+                no_confirm=True,
+            )
+            for entry in batch
+        ]
+        await asyncio.gather(*futures)
+        await self._db[OUTBOX].delete_many({"_id": {"$in": [entry["_id"] for entry in batch]}})
+        self.published.inc(len(batch))
+        return len(batch)

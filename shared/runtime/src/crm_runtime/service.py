@@ -1,0 +1,163 @@
+"""The one runtime every service is built on ("service defaults"): it owns the MongoDB
+client, the Kafka broker, the outbox and its relay, the idempotent consumer, health, metrics,
+telemetry and logs, and builds the FastAPI app whose lifespan starts and stops them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import uvicorn
+from fastapi import APIRouter, FastAPI
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    make_asgi_app,
+)
+from pymongo.asynchronous.client_session import AsyncClientSession
+
+from .consumer import EventConsumer
+from .health import health_router
+from .http import BodySizeLimit, TokenAuth, install_error_handlers
+from .kafka import create_broker
+from .logs import configure_logging
+from .mongo import create_client, in_transaction
+from .outbox import Outbox, OutboxRelay
+from .settings import ServiceSettings
+from .telemetry import configure_tracing, instrument_app
+from .unit_of_work import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Hook = Callable[[], Awaitable[None]]
+
+
+class ServiceRuntime:
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        configure_logging(settings.service_name, settings.log_level)
+        self.registry = CollectorRegistry()
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            try:
+                self.registry.register(collector)
+            except ValueError:
+                pass
+        self.tracer_provider = configure_tracing(settings.service_name)
+        self.client = create_client(settings)
+        self.db = self.client[settings.database_name]
+        self.broker = create_broker(settings, tracer_provider=self.tracer_provider, registry=self.registry)
+        self.outbox = Outbox(self.db, settings)
+        self.relay = OutboxRelay(self.db, self.broker, self.outbox, settings, self.registry)
+        self.consumer = EventConsumer(self.broker, self.client, self.db, self.outbox, settings, self.registry)
+        self.auth = TokenAuth(settings.api_tokens.get_secret_value() if settings.api_tokens else None)
+        self.source = f"/crm/{settings.service_name}"
+        self._startup: list[Hook] = []
+        self._shutdown: list[Hook] = []
+
+    # -- composition ------------------------------------------------------------------------
+    def on_startup(self, hook: Hook) -> None:
+        self._startup.append(hook)
+
+    def on_shutdown(self, hook: Hook) -> None:
+        self._shutdown.append(hook)
+
+    async def transaction(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+        """Run ``work`` atomically with the events it emits, then wake the relay."""
+
+        async def run(session: AsyncClientSession) -> T:
+            return await work(UnitOfWork(session, self.outbox))
+
+        result = await in_transaction(self.client, run)
+        self.outbox.notify()
+        return result
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        if not self.auth.enabled:
+            log.warning("CRM_API_TOKENS is not set: the HTTP API accepts unauthenticated calls")
+        await self._wait_for_database()
+        await self.relay.ensure_indexes()
+        await self.consumer.ensure_indexes()
+        for hook in self._startup:
+            await hook()
+        await self.broker.start()
+        self.relay.start()
+        log.info("service started", extra={"database": self.settings.database_name})
+
+    async def stop(self) -> None:
+        # Order matters: stop taking new messages (commit, leave the group), flush the outbox,
+        # then close the clients.
+        await self.broker.stop()
+        await self.relay.stop()
+        for hook in reversed(self._shutdown):
+            await hook()
+        await self.client.close()
+        log.info("service stopped")
+
+    async def _wait_for_database(self, attempts: int = 30) -> None:
+        for attempt in range(1, attempts + 1):
+            try:
+                await self.db.command("ping")
+                return
+            except Exception:
+                if attempt == attempts:
+                    raise
+                await asyncio.sleep(1.0)
+
+    async def _check_kafka(self) -> None:
+        if not await self.broker.ping(timeout=2.0):
+            raise ConnectionError("Kafka did not answer")
+
+    async def _check_mongo(self) -> None:
+        await self.db.command("ping")
+
+    def create_app(
+        self,
+        *,
+        title: str,
+        description: str,
+        version: str = "0.1.0",
+        routers: Sequence[APIRouter] = (),
+        openapi_tags: list[dict[str, Any]] | None = None,
+    ) -> FastAPI:
+        @asynccontextmanager
+        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+            await self.start()
+            try:
+                yield
+            finally:
+                await self.stop()
+
+        app = FastAPI(
+            title=title,
+            description=description,
+            version=version,
+            lifespan=lifespan,
+            openapi_tags=openapi_tags,
+        )
+        install_error_handlers(app)
+        app.include_router(health_router({"mongodb": self._check_mongo, "kafka": self._check_kafka}))
+        for router in routers:
+            app.include_router(router)
+        app.mount("/metrics", make_asgi_app(registry=self.registry))
+        instrument_app(app)
+        app.add_middleware(BodySizeLimit, max_bytes=self.settings.max_body_bytes)
+        app.state.runtime = self
+        return app
+
+    def serve(self, app: FastAPI) -> None:
+        """Run the app with uvicorn; SIGTERM triggers the graceful lifespan shutdown."""
+        uvicorn.run(
+            app,
+            host=self.settings.http_host,
+            port=self.settings.http_port,
+            log_config=None,
+            proxy_headers=True,
+            timeout_graceful_shutdown=20,
+        )

@@ -1,0 +1,62 @@
+"""Service configuration, only from environment variables (12-factor), prefix ``CRM_``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service shares; a service subclasses it to add its own."""
+
+    model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore", frozen=True)
+
+    service_name: str = Field(description="Short name of the service, e.g. 'leads'.")
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    topic_prefix: str = Field(
+        default="", pattern=r"^[A-Za-z0-9._\-]*$", description="Prepended to every topic name."
+    )
+    consumer_group: str | None = Field(default=None, description="Defaults to 'crm-<service>'.")
+
+    mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017/?directConnection=true")
+    mongo_database: str | None = Field(default=None, description="Defaults to 'crm_<service>'.")
+
+    http_host: str = "0.0.0.0"  # containers listen on all interfaces
+    http_port: int = Field(default=8000, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
+    api_tokens: SecretStr | None = Field(
+        default=None,
+        description="Comma-separated 'token:scope' pairs (scope read or write); unset disables auth.",
+    )
+
+    outbox_batch_size: int = Field(default=200, ge=1, le=5000)
+    outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    consumer_max_attempts: int = Field(default=5, ge=1, description="Tries before a dead letter.")
+    consumer_retry_backoff_seconds: float = Field(default=0.2, ge=0)
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> ServiceSettings:
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
+            raise ValueError("CRM_KAFKA_SASL_USERNAME is required with a SASL security protocol")
+        return self
+
+    @property
+    def database_name(self) -> str:
+        return self.mongo_database or f"crm_{self.service_name}"
+
+    @property
+    def group_id(self) -> str:
+        return self.consumer_group or f"crm-{self.service_name}"
+
+    def topic(self, name: str) -> str:
+        """The physical topic name of a logical one (prefix lets test runs and tenants coexist)."""
+        return self.topic_prefix + name
