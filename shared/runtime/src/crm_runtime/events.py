@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, TypeVar
 
+import orjson
 from crm_contracts.catalog import EventSpec
 from crm_contracts.envelope import CloudEvent, new_event_id, utcnow
 from pydantic import BaseModel
@@ -41,9 +42,17 @@ def encode(event: CloudEvent[Any]) -> bytes:
 
 
 def decode(spec: EventSpec[M], raw: bytes) -> CloudEvent[M]:
-    """Parse and validate raw bytes as an event of ``spec``; raises pydantic.ValidationError
-    or ValueError (wrong ``type``) with a message naming the offending field."""
-    event: CloudEvent[M] = CloudEvent[spec.data_model].model_validate_json(raw)  # type: ignore[name-defined]
-    if event.type != spec.type:
-        raise ValueError(f"type: expected {spec.type!r} on topic {spec.topic!r}, got {event.type!r}")
+    """Parse and validate raw bytes as an event of ``spec``. Raises ValueError for bad JSON or
+    the wrong ``type`` and pydantic.ValidationError naming each offending field."""
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ValueError("not a CloudEvent: the message is not a JSON object")
+    if document.get("type") != spec.type:
+        raise ValueError(
+            f"type: expected {spec.type!r} on topic {spec.topic!r}, got {document.get('type')!r}"
+        )
+    event: CloudEvent[M] = CloudEvent[spec.data_model].model_validate(document)  # type: ignore[name-defined]
     return event

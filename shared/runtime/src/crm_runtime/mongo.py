@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from enum import Enum
 from typing import Any, TypeVar
 
+from bson import Decimal128
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
@@ -43,3 +47,30 @@ async def in_transaction(
 
 async def ping(db: AsyncDatabase[Document]) -> None:
     await db.command("ping")
+
+
+def to_bson(value: Any) -> Any:
+    """Plain Python (e.g. a pydantic ``model_dump()``) to BSON-storable values: Decimal as
+    Decimal128 (exact money), date as midnight UTC datetime, enums as their value."""
+    if isinstance(value, dict):
+        return {key: to_bson(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_bson(item) for item in value]
+    if isinstance(value, Decimal):
+        return Decimal128(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return value
+
+
+def from_bson(value: Any) -> Any:
+    """The inverse of ``to_bson`` for what pydantic cannot read directly (Decimal128)."""
+    if isinstance(value, dict):
+        return {key: from_bson(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [from_bson(item) for item in value]
+    if isinstance(value, Decimal128):
+        return value.to_decimal()
+    return value

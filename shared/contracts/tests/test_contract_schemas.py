@@ -1,0 +1,42 @@
+"""The committed JSON Schemas match the models, and valid/invalid events validate as expected."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+from crm_contracts import catalog
+from crm_contracts.events.leads import LeadCaptured, lead_captured_example
+from crm_contracts.schemas import SCHEMA_DIR, event_schema, render
+from crm_runtime.events import encode, make_event
+
+
+def test_committed_schemas_are_up_to_date() -> None:
+    for spec in catalog.ALL_EVENTS:
+        path = SCHEMA_DIR / f"{spec.topic}.v{spec.version}.json"
+        assert path.exists(), f"run python -m crm_contracts.schemas to export {path.name}"
+        assert path.read_text() == render(event_schema(spec)), f"{path.name} is stale"
+
+
+def test_topics_follow_the_entity_verb_convention_and_are_unique() -> None:
+    topics = [spec.topic for spec in catalog.ALL_EVENTS]
+    assert len(topics) == len(set(topics))
+    for topic in topics:
+        entity, _, verb = topic.partition(".")
+        assert entity and verb and verb.endswith("ed"), topic
+
+
+def test_an_event_from_the_models_validates_against_its_exported_schema() -> None:
+    event = make_event(
+        catalog.LEAD_CAPTURED,
+        LeadCaptured.model_validate(lead_captured_example()),
+        source="/webforms",
+        subject="x",
+        version=1,
+    )
+    schema = event_schema(catalog.LEAD_CAPTURED)
+    jsonschema.validate(json.loads(encode(event)), schema)
+    broken = json.loads(encode(event))
+    del broken["data"]["captured_at"]
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(broken))
+    assert any("captured_at" in e.message for e in errors)

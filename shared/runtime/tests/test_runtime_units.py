@@ -1,0 +1,83 @@
+"""Unit tests of the runtime pieces that need no broker or database."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+from crm_contracts import catalog
+from crm_contracts.events.leads import LeadCaptured, lead_captured_example
+from crm_runtime.consumer import describe_validation_error
+from crm_runtime.events import decode, encode, make_event
+from crm_runtime.http import TokenAuth
+from crm_runtime.mongo import from_bson, to_bson
+from crm_runtime.projection import is_newer
+from pydantic import ValidationError
+
+
+def test_envelope_round_trips_with_sequence_and_schema() -> None:
+    data = LeadCaptured.model_validate(lead_captured_example())
+    event = make_event(catalog.LEAD_CAPTURED, data, source="/webforms", subject="x", version=7)
+    raw = encode(event)
+    doc = json.loads(raw)
+    assert doc["specversion"] == "1.0" and doc["type"] == "com.crmsuite.lead.captured.v1"
+    assert doc["sequence"] == "7" and doc["dataschema"] == "urn:crmsuite:schema:lead.captured:v1"
+    assert doc["datacontenttype"] == "application/json"
+    back = decode(catalog.LEAD_CAPTURED, raw)
+    assert back == event and back.version == 7
+
+
+def test_decode_refuses_an_event_of_another_type_on_the_topic() -> None:
+    data = LeadCaptured.model_validate(lead_captured_example())
+    event = make_event(catalog.LEAD_CAPTURED, data, source="/x", subject="x")
+    with pytest.raises(ValueError, match=r"type: expected 'com\.crmsuite\.lead\.created\.v1'"):
+        decode(catalog.LEAD_CREATED, encode(event))
+
+
+def test_validation_errors_name_the_field() -> None:
+    raw = json.dumps(
+        {
+            "specversion": "1.0",
+            "id": "1",
+            "source": "/x",
+            "type": catalog.LEAD_CAPTURED.type,
+            "time": "2026-01-01T00:00:00Z",
+            "data": {"source_system": "s", "external_id": "e", "person": {"email": "nope"}},
+        }
+    )
+    with pytest.raises(ValidationError) as caught:
+        decode(catalog.LEAD_CAPTURED, raw.encode())
+    message = describe_validation_error(caught.value)
+    assert "data.person.email" in message and "data.captured_at: Field required" in message
+
+
+def test_mongo_operators_cannot_hide_in_ids_or_custom_keys() -> None:
+    data = lead_captured_example() | {"campaign_id": "$where"}
+    with pytest.raises(ValidationError, match="campaign_id"):
+        LeadCaptured.model_validate(data)
+    with pytest.raises(ValidationError, match="custom"):
+        LeadCaptured.model_validate(lead_captured_example() | {"custom": {"$gt": 1}})
+
+
+@pytest.mark.parametrize(
+    ("stored", "incoming", "expected"),
+    [(None, 1, True), (None, None, True), (1, 2, True), (2, 2, False), (3, 2, False), (2, None, False)],
+)
+def test_version_guard_only_lets_newer_versions_through(
+    stored: int | None, incoming: int | None, expected: bool
+) -> None:
+    assert is_newer(stored, incoming) is expected
+
+
+def test_money_is_stored_exactly() -> None:
+    stored = to_bson({"amount": Decimal("1234.10"), "nested": [{"x": Decimal("0.01")}]})
+    assert from_bson(stored) == {"amount": Decimal("1234.10"), "nested": [{"x": Decimal("0.01")}]}
+
+
+def test_tokens_carry_scopes() -> None:
+    auth = TokenAuth("r1:read, w1:write")
+    assert auth.tokens == {"r1": "read", "w1": "write"} and auth.enabled
+    assert not TokenAuth(None).enabled
+    with pytest.raises(ValueError, match="token:read"):
+        TokenAuth("x:admin")
