@@ -52,3 +52,20 @@ def create_broker(
         graceful_timeout=20.0,
         description=f"CRM {settings.service_name} service",
     )
+
+
+def aiokafka_options(settings: ServiceSettings) -> dict[str, object]:
+    """Connection options for plain aiokafka clients (tools such as the dead-letter CLI)."""
+    options: dict[str, object] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = (
+            settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+        )
+    return options

@@ -1,0 +1,145 @@
+"""Helpers for tests that drive services against the real broker and database: run a service
+in-process behind an HTTP client, publish raw events, read topics back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+
+class InfraLike(Protocol):
+    @property
+    def kafka_bootstrap(self) -> str: ...
+    @property
+    def mongo_url(self) -> str: ...
+    @property
+    def topic_prefix(self) -> str: ...
+    @property
+    def database_prefix(self) -> str: ...
+
+
+def service_env(infra: InfraLike, service: str, *, isolation: str = "") -> dict[str, Any]:
+    """Settings (as keyword arguments) that point a service at the test infrastructure, with
+    its own topic prefix and database so test runs never see each other's data."""
+    return {
+        "kafka_bootstrap_servers": infra.kafka_bootstrap,
+        "mongo_url": infra.mongo_url,
+        "topic_prefix": infra.topic_prefix + isolation,
+        "mongo_database": f"{infra.database_prefix}{isolation.replace('.', '_')}{service}",
+        "consumer_group": f"{infra.topic_prefix}{isolation}crm-{service}",
+        "outbox_poll_seconds": 0.2,
+        "log_level": "WARNING",
+    }
+
+
+@asynccontextmanager
+async def service_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Start ``app``'s lifespan (broker, relay, consumers) and give an HTTP client to it."""
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+            yield client
+
+
+def isolation_key() -> str:
+    """A fresh namespace for one test's topics, database and consumer groups."""
+    return f"i{uuid.uuid4().hex[:8]}."
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes]
+    offset: int
+    partition: int
+
+    def json(self) -> Any:
+        return orjson.loads(self.value)
+
+
+async def publish_raw(bootstrap: str, topic: str, value: bytes, key: bytes | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    until: Callable[[list[Record]], bool],
+    timeout: float = 30.0,
+) -> list[Record]:
+    """Read ``topic`` from the beginning until ``until(records)`` holds (or fail on timeout)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topic {topic} never appeared")
+            # aiokafka has no public "describe this topic" on a consumer: ask its client.
+            consumer._client.add_topic(topic)
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(0.1)
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        await consumer.seek_to_beginning()
+        while not until(records):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out on {topic}; read {len(records)} records")
+            batch = await consumer.getmany(timeout_ms=200)
+            for messages in batch.values():
+                records.extend(
+                    Record(
+                        topic=m.topic,
+                        key=m.key,
+                        value=m.value,
+                        headers={k: v for k, v in m.headers},
+                        offset=m.offset,
+                        partition=m.partition,
+                    )
+                    for m in messages
+                )
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def eventually(check: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.2) -> Any:
+    """Await ``check()`` until it returns a truthy value without raising AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return result
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
