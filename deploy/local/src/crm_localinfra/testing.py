@@ -4,11 +4,14 @@ in-process behind an HTTP client, publish raw events, read topics back."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -16,6 +19,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+
+from ._proc import free_port, pid_alive, spawn, stop_pid, tail
 
 
 class InfraLike(Protocol):
@@ -143,3 +148,71 @@ async def eventually(check: Callable[[], Any], *, timeout: float = 30.0, interva
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+@dataclass(frozen=True)
+class RunningService:
+    name: str
+    base_url: str
+    pid: int
+    log_path: Path
+
+
+SERVICE_MODULES = {
+    "leads": "crm_leads",
+    "opportunities": "crm_opportunities",
+    "campaigns": "crm_campaigns",
+    "reporting": "crm_reporting",
+}
+
+
+@asynccontextmanager
+async def running_services(
+    infra: InfraLike,
+    names: Sequence[str],
+    *,
+    log_dir: Path,
+    isolation: str,
+    extra_env: Mapping[str, str] | None = None,
+    ready_timeout: float = 90.0,
+) -> AsyncIterator[dict[str, RunningService]]:
+    """Run services as real processes (``python -m crm_<name>`` with uvicorn on loopback), as
+    the README's start command does, and stop each by its pid afterwards."""
+    started: dict[str, RunningService] = {}
+    try:
+        for name in names:
+            port = free_port()
+            settings = service_env(infra, name, isolation=isolation)
+            env = dict(os.environ)
+            env.update({f"CRM_{key.upper()}": str(value) for key, value in settings.items()})
+            env.update(CRM_HTTP_HOST="127.0.0.1", CRM_HTTP_PORT=str(port), PYTHONUNBUFFERED="1")
+            env.update(extra_env or {})
+            log_path = log_dir / f"{name}.log"
+            proc = spawn(
+                [sys.executable, "-m", SERVICE_MODULES[name]],
+                log_path=log_path,
+                tag=f"crm-test-{isolation}{name}",
+                env=env,
+            )
+            started[name] = RunningService(name, f"http://127.0.0.1:{port}", proc.pid, log_path)
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            for service in started.values():
+                await _wait_ready(client, service, ready_timeout)
+        yield started
+    finally:
+        for service in reversed(list(started.values())):
+            await asyncio.to_thread(stop_pid, service.pid)
+
+
+async def _wait_ready(client: httpx.AsyncClient, service: RunningService, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not pid_alive(service.pid):
+            raise AssertionError(f"{service.name} exited:\n{tail(service.log_path)}")
+        try:
+            if (await client.get(service.base_url + "/health/ready")).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{service.name} not ready in {seconds}s:\n{tail(service.log_path)}")

@@ -1,0 +1,48 @@
+"""Publishing survives a Kafka outage: with the broker stopped an HTTP write still succeeds,
+and its event reaches Kafka once the broker is back, once, with nothing lost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from crm_contracts.events.leads import lead_captured_example
+from crm_leads.bootstrap import LeadsSettings, create_app
+from crm_localinfra.testing import eventually, isolation_key, read_topic, service_client, service_env
+from pymongo import AsyncMongoClient
+
+pytestmark = pytest.mark.integration
+
+
+async def test_an_http_write_during_a_kafka_outage_is_published_after_it(infra: Any) -> None:
+    settings = LeadsSettings(**service_env(infra, "leads", isolation=isolation_key()))
+    topic = settings.topic("lead.created")
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongo_url)
+    outbox = mongo[settings.database_name].outbox
+    try:
+        async with service_client(create_app(settings)) as http:
+            before = await http.post("/leads", json=lead_captured_example() | {"external_id": "before"})
+            assert before.status_code == 201
+            await read_topic(infra.kafka_bootstrap, topic, until=lambda r: len(r) == 1)
+
+            await infra.astop_kafka()
+            try:
+                during = await http.post("/leads", json=lead_captured_example() | {"external_id": "during"})
+                assert during.status_code == 201, during.text
+                assert await outbox.count_documents({}) == 1  # parked, not lost
+                ready = await http.get("/health/ready")
+                assert ready.status_code == 503 and ready.json()["checks"]["mongodb"] == "ok"
+            finally:
+                await infra.astart_kafka()
+
+            async def outbox_drained() -> bool:
+                return await outbox.count_documents({}) == 0
+
+            await eventually(outbox_drained, timeout=120)
+            records = await read_topic(infra.kafka_bootstrap, topic, until=lambda r: len(r) >= 2, timeout=60)
+            external_ids = [r.json()["data"]["lead"]["external_id"] for r in records]
+            assert external_ids == ["before", "during"], external_ids
+            event_ids = [r.json()["id"] for r in records]
+            assert len(set(event_ids)) == len(event_ids)
+    finally:
+        await mongo.close()
