@@ -40,3 +40,13 @@ def test_an_event_from_the_models_validates_against_its_exported_schema() -> Non
     del broken["data"]["captured_at"]
     errors = list(jsonschema.Draft202012Validator(schema).iter_errors(broken))
     assert any("captured_at" in e.message for e in errors)
+
+
+def test_committed_asyncapi_document_is_up_to_date() -> None:
+    from crm_contracts.asyncapi import ASYNCAPI_PATH, build, render
+
+    assert ASYNCAPI_PATH.read_text() == render(), "run python -m crm_contracts.asyncapi"
+    document = build()
+    assert set(document["channels"]) == {spec.topic.replace(".", "_") for spec in catalog.ALL_EVENTS}
+    receivers = [op for op in document["operations"].values() if op["action"] == "receive"]
+    assert any(op["channel"]["$ref"] == "#/channels/lead_converted" for op in receivers)

@@ -25,6 +25,8 @@ class EventSpec(Generic[M]):
     data_model: type[M]
     version: int = 1
     description: str = ""
+    producer: str = ""
+    consumers: tuple[str, ...] = ()
 
     @property
     def type(self) -> str:
@@ -40,47 +42,95 @@ class EventSpec(Generic[M]):
 
 
 LEAD_CAPTURED = EventSpec(
-    "lead.captured", leads.LeadCaptured, description="A system captured a lead (published by other systems)."
+    "lead.captured",
+    leads.LeadCaptured,
+    description="A system captured a lead (published by other systems).",
+    producer="external systems",
+    consumers=("leads",),
 )
 LEAD_CREATED = EventSpec(
-    "lead.created", leads.LeadCreated, description="The leads service stored a new lead."
+    "lead.created",
+    leads.LeadCreated,
+    description="The leads service stored a new lead.",
+    producer="leads",
+    consumers=("campaigns", "reporting"),
 )
-LEAD_UPDATED = EventSpec("lead.updated", leads.LeadUpdated, description="A lead's data changed.")
+LEAD_UPDATED = EventSpec(
+    "lead.updated",
+    leads.LeadUpdated,
+    description="A lead's data changed.",
+    producer="leads",
+    consumers=("reporting",),
+)
 LEAD_QUALIFIED = EventSpec(
-    "lead.qualified", leads.LeadQualified, description="A lead was qualified as hot, warm or cold."
+    "lead.qualified",
+    leads.LeadQualified,
+    description="A lead was qualified as hot, warm or cold.",
+    producer="leads",
+    consumers=("reporting",),
 )
 LEAD_DISQUALIFIED = EventSpec(
-    "lead.disqualified", leads.LeadDisqualified, description="A lead was disqualified with a reason."
+    "lead.disqualified",
+    leads.LeadDisqualified,
+    description="A lead was disqualified with a reason.",
+    producer="leads",
+    consumers=("reporting",),
 )
 LEAD_CONVERTED = EventSpec(
     "lead.converted",
     leads.LeadConverted,
     description="A lead became an account, a contact and optionally an opportunity.",
+    producer="leads",
+    consumers=("opportunities", "campaigns", "reporting"),
 )
 ACCOUNT_CREATED = EventSpec(
-    "account.created", opportunities.AccountCreated, description="An account was created."
+    "account.created",
+    opportunities.AccountCreated,
+    description="An account was created.",
+    producer="opportunities",
+    consumers=(),
 )
 CONTACT_CREATED = EventSpec(
-    "contact.created", opportunities.ContactCreated, description="A contact was created."
+    "contact.created",
+    opportunities.ContactCreated,
+    description="A contact was created.",
+    producer="opportunities",
+    consumers=(),
 )
 OPPORTUNITY_CREATED = EventSpec(
-    "opportunity.created", opportunities.OpportunityCreated, description="An opportunity was opened."
+    "opportunity.created",
+    opportunities.OpportunityCreated,
+    description="An opportunity was opened.",
+    producer="opportunities",
+    consumers=("reporting",),
 )
 OPPORTUNITY_UPDATED = EventSpec(
     "opportunity.updated",
     opportunities.OpportunityUpdated,
-    description="An opportunity's amount, date or owner changed.",
+    description="An opportunity's amount, date, owner or name changed.",
+    producer="opportunities",
+    consumers=("reporting",),
 )
 OPPORTUNITY_STAGE_CHANGED = EventSpec(
     "opportunity.stage_changed",
     opportunities.OpportunityStageChanged,
     description="An opportunity moved to another stage.",
+    producer="opportunities",
+    consumers=("reporting",),
 )
 OPPORTUNITY_CLOSED = EventSpec(
-    "opportunity.closed", opportunities.OpportunityClosed, description="An opportunity was won or lost."
+    "opportunity.closed",
+    opportunities.OpportunityClosed,
+    description="An opportunity was won or lost.",
+    producer="opportunities",
+    consumers=("campaigns", "reporting"),
 )
 CAMPAIGN_CREATED = EventSpec(
-    "campaign.created", campaigns.CampaignCreated, description="A campaign was created."
+    "campaign.created",
+    campaigns.CampaignCreated,
+    description="A campaign was created.",
+    producer="campaigns",
+    consumers=("reporting",),
 )
 
 ALL_EVENTS: tuple[EventSpec[Any], ...] = (
