@@ -193,3 +193,23 @@ async def test_illegal_transition_names_the_status(leads: Leads) -> None:
     assert convert.json()["fields"][0]["field"] == "status"
     missing = await leads.http.get("/leads/does-not-exist")
     assert missing.status_code == 404
+
+
+async def test_metrics_expose_consumer_lag_outbox_and_event_counters(leads: Leads) -> None:
+    bootstrap = leads.settings.kafka_bootstrap_servers
+    await publish_raw(bootstrap, leads.topic("lead.captured"), captured_event(), key=b"k")
+
+    async def lag_reported() -> bool:
+        text = (await leads.http.get("/metrics")).text
+        return (
+            'crm_consumer_lag{topic="lead.captured"} 0.0' in text
+            and 'crm_events_processed_total{topic="lead.captured"} 1.0' in text
+        )
+
+    await eventually(lag_reported, timeout=30)
+    text = (await leads.http.get("/metrics")).text
+    assert "crm_outbox_published_total" in text and "process_cpu_seconds_total" in text
+    live = await leads.http.get("/health/live")
+    ready = await leads.http.get("/health/ready")
+    assert live.status_code == 200
+    assert ready.status_code == 200 and ready.json()["checks"] == {"mongodb": "ok", "kafka": "ok"}

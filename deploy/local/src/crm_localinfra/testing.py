@@ -44,6 +44,7 @@ def service_env(infra: InfraLike, service: str, *, isolation: str = "") -> dict[
         "mongo_database": f"{infra.database_prefix}{isolation.replace('.', '_')}{service}",
         "consumer_group": f"{infra.topic_prefix}{isolation}crm-{service}",
         "outbox_poll_seconds": 0.2,
+        "lag_interval_seconds": 1.0,
         "log_level": "WARNING",
     }
 

@@ -11,13 +11,14 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import uvicorn
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Response
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
     CollectorRegistry,
-    make_asgi_app,
+    generate_latest,
 )
 from pymongo.asynchronous.client_session import AsyncClientSession
 
@@ -25,6 +26,7 @@ from .consumer import EventConsumer
 from .health import health_router
 from .http import BodySizeLimit, TokenAuth, install_error_handlers
 from .kafka import create_broker
+from .lag import LagMonitor
 from .logs import configure_logging
 from .mongo import create_client, in_transaction
 from .outbox import Outbox, OutboxRelay
@@ -55,6 +57,7 @@ class ServiceRuntime:
         self.outbox = Outbox(self.db, settings)
         self.relay = OutboxRelay(self.db, self.broker, self.outbox, settings, self.registry)
         self.consumer = EventConsumer(self.broker, self.client, self.db, self.outbox, settings, self.registry)
+        self.lag = LagMonitor(settings, self.registry, interval=settings.lag_interval_seconds)
         self.auth = TokenAuth(settings.api_tokens.get_secret_value() if settings.api_tokens else None)
         self.source = f"/crm/{settings.service_name}"
         self._startup: list[Hook] = []
@@ -88,11 +91,13 @@ class ServiceRuntime:
             await hook()
         await self.broker.start()
         self.relay.start()
+        self.lag.start(sorted(self.consumer.routes))
         log.info("service started", extra={"database": self.settings.database_name})
 
     async def stop(self) -> None:
         # Order matters: stop taking new messages (commit, leave the group), flush the outbox,
         # then close the clients.
+        await self.lag.stop()
         await self.broker.stop()
         await self.relay.stop()
         for hook in reversed(self._shutdown):
@@ -145,7 +150,12 @@ class ServiceRuntime:
         app.include_router(health_router({"mongodb": self._check_mongo, "kafka": self._check_kafka}))
         for router in routers:
             app.include_router(router)
-        app.mount("/metrics", make_asgi_app(registry=self.registry))
+        registry = self.registry
+
+        @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
         instrument_app(app)
         app.add_middleware(BodySizeLimit, max_bytes=self.settings.max_body_bytes)
         app.state.runtime = self

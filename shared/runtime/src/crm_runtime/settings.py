@@ -42,6 +42,7 @@ class ServiceSettings(BaseSettings):
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
     consumer_max_attempts: int = Field(default=5, ge=1, description="Tries before a dead letter.")
     consumer_retry_backoff_seconds: float = Field(default=0.2, ge=0)
+    lag_interval_seconds: float = Field(default=5.0, gt=0, description="How often consumer lag is measured.")
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> ServiceSettings:
