@@ -1,0 +1,95 @@
+"""Folding one event into reporting's facts: which facts an event touches, in which order.
+
+The folding rules are the pure functions of ``domain``; this module only loads the facts an
+event concerns from a ``FactStore`` and saves those that changed. The Kafka handlers run it
+inside the consumer's transaction (so the inbox entry and the facts commit together); tests
+run it against an in-memory store.
+
+An opportunity's funnel milestones are copied into its lead's facts, so the funnel is one
+aggregation over leads. Every write of such a copy happens in a transaction that also writes
+the opportunity's facts (or reads them unchanged), so concurrent handlers conflict on the
+opportunity's document and retry instead of leaving a stale copy behind.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from crm_contracts.envelope import CloudEvent
+from crm_contracts.events.campaigns import CampaignCreated
+from crm_contracts.events.leads import LeadConverted
+
+from .domain import (
+    CampaignFacts,
+    LeadEvent,
+    LeadFacts,
+    OpportunityEvent,
+    OpportunityFacts,
+    apply_campaign_event,
+    apply_lead_event,
+    apply_opportunity_event,
+    lead_id_of,
+    link_conversion,
+    note_opportunity,
+    opportunity_id_of,
+)
+
+
+class FactStore(Protocol):
+    """Where facts live for the duration of one event's projection."""
+
+    async def lead(self, lead_id: str) -> LeadFacts | None: ...
+    async def save_lead(self, lead: LeadFacts) -> None: ...
+    async def opportunity(self, opportunity_id: str) -> OpportunityFacts | None: ...
+    async def save_opportunity(self, opportunity: OpportunityFacts) -> None: ...
+    async def campaign(self, campaign_id: str) -> CampaignFacts | None: ...
+    async def save_campaign(self, campaign: CampaignFacts) -> None: ...
+
+
+async def project(event: CloudEvent[Any], store: FactStore) -> None:
+    """Fold ``event`` into the facts it concerns. Duplicates and stale events change nothing."""
+    data = event.data
+    if isinstance(data, LeadEvent):
+        await _project_lead_event(event, data, store)
+    elif isinstance(data, OpportunityEvent):
+        await _project_opportunity_event(event, data, store)
+    elif isinstance(data, CampaignCreated):
+        before = await store.campaign(data.campaign.campaign_id)
+        after = apply_campaign_event(before, event)
+        if after != before:
+            await store.save_campaign(after)
+    else:
+        raise TypeError(f"reporting does not project {type(data).__name__}")
+
+
+async def _project_lead_event(event: CloudEvent[Any], data: LeadEvent, store: FactStore) -> None:
+    lead_id = lead_id_of(data)
+    before = await store.lead(lead_id)
+    lead = apply_lead_event(before, event)
+    if isinstance(data, LeadConverted) and data.opportunity is not None:
+        opportunity_id = data.opportunity.opportunity_id
+        opportunity_before = await store.opportunity(opportunity_id)
+        opportunity = link_conversion(opportunity_before, opportunity_id, lead_id, event)
+        if opportunity != opportunity_before:
+            await store.save_opportunity(opportunity)
+        if opportunity.source_lead_id == lead_id:
+            lead = note_opportunity(lead, lead_id, opportunity)
+    if lead != before:
+        await store.save_lead(lead)
+
+
+async def _project_opportunity_event(
+    event: CloudEvent[Any], data: OpportunityEvent, store: FactStore
+) -> None:
+    before = await store.opportunity(opportunity_id_of(data))
+    opportunity = apply_opportunity_event(before, event)
+    if opportunity == before:
+        return
+    await store.save_opportunity(opportunity)
+    lead_id = opportunity.source_lead_id
+    if lead_id is None:
+        return  # not from a lead (yet): lead.converted links it when it arrives
+    lead_before = await store.lead(lead_id)
+    lead = note_opportunity(lead_before, lead_id, opportunity)
+    if lead != lead_before:
+        await store.save_lead(lead)
