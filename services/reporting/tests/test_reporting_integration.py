@@ -530,3 +530,16 @@ async def test_a_bad_pipeline_filter_gets_a_422_naming_the_field(reporting: Repo
     response = await reporting.get("/reports/pipeline", owner_id="../etc")
     assert response.status_code == 422
     assert [problem["field"] for problem in response.json()["fields"]] == ["owner_id"]
+
+
+async def test_every_view_says_how_far_behind_the_topics_it_is(reporting: Reporting) -> None:
+    async def lag_measured_and_caught_up() -> bool:
+        funnel = await reporting.get("/reports/funnel")
+        pipeline = await reporting.get("/reports/pipeline", format="csv")
+        return bool(
+            funnel.json()["consumer_lag"] == 0
+            and funnel.headers["X-Consumer-Lag"] == "0"
+            and pipeline.headers["X-Consumer-Lag"] == "0"
+        )
+
+    await eventually(lag_measured_and_caught_up, timeout=30)

@@ -30,6 +30,7 @@ from .domain import (
 from .repository import ReportingRepository
 
 AS_OF_HEADER = "X-Report-As-Of"
+LAG_HEADER = "X-Consumer-Lag"
 CSV_MEDIA_TYPE = "text/csv"
 
 FUNNEL_CSV_COLUMNS: tuple[str, ...] = ("as_of", "group_by", *FunnelRow.model_fields)
@@ -43,6 +44,9 @@ class ReportFormat(StrEnum):
 
 class FunnelReport(BaseModel):
     as_of: datetime | None = Field(description="Time of the newest event applied to this view.")
+    consumer_lag: int | None = Field(
+        description="Events published but not yet applied to the read models (null until first measured)."
+    )
     filters: FunnelQuery
     group_by: FunnelDimension | None
     rows: list[FunnelRow]
@@ -50,6 +54,9 @@ class FunnelReport(BaseModel):
 
 class PipelineReport(BaseModel):
     as_of: datetime | None = Field(description="Time of the newest event applied to this view.")
+    consumer_lag: int | None = Field(
+        description="Events published but not yet applied to the read models (null until first measured)."
+    )
     filters: PipelineQuery
     rows: list[PipelineRow]
 
@@ -87,17 +94,23 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _csv(columns: Sequence[str], rows: Sequence[dict[str, Any]], as_of: datetime | None) -> Response:
+def _freshness(as_of: datetime | None, lag: int | None) -> dict[str, str]:
+    return {AS_OF_HEADER: _cell(as_of), LAG_HEADER: _cell(lag)}
+
+
+def _csv(
+    columns: Sequence[str], rows: Sequence[dict[str, Any]], as_of: datetime | None, lag: int | None
+) -> Response:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(columns)
     for row in rows:
         writer.writerow([_cell(row.get(column)) for column in columns])
-    return Response(buffer.getvalue(), media_type=CSV_MEDIA_TYPE, headers={AS_OF_HEADER: _cell(as_of)})
+    return Response(buffer.getvalue(), media_type=CSV_MEDIA_TYPE, headers=_freshness(as_of, lag))
 
 
-def _json(report: BaseModel, as_of: datetime | None) -> Response:
-    return JSONResponse(report.model_dump(mode="json", by_alias=True), headers={AS_OF_HEADER: _cell(as_of)})
+def _json(report: BaseModel, as_of: datetime | None, lag: int | None) -> Response:
+    return JSONResponse(report.model_dump(mode="json", by_alias=True), headers=_freshness(as_of, lag))
 
 
 def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRouter:
@@ -153,10 +166,12 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
         names = await repo.campaign_names(counts) if group_by == FunnelDimension.CAMPAIGN else {}
         rows = funnel_rows(counts, query, names)
         as_of = await repo.funnel_as_of()
+        lag = runtime.lag.total
         if _wants_csv(request, format):
             extra = {"as_of": as_of, "group_by": group_by}
-            return _csv(FUNNEL_CSV_COLUMNS, [{**extra, **dict(row)} for row in rows], as_of)
-        return _json(FunnelReport(as_of=as_of, filters=query, group_by=group_by, rows=rows), as_of)
+            return _csv(FUNNEL_CSV_COLUMNS, [{**extra, **dict(row)} for row in rows], as_of, lag)
+        report = FunnelReport(as_of=as_of, consumer_lag=lag, filters=query, group_by=group_by, rows=rows)
+        return _json(report, as_of, lag)
 
     @router.get(
         "/pipeline",
@@ -179,8 +194,9 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
         query = PipelineQuery(pipeline_id=pipeline_id, owner_id=owner_id)
         rows = pipeline_rows(await repo.pipeline_cells(query))
         as_of = await repo.pipeline_as_of()
+        lag = runtime.lag.total
         if _wants_csv(request, format):
-            return _csv(PIPELINE_CSV_COLUMNS, [{"as_of": as_of, **dict(row)} for row in rows], as_of)
-        return _json(PipelineReport(as_of=as_of, filters=query, rows=rows), as_of)
+            return _csv(PIPELINE_CSV_COLUMNS, [{"as_of": as_of, **dict(row)} for row in rows], as_of, lag)
+        return _json(PipelineReport(as_of=as_of, consumer_lag=lag, filters=query, rows=rows), as_of, lag)
 
     return router
