@@ -129,8 +129,8 @@ class OutboxRelay:
                 published = 0
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-            if self._stopping.is_set():
-                return
+            if self._stopping.is_set() and not published:
+                return  # flushed (or Kafka is away: what is left waits for the next start)
             if not published:
                 await self._outbox.wait(self._settings.outbox_poll_seconds)
 

@@ -95,11 +95,12 @@ class ServiceRuntime:
         log.info("service started", extra={"database": self.settings.database_name})
 
     async def stop(self) -> None:
-        # Order matters: stop taking new messages (commit, leave the group), flush the outbox,
-        # then close the clients.
+        # Order matters: stop taking new messages (finish in-flight ones, commit, leave the
+        # group), then flush the outbox while the producer still runs, then close the clients.
         await self.lag.stop()
-        await self.broker.stop()
+        await asyncio.gather(*(subscriber.stop() for subscriber in self.broker.subscribers))
         await self.relay.stop()
+        await self.broker.stop()
         for hook in reversed(self._shutdown):
             await hook()
         await self.client.close()

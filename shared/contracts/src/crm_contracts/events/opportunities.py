@@ -103,6 +103,9 @@ class OpportunityStageChanged(Contract):
     pipeline_id: Id
     previous_stage_id: Id
     previous_stage_name: ShortText
+    previous_stage_kind: StageKind | None = Field(
+        default=None, description="closed_won or closed_lost when the move reopened the opportunity"
+    )
     stage_id: Id
     stage_name: ShortText
     stage_kind: StageKind
@@ -125,3 +128,41 @@ class OpportunityClosed(Contract):
     closed_at: AwareDatetime
     closed_by: Actor
     opportunity: OpportunityFigures
+
+
+# Proposed payloads of topics the catalogue does not have yet: ``account.updated``,
+# ``contact.updated``, ``pipeline.created`` and ``pipeline.updated``.
+class AccountUpdated(AccountCreated):
+    """The account as it stands after a change, and which fields changed."""
+
+    changed_fields: list[str]
+    updated_at: AwareDatetime
+    updated_by: Actor
+
+
+class ContactUpdated(ContactCreated):
+    """The contact as it stands after a change, and which fields changed."""
+
+    changed_fields: list[str]
+    updated_at: AwareDatetime
+    updated_by: Actor
+
+
+class PipelineStage(Contract):
+    stage_id: Id
+    name: ShortText
+    kind: StageKind
+    probability: Percent
+    forecast_category: ForecastCategory
+    position: int = Field(ge=0, description="0-based order within the pipeline")
+
+
+class PipelineDefined(Contract):
+    """A pipeline's full definition (on creation and after each revision), so reporting can
+    order stages and tell open from closed ones."""
+
+    pipeline_id: Id
+    name: ShortText
+    stages: list[PipelineStage]
+    loss_reasons: list[str]
+    defined_at: AwareDatetime

@@ -1,0 +1,746 @@
+"""HTTP routes of the opportunities service: pipelines, accounts, contacts, opportunities."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import date
+from decimal import Decimal
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from crm_contracts.envelope import utcnow
+from crm_contracts.events.common import Actor, Currency, Id, Money, Percent, ShortText
+from crm_contracts.events.leads import LeadSource
+from crm_contracts.events.opportunities import AccountType
+from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
+from fastapi import APIRouter, Depends, Query, Request, status
+from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, ValidationError, model_validator
+
+from .domain import (
+    DEFAULT_PIPELINE_ID,
+    Account,
+    AccountTier,
+    Address,
+    Case,
+    Contact,
+    ContactRole,
+    IllegalTransition,
+    InvalidRequest,
+    LossReason,
+    Opportunity,
+    OpportunityChanges,
+    OpportunityRuleViolation,
+    Pipeline,
+    Product,
+    SalesTeam,
+    Stage,
+    check_definition,
+    normalise_domain,
+)
+from .imports import (
+    CSV_TYPES,
+    NDJSON_TYPES,
+    AccountRow,
+    ImportReport,
+    ImportRow,
+    OpportunityRow,
+    RowOutcome,
+    RowProblem,
+    UnreadableUpload,
+    parse_rows,
+    problems_of,
+)
+from .repository import AlreadyExists, ConcurrentModification, Repositories
+from .use_cases import (
+    DuplicateRecord,
+    Imported,
+    LineRequest,
+    NewOpportunity,
+    NotFound,
+    Policy,
+    StaleVersion,
+    create_account,
+    create_contact,
+    create_pipeline,
+    create_product,
+    import_account,
+    import_opportunity,
+    load_case,
+    move_opportunity,
+    open_opportunity,
+    reopen_opportunity,
+    revise_pipeline,
+    revise_product,
+    set_line_items,
+    update_opportunity,
+)
+
+T = TypeVar("T")
+R = TypeVar("R", bound=ImportRow)
+ExpectedVersion = Annotated[
+    int | None,
+    Field(
+        default=None, ge=1, description="The version the caller read; a different current version is a 409"
+    ),
+]
+Limit = Annotated[int, Query(ge=1, le=500)]
+SourceSystem = Annotated[
+    str,
+    Query(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
+        description="The CRM the records come from; with each external_id it identifies a record",
+    ),
+]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last")
+
+
+def _page(items: list[Any], limit: int) -> dict[str, Any]:
+    return {"items": items, "next_cursor": items[-1].id if len(items) == limit else None}
+
+
+# -- request bodies ---------------------------------------------------------------------------
+class NewPipeline(_Body):
+    id: Id | None = Field(default=None, description="Generated when omitted")
+    name: ShortText
+    stages: list[Stage] = Field(min_length=3, max_length=50, description="In pipeline order")
+    loss_reasons: list[LossReason] | None = Field(
+        default=None, max_length=100, description="Omit to use the installation's default list"
+    )
+
+    @model_validator(mode="after")
+    def _usable(self) -> NewPipeline:
+        check_definition(self.stages, self.loss_reasons)
+        return self
+
+
+class PipelineRevision(_Body):
+    name: ShortText
+    stages: list[Stage] = Field(min_length=3, max_length=50, description="In pipeline order")
+    loss_reasons: list[LossReason] | None = Field(default=None, max_length=100)
+    expected_version: ExpectedVersion = None
+
+    @model_validator(mode="after")
+    def _usable(self) -> PipelineRevision:
+        check_definition(self.stages, self.loss_reasons)
+        return self
+
+
+class NewProduct(_Body):
+    id: Id | None = Field(default=None, description="Generated when omitted")
+    sku: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    name: ShortText
+    description: str | None = Field(default=None, max_length=2000)
+    list_price: Money
+    currency: Currency = "EUR"
+    active: bool = True
+
+
+class ProductPatch(_Body):
+    """Only the fields present change; line items already priced keep their price."""
+
+    sku: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    name: ShortText | None = None
+    description: str | None = Field(default=None, max_length=2000)
+    list_price: Money | None = None
+    currency: Currency | None = None
+    active: bool | None = None
+    expected_version: ExpectedVersion = None
+
+    @model_validator(mode="after")
+    def _required_stay(self) -> ProductPatch:
+        for name in ("name", "list_price", "currency", "active"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be cleared")
+        return self
+
+
+class LineItemRequest(_Body):
+    product_id: Id
+    quantity: Decimal = Field(gt=0, max_digits=12, decimal_places=4)
+    unit_price: Money | None = Field(default=None, description="The product's list price when omitted")
+    discount_percent: Decimal = Field(default=Decimal("0"), ge=0, le=100, decimal_places=2)
+
+
+class LineItemsRequest(_Body):
+    items: list[LineItemRequest] = Field(max_length=200)
+    derive_amount: bool = Field(default=True, description="Set the amount to the line items' total")
+    by: Actor
+    expected_version: ExpectedVersion = None
+
+
+class NewAccount(_Body):
+    id: Id | None = Field(default=None, description="Generated when omitted")
+    name: ShortText
+    type: AccountType = AccountType.PROSPECT
+    tier: AccountTier | None = None
+    industry: str | None = Field(default=None, max_length=100)
+    employees: int | None = Field(default=None, ge=0, le=10_000_000)
+    annual_revenue: Money | None = None
+    website: str | None = Field(default=None, max_length=300)
+    domain: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9.\-]+$",
+        description="Derived from the website when omitted; unique across accounts",
+    )
+    address: Address = Address()
+    parent_account_id: Id | None = None
+    owner_id: Id | None = None
+    originating_lead_id: Id | None = None
+
+
+class NewContact(_Body):
+    id: Id | None = Field(default=None, description="Generated when omitted")
+    account_id: Id | None = None
+    first_name: str | None = Field(default=None, max_length=100)
+    last_name: str | None = Field(default=None, max_length=100)
+    email: EmailStr | None = None
+    phone: str | None = Field(default=None, max_length=40, pattern=r"^[0-9+()./ \-]{3,40}$")
+    job_title: str | None = Field(default=None, max_length=200)
+    role: str | None = Field(default=None, max_length=100, examples=["economic buyer"])
+    decision_maker: bool = False
+    influencer: bool = False
+    originating_lead_id: Id | None = None
+
+    @model_validator(mode="after")
+    def _identifiable(self) -> NewContact:
+        if not (self.first_name or self.last_name or self.email):
+            raise ValueError("a contact needs a first name, a last name or an email")
+        return self
+
+
+class NewOpportunityBody(_Body):
+    id: Id | None = Field(default=None, description="Generated when omitted")
+    name: ShortText
+    account_id: Id
+    primary_contact_id: Id | None = None
+    owner_id: Id | None = None
+    pipeline_id: Id = DEFAULT_PIPELINE_ID
+    stage_id: Id | None = Field(default=None, description="The pipeline's first stage when omitted")
+    probability: Percent | None = Field(default=None, description="Overrides the stage's default")
+    amount: Money | None = None
+    currency: Currency = "EUR"
+    expected_close_date: date | None = None
+    lead_id: Id | None = None
+    lead_source: LeadSource | None = None
+    campaign_id: Id | None = None
+    contact_roles: list[ContactRole] = Field(default_factory=list, max_length=50)
+    sales_team: SalesTeam | None = None
+    created_at: AwareDatetime | None = Field(
+        default=None, description="When it really happened (historical imports); now when omitted"
+    )
+    by: Actor
+
+
+class OpportunityPatch(_Body):
+    """Only the fields present change; null clears expected_close_date, owner_id,
+    primary_contact_id and sales_team."""
+
+    name: ShortText | None = None
+    amount: Money | None = None
+    currency: Currency | None = None
+    expected_close_date: date | None = None
+    owner_id: Id | None = None
+    probability: Percent | None = None
+    primary_contact_id: Id | None = None
+    contact_roles: list[ContactRole] | None = Field(default=None, max_length=50)
+    sales_team: SalesTeam | None = None
+    by: Actor
+    expected_version: ExpectedVersion = None
+
+
+class StageMoveRequest(_Body):
+    stage_id: Id
+    by: Actor
+    expected_version: ExpectedVersion = None
+    loss_reason: LossReason | None = Field(default=None, description="Required when closing as lost")
+    probability: Percent | None = Field(default=None, description="Overrides the stage's default")
+
+
+class ReopenRequest(_Body):
+    stage_id: Id | None = Field(default=None, description="The last open stage it was in when omitted")
+    by: Actor
+    expected_version: ExpectedVersion = None
+    probability: Percent | None = None
+
+
+# -- routes -----------------------------------------------------------------------------------
+def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> list[APIRouter]:
+    read = [Depends(runtime.auth.require("read"))]
+    write = [Depends(runtime.auth.require("write"))]
+
+    async def run(work: Callable[[UnitOfWork], Awaitable[T]], *, path_field: str | None = None) -> T:
+        """Run a use case in one unit of work and turn refusals into 4xx that name the field:
+        the record the path names is 404 when missing, a record the body refers to is 422."""
+        try:
+            return await runtime.transaction(work)
+        except NotFound as exc:
+            if exc.field == path_field:
+                raise ApiError(404, "not_found", str(exc), field=exc.field) from exc
+            raise ApiError(422, "unknown_reference", str(exc), field=exc.field) from exc
+        except StaleVersion as exc:
+            raise ApiError(409, "stale_version", str(exc), field="expected_version") from exc
+        except ConcurrentModification as exc:
+            raise ApiError(409, "concurrent_modification", str(exc)) from exc
+        except DuplicateRecord as exc:
+            raise ApiError(409, "already_exists", str(exc), field=exc.field) from exc
+        except AlreadyExists as exc:  # lost a race for an id or a domain to a concurrent request
+            raise ApiError(409, "already_exists", str(exc)) from exc
+        except InvalidRequest as exc:
+            raise ApiError(422, "invalid_request", str(exc), field=exc.field) from exc
+        except IllegalTransition as exc:
+            raise ApiError(409, "illegal_transition", str(exc), field=exc.field) from exc
+
+    def not_found(what: str, record_id: str, field: str) -> ApiError:
+        return ApiError(404, "not_found", f"{what} {record_id} does not exist", field=field)
+
+    # -- pipelines --------------------------------------------------------------------------
+    pipelines = APIRouter(prefix="/pipelines", tags=["pipelines"])
+
+    @pipelines.get("", dependencies=read, summary="All pipelines with their stages")
+    async def list_pipelines() -> list[Pipeline]:
+        return await repos.pipelines.all()
+
+    @pipelines.get("/{pipeline_id}", dependencies=read, summary="One pipeline with its stages")
+    async def get_pipeline(pipeline_id: Id) -> Pipeline:
+        pipeline = await repos.pipelines.get(pipeline_id)
+        if pipeline is None:
+            raise not_found("pipeline", pipeline_id, "pipeline_id")
+        return pipeline
+
+    @pipelines.post(
+        "", status_code=status.HTTP_201_CREATED, dependencies=write, summary="Define a custom pipeline"
+    )
+    async def post_pipeline(body: NewPipeline) -> Pipeline:
+        pipeline = Pipeline(
+            id=body.id or str(uuid.uuid4()),
+            name=body.name,
+            stages=body.stages,
+            loss_reasons=body.loss_reasons,
+            created_at=utcnow(),
+        )
+        return await run(lambda uow: create_pipeline(repos, uow, pipeline))
+
+    @pipelines.put(
+        "/{pipeline_id}",
+        dependencies=write,
+        summary="Redefine a pipeline (stages holding open opportunities cannot be removed or closed)",
+    )
+    async def put_pipeline(pipeline_id: Id, body: PipelineRevision) -> Pipeline:
+        return await run(
+            lambda uow: revise_pipeline(
+                repos,
+                uow,
+                pipeline_id,
+                name=body.name,
+                stages=body.stages,
+                loss_reasons=body.loss_reasons,
+                expected_version=body.expected_version,
+            ),
+            path_field="pipeline_id",
+        )
+
+    # -- products ---------------------------------------------------------------------------
+    products = APIRouter(prefix="/products", tags=["products"])
+
+    @products.post(
+        "", status_code=status.HTTP_201_CREATED, dependencies=write, summary="Add a product to the catalogue"
+    )
+    async def post_product(body: NewProduct) -> Product:
+        now = utcnow()
+        product = Product(
+            **body.model_dump(exclude={"id"}), id=body.id or str(uuid.uuid4()), created_at=now, updated_at=now
+        )
+        return await run(lambda uow: create_product(repos, uow, product))
+
+    @products.patch(
+        "/{product_id}",
+        dependencies=write,
+        summary="Change a product's name, price, currency or availability",
+    )
+    async def patch_product(product_id: Id, body: ProductPatch) -> Product:
+        changes = body.model_dump(include=body.model_fields_set - {"expected_version"})
+        return await run(
+            lambda uow: revise_product(
+                repos, uow, product_id, changes, expected_version=body.expected_version
+            ),
+            path_field="product_id",
+        )
+
+    @products.get("/{product_id}", dependencies=read, summary="One product with its list price")
+    async def get_product(product_id: Id) -> Product:
+        product = await repos.products.get(product_id)
+        if product is None:
+            raise not_found("product", product_id, "product_id")
+        return product
+
+    @products.get("", dependencies=read, summary="The product catalogue, with cursor pagination")
+    async def list_products(
+        active: bool | None = None,
+        currency: Currency | None = None,
+        limit: Limit = 50,
+        cursor: Id | None = None,
+    ) -> Page[Product]:
+        items = await repos.products.list(
+            filters=_filters(active=active, currency=currency), limit=limit, after_id=cursor
+        )
+        return Page[Product].model_validate(_page(items, limit))
+
+    # -- accounts ---------------------------------------------------------------------------
+    accounts = APIRouter(prefix="/accounts", tags=["accounts"])
+
+    @accounts.post("", status_code=status.HTTP_201_CREATED, dependencies=write, summary="Create an account")
+    async def post_account(body: NewAccount) -> Account:
+        now = utcnow()
+        account = Account(
+            **body.model_dump(exclude={"id", "domain", "address"}),
+            id=body.id or str(uuid.uuid4()),
+            domain=normalise_domain(body.domain or body.website),
+            address=body.address,
+            created_at=now,
+            updated_at=now,
+        )
+        return await run(lambda uow: create_account(repos, uow, account))
+
+    @accounts.get("/{account_id}", dependencies=read, summary="One account (also found by a merged id)")
+    async def get_account(account_id: Id) -> Account:
+        account = await repos.accounts.find(account_id)
+        if account is None:
+            raise not_found("account", account_id, "account_id")
+        return account
+
+    @accounts.get("", dependencies=read, summary="List accounts with filters and cursor pagination")
+    async def list_accounts(
+        account_type: Annotated[AccountType | None, Query(alias="type")] = None,
+        tier: AccountTier | None = None,
+        owner_id: Id | None = None,
+        parent_account_id: Id | None = None,
+        country: Annotated[str | None, Query(pattern=r"^[A-Z]{2}$")] = None,
+        domain: Annotated[str | None, Query(max_length=253, pattern=r"^[A-Za-z0-9.\-]+$")] = None,
+        limit: Limit = 50,
+        cursor: Id | None = None,
+    ) -> Page[Account]:
+        filters = _filters(
+            type=account_type,
+            tier=tier,
+            owner_id=owner_id,
+            parent_account_id=parent_account_id,
+            **{"address.country": country},
+            domain=normalise_domain(domain),
+        )
+        items = await repos.accounts.list(filters=filters, limit=limit, after_id=cursor)
+        return Page[Account].model_validate(_page(items, limit))
+
+    # -- contacts ---------------------------------------------------------------------------
+    contacts = APIRouter(prefix="/contacts", tags=["contacts"])
+
+    @contacts.post("", status_code=status.HTTP_201_CREATED, dependencies=write, summary="Create a contact")
+    async def post_contact(body: NewContact) -> Contact:
+        now = utcnow()
+        contact = Contact(
+            **body.model_dump(exclude={"id", "email"}),
+            id=body.id or str(uuid.uuid4()),
+            email=str(body.email).lower() if body.email else None,
+            created_at=now,
+            updated_at=now,
+        )
+        return await run(lambda uow: create_contact(repos, uow, contact))
+
+    @contacts.get("/{contact_id}", dependencies=read, summary="One contact")
+    async def get_contact(contact_id: Id) -> Contact:
+        contact = await repos.contacts.get(contact_id)
+        if contact is None:
+            raise not_found("contact", contact_id, "contact_id")
+        return contact
+
+    @contacts.get("", dependencies=read, summary="List contacts with filters and cursor pagination")
+    async def list_contacts(
+        account_id: Id | None = None,
+        email: Annotated[EmailStr | None, Query()] = None,
+        originating_lead_id: Id | None = None,
+        decision_maker: bool | None = None,
+        limit: Limit = 50,
+        cursor: Id | None = None,
+    ) -> Page[Contact]:
+        filters = _filters(
+            account_id=account_id,
+            email=str(email).lower() if email else None,
+            originating_lead_id=originating_lead_id,
+            decision_maker=decision_maker,
+        )
+        items = await repos.contacts.list(filters=filters, limit=limit, after_id=cursor)
+        return Page[Contact].model_validate(_page(items, limit))
+
+    # -- opportunities ----------------------------------------------------------------------
+    opportunities = APIRouter(prefix="/opportunities", tags=["opportunities"])
+
+    @opportunities.post(
+        "", status_code=status.HTTP_201_CREATED, dependencies=write, summary="Open an opportunity"
+    )
+    async def post_opportunity(body: NewOpportunityBody) -> Opportunity:
+        new = NewOpportunity(
+            opportunity_id=body.id or str(uuid.uuid4()),
+            name=body.name,
+            account_id=body.account_id,
+            by=body.by,
+            pipeline_id=body.pipeline_id,
+            stage_id=body.stage_id,
+            probability=body.probability,
+            amount=body.amount,
+            currency=body.currency,
+            expected_close_date=body.expected_close_date,
+            owner_id=body.owner_id,
+            primary_contact_id=body.primary_contact_id,
+            lead_id=body.lead_id,
+            lead_source=body.lead_source,
+            campaign_id=body.campaign_id,
+            contact_roles=body.contact_roles,
+            sales_team=body.sales_team,
+            created_at=body.created_at,
+        )
+        return await run(lambda uow: open_opportunity(repos, uow, new))
+
+    @opportunities.get(
+        "/{opportunity_id}", dependencies=read, summary="One opportunity with its stage history"
+    )
+    async def get_opportunity(opportunity_id: Id) -> Opportunity:
+        opportunity = await repos.opportunities.get(opportunity_id)
+        if opportunity is None:
+            raise not_found("opportunity", opportunity_id, "opportunity_id")
+        return opportunity
+
+    @opportunities.get("", dependencies=read, summary="List opportunities with filters and cursor pagination")
+    async def list_opportunities(
+        account_id: Id | None = None,
+        owner_id: Id | None = None,
+        pipeline_id: Id | None = None,
+        stage_id: Id | None = None,
+        opportunity_status: Annotated[
+            Literal["open", "won", "lost", "closed"] | None,
+            Query(alias="status", description="closed means won or lost"),
+        ] = None,
+        limit: Limit = 50,
+        cursor: Id | None = None,
+    ) -> Page[Opportunity]:
+        status_filter: Any = opportunity_status
+        if opportunity_status == "closed":
+            status_filter = {"$in": ["won", "lost"]}
+        filters = _filters(
+            account_id=account_id,
+            owner_id=owner_id,
+            pipeline_id=pipeline_id,
+            stage_id=stage_id,
+            status=status_filter,
+        )
+        items = await repos.opportunities.list(filters=filters, limit=limit, after_id=cursor)
+        return Page[Opportunity].model_validate(_page(items, limit))
+
+    @opportunities.patch(
+        "/{opportunity_id}",
+        dependencies=write,
+        summary="Change name, amount, currency, expected close date, owner or probability",
+    )
+    async def patch_opportunity(opportunity_id: Id, body: OpportunityPatch) -> Opportunity:
+        changes = OpportunityChanges.model_validate(
+            body.model_dump(include=body.model_fields_set - {"by", "expected_version"})
+        )
+        return await run(
+            lambda uow: update_opportunity(
+                repos, uow, opportunity_id, changes, by=body.by, expected_version=body.expected_version
+            ),
+            path_field="opportunity_id",
+        )
+
+    @opportunities.put(
+        "/{opportunity_id}/line-items",
+        dependencies=write,
+        summary="Replace the products on the opportunity (the amount follows their total by default)",
+    )
+    async def put_line_items(opportunity_id: Id, body: LineItemsRequest) -> Opportunity:
+        lines = [
+            LineRequest(
+                product_id=item.product_id,
+                quantity=item.quantity,
+                unit_price=item.unit_price,
+                discount_percent=item.discount_percent,
+            )
+            for item in body.items
+        ]
+        return await run(
+            lambda uow: set_line_items(
+                repos,
+                uow,
+                opportunity_id,
+                lines,
+                derive_amount=body.derive_amount,
+                by=body.by,
+                expected_version=body.expected_version,
+            ),
+            path_field="opportunity_id",
+        )
+
+    @opportunities.post(
+        "/{opportunity_id}/stage",
+        dependencies=write,
+        summary="Move to another stage of its pipeline (closing as lost needs a loss reason)",
+    )
+    async def move_stage(opportunity_id: Id, body: StageMoveRequest) -> Opportunity:
+        return await run(
+            lambda uow: move_opportunity(
+                repos,
+                uow,
+                policy,
+                opportunity_id,
+                body.stage_id,
+                by=body.by,
+                expected_version=body.expected_version,
+                loss_reason=body.loss_reason,
+                probability=body.probability,
+            ),
+            path_field="opportunity_id",
+        )
+
+    @opportunities.post(
+        "/{opportunity_id}/reopen", dependencies=write, summary="Reopen a won or lost opportunity"
+    )
+    async def reopen(opportunity_id: Id, body: ReopenRequest) -> Opportunity:
+        return await run(
+            lambda uow: reopen_opportunity(
+                repos,
+                uow,
+                opportunity_id,
+                by=body.by,
+                stage_id=body.stage_id,
+                expected_version=body.expected_version,
+                probability=body.probability,
+            ),
+            path_field="opportunity_id",
+        )
+
+    @opportunities.get(
+        "/{opportunity_id}/case",
+        dependencies=read,
+        summary="The closed opportunity's case: account, contacts, lead, campaign, history, outcome",
+    )
+    async def get_case(opportunity_id: Id) -> Case:
+        try:
+            return await load_case(repos, opportunity_id)
+        except NotFound as exc:
+            raise ApiError(404, "not_found", str(exc), field=exc.field) from exc
+        except IllegalTransition as exc:
+            raise ApiError(409, "not_closed", str(exc), field=exc.field) from exc
+
+    # -- bulk import ------------------------------------------------------------------------
+    imports = APIRouter(prefix="/imports", tags=["imports"])
+    upload = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                media_type: {"schema": {"type": "string", "description": "One record per line / row"}}
+                for media_type in (*CSV_TYPES, *NDJSON_TYPES)
+            },
+        }
+    }
+
+    async def read_upload(request: Request) -> list[dict[str, Any] | str]:
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() not in (*CSV_TYPES, *NDJSON_TYPES):
+            raise ApiError(
+                415, "unsupported_media_type", f"send one of {', '.join((*CSV_TYPES, *NDJSON_TYPES))}"
+            )
+        try:
+            return parse_rows(await request.body(), content_type)
+        except UnreadableUpload as exc:
+            raise ApiError(422, "unreadable_upload", str(exc), field="(body)") from exc
+
+    async def import_row(
+        number: int,
+        record: dict[str, Any] | str,
+        model: type[R],
+        work: Callable[[UnitOfWork, R], Awaitable[Imported]],
+    ) -> RowOutcome:
+        """One row in its own unit of work: its records and events commit together or not at all."""
+        external_id = record.get("external_id") if isinstance(record, dict) else None
+        outcome = RowOutcome(
+            row=number, external_id=str(external_id) if external_id else None, status="failed"
+        )
+        if isinstance(record, str):
+            outcome.problems = [RowProblem(field="(row)", reason=record)]
+            return outcome
+        try:
+            row = model.model_validate(record)
+        except ValidationError as exc:
+            outcome.problems = problems_of(exc)
+            return outcome
+        try:
+            result = await runtime.transaction(lambda uow: work(uow, row))
+        except (NotFound, DuplicateRecord, OpportunityRuleViolation) as exc:
+            outcome.problems = [RowProblem(field=exc.field, reason=str(exc))]
+            return outcome
+        except (StaleVersion, ConcurrentModification, AlreadyExists) as exc:
+            outcome.problems = [
+                RowProblem(field="(row)", reason=f"changed concurrently, import again: {exc}")
+            ]
+            return outcome
+        return RowOutcome(
+            row=number,
+            external_id=row.external_id,
+            status=result.status,
+            id=result.record_id,
+            changed_fields=list(result.changed_fields),
+        )
+
+    @imports.post(
+        "/accounts",
+        dependencies=write,
+        openapi_extra=upload,
+        summary="Import accounts from another CRM (CSV or NDJSON); a report per row",
+    )
+    async def import_accounts(request: Request, source_system: SourceSystem) -> ImportReport:
+        records = await read_upload(request)
+        outcomes = [
+            await import_row(
+                number, record, AccountRow, lambda uow, row: import_account(repos, uow, source_system, row)
+            )
+            for number, record in enumerate(records, start=1)
+        ]
+        return ImportReport.of(source_system, outcomes)
+
+    @imports.post(
+        "/opportunities",
+        dependencies=write,
+        openapi_extra=upload,
+        summary="Import opportunities in their original stages and dates (CSV or NDJSON); a report per row",
+    )
+    async def import_opportunities(request: Request, source_system: SourceSystem) -> ImportReport:
+        records = await read_upload(request)
+        by = Actor(id=f"import:{source_system}")
+        outcomes = [
+            await import_row(
+                number,
+                record,
+                OpportunityRow,
+                lambda uow, row: import_opportunity(repos, uow, policy, source_system, row, by=by),
+            )
+            for number, record in enumerate(records, start=1)
+        ]
+        return ImportReport.of(source_system, outcomes)
+
+    return [pipelines, products, accounts, contacts, opportunities, imports]
+
+
+def _filters(**values: Any) -> dict[str, Any]:
+    """Equality filters from typed query values; unset ones are left out."""
+    return {
+        name: value.value if hasattr(value, "value") else value
+        for name, value in values.items()
+        if value is not None
+    }

@@ -1,0 +1,51 @@
+"""Composition root of the opportunities service: the one place where its parts are wired."""
+
+from __future__ import annotations
+
+from crm_runtime import ServiceRuntime, ServiceSettings
+from fastapi import FastAPI
+from pydantic import Field
+
+from .api import routers
+from .domain import DEFAULT_LOSS_REASONS, LossReason
+from .handlers import register_handlers
+from .repository import Repositories
+from .use_cases import Policy, seed_default_pipeline
+
+
+class OpportunitiesSettings(ServiceSettings):
+    service_name: str = "opportunities"
+    default_loss_reasons: list[LossReason] = Field(
+        default=list(DEFAULT_LOSS_REASONS),
+        min_length=1,
+        description="Loss reasons of pipelines that define none (JSON list in CRM_DEFAULT_LOSS_REASONS).",
+    )
+
+
+def create_app(settings: OpportunitiesSettings | None = None) -> FastAPI:
+    settings = settings or OpportunitiesSettings()
+    runtime = ServiceRuntime(settings)
+    repos = Repositories.of(runtime.db)
+    policy = Policy(default_loss_reasons=tuple(settings.default_loss_reasons))
+
+    async def prepare_storage() -> None:
+        await repos.ensure_indexes()
+        await seed_default_pipeline(repos)
+
+    runtime.on_startup(prepare_storage)
+    register_handlers(runtime.consumer, repos)
+    return runtime.create_app(
+        title="CRM opportunities",
+        description=(
+            "Accounts, contacts and opportunities moving through configurable pipelines until "
+            "they are won or lost; the closed opportunity's case."
+        ),
+        routers=routers(runtime, repos, policy),
+        openapi_tags=[
+            {"name": "pipelines", "description": "Pipelines and their ordered stages"},
+            {"name": "products", "description": "The product catalogue line items come from"},
+            {"name": "accounts", "description": "Companies the business tracks"},
+            {"name": "contacts", "description": "People, usually at an account"},
+            {"name": "opportunities", "description": "Potential revenue, stage moves, the case"},
+        ],
+    )

@@ -1,0 +1,925 @@
+"""Accounts, contacts, pipelines and opportunities, and the rules of moving an opportunity
+through its pipeline's stages until it is won or lost. No I/O here."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+
+from crm_contracts.events.common import Actor, Id, Percent, ShortText
+from crm_contracts.events.leads import LeadSource
+from crm_contracts.events.opportunities import (
+    AccountCreated,
+    AccountType,
+    ContactCreated,
+    ForecastCategory,
+    OpportunityFigures,
+    StageKind,
+)
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    computed_field,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_PIPELINE_ID = "default"
+CENT = Decimal("0.01")
+
+# Used when a pipeline names no loss reasons of its own; the service can replace it by setting.
+DEFAULT_LOSS_REASONS: tuple[str, ...] = (
+    "price",
+    "competitor",
+    "no_budget",
+    "no_decision",
+    "timing",
+    "product_fit",
+    "other",
+)
+
+LossReason = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+# -- errors -----------------------------------------------------------------------------------
+class OpportunityRuleViolation(Exception):
+    """A request the rules refuse; ``field`` names what to change."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidRequest(OpportunityRuleViolation):
+    """The request itself is wrong (an unknown stage, a missing loss reason): fix the input."""
+
+
+class IllegalTransition(OpportunityRuleViolation):
+    """The request is well-formed but the opportunity's state refuses it (e.g. it is closed)."""
+
+
+# -- pipelines --------------------------------------------------------------------------------
+class Stage(BaseModel):
+    """One step of a pipeline, with the defaults an opportunity takes on entering it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Id = Field(examples=["proposal"])
+    name: ShortText = Field(examples=["Proposal"])
+    kind: StageKind = StageKind.OPEN
+    probability: Percent = Field(description="Default win probability on entering the stage")
+    forecast_category: ForecastCategory
+
+    @property
+    def is_closed(self) -> bool:
+        return self.kind is not StageKind.OPEN
+
+
+def check_stages(stages: Sequence[Stage]) -> None:
+    """Raise ValueError unless ``stages`` make a usable pipeline: unique ids, an open first
+    stage, at least one way to win and one to lose, and closed stages whose figures cannot
+    contradict their outcome (a won deal is certain, a lost one is worth nothing)."""
+    seen: set[str] = set()
+    for stage in stages:
+        if stage.id in seen:
+            raise ValueError(f"stage id {stage.id!r} appears more than once")
+        seen.add(stage.id)
+        if stage.kind is StageKind.CLOSED_WON and (
+            stage.probability != 100 or stage.forecast_category is not ForecastCategory.CLOSED
+        ):
+            raise ValueError(f"closed-won stage {stage.id!r} must have probability 100 and forecast closed")
+        if stage.kind is StageKind.CLOSED_LOST and (
+            stage.probability != 0 or stage.forecast_category is not ForecastCategory.OMITTED
+        ):
+            raise ValueError(f"closed-lost stage {stage.id!r} must have probability 0 and forecast omitted")
+        if stage.kind is StageKind.OPEN and stage.forecast_category is ForecastCategory.CLOSED:
+            raise ValueError(f"open stage {stage.id!r} cannot have forecast category closed")
+    if not stages or stages[0].kind is not StageKind.OPEN:
+        raise ValueError("the first stage must be open: new opportunities start there")
+    kinds = {stage.kind for stage in stages}
+    for needed in (StageKind.CLOSED_WON, StageKind.CLOSED_LOST):
+        if needed not in kinds:
+            raise ValueError(f"a pipeline needs at least one {needed.value} stage")
+
+
+def check_definition(stages: Sequence[Stage], loss_reasons: Sequence[str] | None) -> None:
+    """Raise ValueError unless stages and loss reasons make a usable pipeline."""
+    check_stages(stages)
+    if loss_reasons is not None and len(set(loss_reasons)) != len(loss_reasons):
+        raise ValueError("loss_reasons must not repeat")
+
+
+class Pipeline(BaseModel):
+    """An ordered list of stages an opportunity moves through; installations have several."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Id
+    name: ShortText
+    stages: list[Stage] = Field(min_length=3, max_length=50)
+    loss_reasons: list[LossReason] | None = Field(
+        default=None, max_length=100, description="None: the service's default list"
+    )
+    version: int = 1
+    created_at: AwareDatetime
+    updated_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _usable(self) -> Pipeline:
+        check_definition(self.stages, self.loss_reasons)
+        return self
+
+    def stage(self, stage_id: str) -> Stage:
+        for stage in self.stages:
+            if stage.id == stage_id:
+                return stage
+        raise InvalidRequest(f"stage {stage_id!r} is not a stage of pipeline {self.id!r}", field="stage_id")
+
+    @property
+    def first_stage(self) -> Stage:
+        return self.stages[0]
+
+    def allowed_loss_reasons(self, default: Sequence[str]) -> Sequence[str]:
+        return self.loss_reasons if self.loss_reasons is not None else default
+
+    def revise(
+        self,
+        *,
+        name: str,
+        stages: Sequence[Stage],
+        loss_reasons: Sequence[str] | None,
+        stages_in_use: Mapping[str, int],
+        now: datetime,
+    ) -> list[str]:
+        """Replace the definition, keeping every opportunity in it valid: a stage that holds
+        open opportunities can be renamed, re-ordered or re-weighted but neither removed nor
+        closed. Opportunities keep the figures they have until their next move. Returns the
+        parts that changed."""
+        check_definition(stages, loss_reasons)
+        revised = {stage.id: stage for stage in stages}
+        for stage_id, count in sorted(stages_in_use.items()):
+            if not count:
+                continue
+            if stage_id not in revised:
+                raise IllegalTransition(
+                    f"stage {stage_id!r} holds {count} open opportunities: move them before removing it",
+                    field="stages",
+                )
+            if revised[stage_id].is_closed:
+                raise IllegalTransition(
+                    f"stage {stage_id!r} holds {count} open opportunities: it cannot become closed",
+                    field="stages",
+                )
+        changed = [
+            part
+            for part, before, after in (
+                ("name", self.name, name),
+                ("stages", self.stages, list(stages)),
+                ("loss_reasons", self.loss_reasons, None if loss_reasons is None else list(loss_reasons)),
+            )
+            if before != after
+        ]
+        if changed:
+            self.name = name
+            self.stages = list(stages)
+            self.loss_reasons = None if loss_reasons is None else list(loss_reasons)
+            self.version += 1
+            self.updated_at = now
+        return changed
+
+
+def default_pipeline(now: datetime) -> Pipeline:
+    """The pipeline every installation starts with, as CRM users know it."""
+    open_, won, lost = StageKind.OPEN, StageKind.CLOSED_WON, StageKind.CLOSED_LOST
+    fc = ForecastCategory
+    return Pipeline(
+        id=DEFAULT_PIPELINE_ID,
+        name="Sales",
+        stages=[
+            Stage(
+                id="prospecting",
+                name="Prospecting",
+                kind=open_,
+                probability=10,
+                forecast_category=fc.PIPELINE,
+            ),
+            Stage(
+                id="qualification",
+                name="Qualification",
+                kind=open_,
+                probability=20,
+                forecast_category=fc.PIPELINE,
+            ),
+            Stage(id="proposal", name="Proposal", kind=open_, probability=50, forecast_category=fc.BEST_CASE),
+            Stage(
+                id="negotiation", name="Negotiation", kind=open_, probability=80, forecast_category=fc.COMMIT
+            ),
+            Stage(id="closed_won", name="Closed Won", kind=won, probability=100, forecast_category=fc.CLOSED),
+            Stage(
+                id="closed_lost", name="Closed Lost", kind=lost, probability=0, forecast_category=fc.OMITTED
+            ),
+        ],
+        created_at=now,
+    )
+
+
+# -- accounts and contacts --------------------------------------------------------------------
+class AccountTier(StrEnum):
+    """ABC grouping of accounts by potential and the profit they bring."""
+
+    A = "A"
+    B = "B"
+    C = "C"
+
+
+class Address(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    street: str | None = Field(default=None, max_length=200)
+    postal_code: str | None = Field(default=None, max_length=20)
+    city: str | None = Field(default=None, max_length=100)
+    region: str | None = Field(default=None, max_length=100)
+    country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$", examples=["DE"])
+
+
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*://")
+
+
+def normalise_domain(website_or_domain: str | None) -> str | None:
+    """'https://www.Engines.example/about' -> 'engines.example': the key that stops one company
+    from becoming two accounts."""
+    if not website_or_domain:
+        return None
+    host = _SCHEME.sub("", website_or_domain.strip().lower()).split("/")[0].split(":")[0]
+    host = host.removeprefix("www.").strip(".")
+    return host or None
+
+
+class Account(BaseModel):
+    """A business the company tracks: customer, prospect, partner, competitor and so on."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    id: str
+    version: int = 1
+    name: str
+    type: AccountType = AccountType.PROSPECT
+    tier: AccountTier | None = None
+    industry: str | None = None
+    employees: int | None = None
+    annual_revenue: Decimal | None = None
+    website: str | None = None
+    domain: str | None = None
+    address: Address = Address()
+    parent_account_id: str | None = None
+    owner_id: str | None = None
+    originating_lead_id: str | None = None
+    # Ids other systems used for this company before it was matched (e.g. by domain) to it.
+    aliases: list[str] = Field(default_factory=list)
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+
+    def created_event(self) -> AccountCreated:
+        return AccountCreated(
+            account_id=self.id,
+            name=self.name,
+            type=self.type,
+            domain=self.domain,
+            industry=self.industry,
+            employees=self.employees,
+            country=self.address.country,
+            owner_id=self.owner_id,
+            originating_lead_id=self.originating_lead_id,
+            created_at=self.created_at,
+        )
+
+
+class Contact(BaseModel):
+    """A person the company tracks, usually working for an account."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    id: str
+    version: int = 1
+    account_id: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    job_title: str | None = None
+    role: str | None = None
+    decision_maker: bool = False
+    influencer: bool = False
+    originating_lead_id: str | None = None
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+
+    @property
+    def display_name(self) -> str:
+        name = " ".join(part for part in (self.first_name, self.last_name) if part)
+        return name or self.email or self.id
+
+    def created_event(self) -> ContactCreated:
+        return ContactCreated(
+            contact_id=self.id,
+            account_id=self.account_id,
+            first_name=self.first_name,
+            last_name=self.last_name,
+            email=self.email,
+            job_title=self.job_title,
+            decision_maker=self.decision_maker,
+            originating_lead_id=self.originating_lead_id,
+            created_at=self.created_at,
+        )
+
+
+# -- opportunities ----------------------------------------------------------------------------
+class OpportunityStatus(StrEnum):
+    OPEN = "open"
+    WON = "won"
+    LOST = "lost"
+
+
+_STATUS_OF_KIND = {
+    StageKind.OPEN: OpportunityStatus.OPEN,
+    StageKind.CLOSED_WON: OpportunityStatus.WON,
+    StageKind.CLOSED_LOST: OpportunityStatus.LOST,
+}
+
+
+class StageVisit(BaseModel):
+    """One stay in a stage: time in stage is ``left_at - entered_at`` exactly."""
+
+    stage_id: str
+    stage_name: str
+    stage_kind: StageKind
+    probability: int
+    forecast_category: ForecastCategory
+    entered_at: AwareDatetime
+    entered_by: Actor
+    left_at: AwareDatetime | None = None
+    left_by: Actor | None = None
+
+
+class FieldChange(BaseModel):
+    """A change of a figure, values in canonical text (exact decimals, ISO dates)."""
+
+    field: str
+    previous: str | None
+    value: str | None
+    at: AwareDatetime
+    by: Actor
+
+
+@dataclass(frozen=True)
+class StageMove:
+    """What a move did, for the events that report it."""
+
+    previous: StageVisit
+    current: StageVisit
+    closed: bool
+    reopened: bool
+
+
+class ContactRole(BaseModel):
+    """A contact's part in one deal (decision maker, economic buyer, champion, ...)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    contact_id: Id
+    role: ShortText = Field(examples=["economic buyer"])
+
+
+class SalesTeam(BaseModel):
+    """The team that works the opportunity, with its manager and region."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Id
+    name: ShortText
+    manager_id: Id | None = None
+    region: str | None = Field(default=None, max_length=100, examples=["DACH"])
+
+
+class Product(BaseModel):
+    """An entry of the product catalogue, with the list price line items start from."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    id: str
+    version: int = 1
+    sku: str | None = None
+    name: str
+    description: str | None = None
+    list_price: Decimal
+    currency: str
+    active: bool = True
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+
+    @field_validator("list_price")
+    @classmethod
+    def _to_cents(cls, price: Decimal) -> Decimal:
+        return price.quantize(CENT)
+
+    def revise(self, changes: Mapping[str, Any], *, now: datetime) -> list[str]:
+        """Change catalogue fields; line items already on opportunities keep their prices."""
+        changed = []
+        for name, value in sorted(changes.items()):
+            if name not in _PRODUCT_FIELDS:
+                raise InvalidRequest(f"{name} is not a catalogue field", field=name)
+            if getattr(self, name) != value:
+                setattr(self, name, value)
+                changed.append(name)
+        if changed:
+            self.version += 1
+            self.updated_at = now
+        return changed
+
+
+_PRODUCT_FIELDS = frozenset({"sku", "name", "description", "list_price", "currency", "active"})
+
+
+class LineItem(BaseModel):
+    """A product on an opportunity: quantity times unit price, less the discount."""
+
+    model_config = ConfigDict(frozen=True)
+
+    product_id: str
+    product_name: str
+    quantity: Decimal = Field(gt=0)
+    unit_price: Decimal = Field(ge=0)
+    discount_percent: Decimal = Field(default=Decimal("0"), ge=0, le=100)
+
+    @field_validator("unit_price")
+    @classmethod
+    def _to_cents(cls, price: Decimal) -> Decimal:
+        return price.quantize(CENT)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total(self) -> Decimal:
+        return (self.quantity * self.unit_price * (100 - self.discount_percent) / 100).quantize(CENT)
+
+    @classmethod
+    def of(
+        cls,
+        product: Product,
+        *,
+        quantity: Decimal,
+        unit_price: Decimal | None = None,
+        discount_percent: Decimal = Decimal("0"),
+    ) -> LineItem:
+        if not product.active:
+            raise InvalidRequest(f"product {product.id} is no longer sold", field="product_id")
+        return cls(
+            product_id=product.id,
+            product_name=product.name,
+            quantity=quantity,
+            unit_price=product.list_price if unit_price is None else unit_price,
+            discount_percent=discount_percent,
+        )
+
+
+class OpportunityChanges(BaseModel):
+    """Fields a rep may change on an open opportunity; only the fields set are applied."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ShortText | None = None
+    amount: Decimal | None = None
+    currency: str | None = None
+    expected_close_date: date | None = None
+    owner_id: str | None = None
+    probability: Percent | None = None
+    primary_contact_id: str | None = None
+    contact_roles: list[ContactRole] | None = None
+    sales_team: SalesTeam | None = None
+
+
+# Fields whose value may be cleared with an explicit null.
+_CLEARABLE = frozenset({"expected_close_date", "owner_id", "primary_contact_id", "sales_team"})
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    if isinstance(value, list):
+        return "[" + ",".join(_text(item) or "null" for item in value) + "]"
+    return str(value)
+
+
+class Opportunity(BaseModel):
+    """A potential source of revenue moving through a pipeline until it is won or lost."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    id: str
+    version: int = 0
+    name: str
+    account_id: str
+    primary_contact_id: str | None = None
+    owner_id: str | None = None
+    pipeline_id: str
+    stage_id: str
+    stage_name: str
+    stage_kind: StageKind
+    status: OpportunityStatus = OpportunityStatus.OPEN
+    probability: int
+    probability_overridden: bool = False
+    forecast_category: ForecastCategory
+    amount: Decimal = Decimal("0")
+    currency: str = "EUR"
+    expected_close_date: date | None = None
+    lead_id: str | None = None
+    lead_source: LeadSource | None = None
+    campaign_id: str | None = None
+    created_at: AwareDatetime
+    created_by: Actor
+    updated_at: AwareDatetime
+    closed_at: AwareDatetime | None = None
+    closed_by: Actor | None = None
+    loss_reason: str | None = None
+    contact_roles: list[ContactRole] = Field(default_factory=list)
+    sales_team: SalesTeam | None = None
+    line_items: list[LineItem] = Field(default_factory=list)
+    stage_history: list[StageVisit] = Field(default_factory=list)
+    changes: list[FieldChange] = Field(default_factory=list)
+
+    @field_validator("amount")
+    @classmethod
+    def _to_cents(cls, amount: Decimal) -> Decimal:
+        # One representation per amount ("5000" and "5000.00" are the same money).
+        return amount.quantize(CENT)
+
+    # -- opening ----------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        *,
+        opportunity_id: str,
+        name: str,
+        account_id: str,
+        pipeline: Pipeline,
+        by: Actor,
+        now: datetime,
+        stage_id: str | None = None,
+        probability: int | None = None,
+        amount: Decimal | None = None,
+        currency: str = "EUR",
+        expected_close_date: date | None = None,
+        owner_id: str | None = None,
+        primary_contact_id: str | None = None,
+        lead_id: str | None = None,
+        lead_source: LeadSource | None = None,
+        campaign_id: str | None = None,
+        contact_roles: Sequence[ContactRole] = (),
+        sales_team: SalesTeam | None = None,
+    ) -> Opportunity:
+        """A new opportunity in ``stage_id`` (the pipeline's first stage when omitted)."""
+        stage = pipeline.stage(stage_id) if stage_id is not None else pipeline.first_stage
+        if stage.is_closed:
+            raise InvalidRequest(
+                f"a new opportunity starts in an open stage, not {stage.id!r}", field="stage_id"
+            )
+        visit = _visit(stage, probability if probability is not None else stage.probability, now, by)
+        return cls(
+            id=opportunity_id,
+            version=1,
+            name=name,
+            account_id=account_id,
+            primary_contact_id=primary_contact_id,
+            owner_id=owner_id,
+            pipeline_id=pipeline.id,
+            stage_id=stage.id,
+            stage_name=stage.name,
+            stage_kind=stage.kind,
+            probability=visit.probability,
+            probability_overridden=probability is not None and probability != stage.probability,
+            forecast_category=stage.forecast_category,
+            amount=amount if amount is not None else Decimal("0"),
+            currency=currency,
+            expected_close_date=expected_close_date,
+            lead_id=lead_id,
+            lead_source=lead_source,
+            campaign_id=campaign_id,
+            contact_roles=list(contact_roles),
+            sales_team=sales_team,
+            created_at=now,
+            created_by=by,
+            updated_at=now,
+            stage_history=[visit],
+        )
+
+    @classmethod
+    def imported(
+        cls,
+        *,
+        pipeline: Pipeline,
+        stage_id: str,
+        created_at: datetime,
+        closed_at: datetime | None,
+        loss_reason: str | None,
+        default_loss_reasons: Sequence[str],
+        by: Actor,
+        **fields: Any,
+    ) -> Opportunity:
+        """An opportunity brought over from another CRM in its original stage, open or closed,
+        with the dates it really had. Closed ones follow the closing rules (a lost one needs a
+        loss reason from the list); their history starts at the close."""
+        stage = pipeline.stage(stage_id)
+        if not stage.is_closed:
+            if closed_at is not None or loss_reason is not None:
+                field = "closed_at" if closed_at is not None else "loss_reason"
+                raise InvalidRequest(f"{field} only applies to a closed stage", field=field)
+            return cls.open(pipeline=pipeline, stage_id=stage_id, now=created_at, by=by, **fields)
+        opportunity = cls.open(pipeline=pipeline, now=created_at, by=by, **fields)
+        closed = closed_at or created_at
+        if closed < created_at:
+            raise InvalidRequest("closed_at lies before created_at", field="closed_at")
+        opportunity.move_to_stage(
+            pipeline,
+            stage_id,
+            by=by,
+            now=closed,
+            loss_reason=loss_reason,
+            default_loss_reasons=default_loss_reasons,
+        )
+        # Only the outcome is known, not the path to it: the history is the close alone.
+        opportunity.stage_history = opportunity.stage_history[-1:]
+        opportunity.version = 1
+        opportunity.updated_at = created_at
+        return opportunity
+
+    # -- stage moves ------------------------------------------------------------------------
+    @property
+    def is_closed(self) -> bool:
+        return self.stage_kind is not StageKind.OPEN
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def weighted_amount(self) -> Decimal:
+        """Amount times probability: what the opportunity adds to the weighted pipeline."""
+        return (self.amount * self.probability / 100).quantize(CENT)
+
+    def move_to_stage(
+        self,
+        pipeline: Pipeline,
+        stage_id: str,
+        *,
+        by: Actor,
+        now: datetime,
+        loss_reason: str | None = None,
+        probability: int | None = None,
+        default_loss_reasons: Sequence[str] = DEFAULT_LOSS_REASONS,
+    ) -> StageMove:
+        """Move forward or backward within the pipeline. Closing as lost needs a reason from
+        the pipeline's list; a closed opportunity only leaves its stage through ``reopen``."""
+        self._check_pipeline(pipeline)
+        if self.is_closed:
+            raise IllegalTransition(
+                f"opportunity {self.id} is closed ({self.status.value}); reopen it before moving it",
+                field="stage_id",
+            )
+        target = pipeline.stage(stage_id)
+        if target.id == self.stage_id:
+            raise IllegalTransition(
+                f"opportunity {self.id} is already in stage {target.id!r}", field="stage_id"
+            )
+        if target.kind is StageKind.CLOSED_LOST:
+            allowed = pipeline.allowed_loss_reasons(default_loss_reasons)
+            if not loss_reason:
+                raise InvalidRequest(
+                    f"closing as lost needs a loss_reason, one of: {', '.join(allowed)}", field="loss_reason"
+                )
+            if loss_reason not in allowed:
+                raise InvalidRequest(
+                    f"loss_reason {loss_reason!r} is not one of: {', '.join(allowed)}", field="loss_reason"
+                )
+        elif loss_reason is not None:
+            raise InvalidRequest("loss_reason only applies when closing as lost", field="loss_reason")
+        if target.is_closed and probability is not None and probability != target.probability:
+            raise InvalidRequest(
+                f"a {target.kind.value} opportunity has probability {target.probability}", field="probability"
+            )
+        return self._enter(target, probability, by=by, now=now, loss_reason=loss_reason)
+
+    def reopen(
+        self,
+        pipeline: Pipeline,
+        *,
+        by: Actor,
+        now: datetime,
+        stage_id: str | None = None,
+        probability: int | None = None,
+    ) -> StageMove:
+        """Take a won or lost opportunity back into an open stage: the one given, else the
+        last open stage it was in."""
+        self._check_pipeline(pipeline)
+        if not self.is_closed:
+            raise IllegalTransition(
+                f"opportunity {self.id} is open; only closed ones reopen", field="stage_id"
+            )
+        if stage_id is not None:
+            target = pipeline.stage(stage_id)
+        else:
+            target = self._last_open_stage(pipeline)
+        if target.is_closed:
+            raise InvalidRequest(f"reopen into an open stage, not {target.id!r}", field="stage_id")
+        return self._enter(target, probability, by=by, now=now, loss_reason=None)
+
+    def _last_open_stage(self, pipeline: Pipeline) -> Stage:
+        known = {stage.id for stage in pipeline.stages}
+        for visit in reversed(self.stage_history):
+            if visit.stage_kind is StageKind.OPEN and visit.stage_id in known:
+                return pipeline.stage(visit.stage_id)
+        return pipeline.first_stage
+
+    def _enter(
+        self, target: Stage, probability: int | None, *, by: Actor, now: datetime, loss_reason: str | None
+    ) -> StageMove:
+        was_closed = self.is_closed
+        previous = self.stage_history[-1].model_copy(update={"left_at": now, "left_by": by})
+        self.stage_history[-1] = previous
+        visit = _visit(target, probability if probability is not None else target.probability, now, by)
+        self.stage_history.append(visit)
+        self.stage_id = target.id
+        self.stage_name = target.name
+        self.stage_kind = target.kind
+        self.status = _STATUS_OF_KIND[target.kind]
+        self.probability = visit.probability
+        self.probability_overridden = visit.probability != target.probability
+        self.forecast_category = target.forecast_category
+        if target.is_closed:
+            self.closed_at = now
+            self.closed_by = by
+            self.loss_reason = loss_reason
+        else:
+            self.closed_at = None
+            self.closed_by = None
+            self.loss_reason = None
+        self._touch(now)
+        return StageMove(previous=previous, current=visit, closed=target.is_closed, reopened=was_closed)
+
+    def _check_pipeline(self, pipeline: Pipeline) -> None:
+        if pipeline.id != self.pipeline_id:  # a caller bug, not a user error
+            raise ValueError(f"opportunity {self.id} is in pipeline {self.pipeline_id}, not {pipeline.id}")
+
+    # -- figures ----------------------------------------------------------------------------
+    def update(self, changes: OpportunityChanges, *, by: Actor, now: datetime) -> list[str]:
+        """Apply the fields set in ``changes``; returns the fields that really changed."""
+        if self.is_closed:
+            raise IllegalTransition(
+                f"opportunity {self.id} is closed ({self.status.value}); reopen it to change it",
+                field="status",
+            )
+        fields = sorted(changes.model_fields_set)
+        for name in fields:
+            if getattr(changes, name) is None and name not in _CLEARABLE:
+                raise InvalidRequest(f"{name} cannot be cleared", field=name)
+        if "currency" in fields and changes.currency != self.currency and self.line_items:
+            raise InvalidRequest("the line items are priced in the current currency", field="currency")
+        changed: list[str] = []
+        for name in fields:
+            previous = getattr(self, name)
+            setattr(self, name, getattr(changes, name))
+            value = getattr(self, name)
+            if value == previous:
+                continue
+            changed.append(name)
+            self.changes.append(
+                FieldChange(field=name, previous=_text(previous), value=_text(value), at=now, by=by)
+            )
+        if "probability" in changed:  # an explicit figure beats the stage default until the next move
+            self.probability_overridden = True
+        if changed:
+            self._touch(now)
+        return changed
+
+    def set_line_items(
+        self, items: Sequence[LineItem], *, derive_amount: bool, by: Actor, now: datetime
+    ) -> list[str]:
+        """Replace the products on the deal; with ``derive_amount`` the amount becomes their
+        total. Returns the fields that changed."""
+        changes = OpportunityChanges()
+        if derive_amount:
+            changes = OpportunityChanges(amount=sum((item.total for item in items), Decimal("0")))
+        if self.is_closed:
+            raise IllegalTransition(
+                f"opportunity {self.id} is closed ({self.status.value}); reopen it to change it",
+                field="status",
+            )
+        changed: list[str] = []
+        if list(items) != self.line_items:
+            previous = self.line_items
+            self.line_items = list(items)
+            changed.append("line_items")
+            self.changes.append(
+                FieldChange(
+                    field="line_items", previous=_text(previous), value=_text(self.line_items), at=now, by=by
+                )
+            )
+        amount_changed = self.update(changes, by=by, now=now)
+        if changed and not amount_changed:
+            self._touch(now)
+        return sorted(changed + amount_changed)
+
+    def figures(self) -> OpportunityFigures:
+        return OpportunityFigures(
+            opportunity_id=self.id,
+            name=self.name,
+            account_id=self.account_id,
+            primary_contact_id=self.primary_contact_id,
+            owner_id=self.owner_id,
+            pipeline_id=self.pipeline_id,
+            stage_id=self.stage_id,
+            stage_name=self.stage_name,
+            stage_kind=self.stage_kind,
+            probability=self.probability,
+            forecast_category=self.forecast_category,
+            amount=self.amount,
+            currency=self.currency,
+            expected_close_date=self.expected_close_date,
+            lead_id=self.lead_id,
+            lead_source=self.lead_source,
+            campaign_id=self.campaign_id,
+            created_at=self.created_at,
+        )
+
+    def _touch(self, now: datetime) -> None:
+        self.version += 1
+        self.updated_at = now
+
+
+def _visit(stage: Stage, probability: int, now: datetime, by: Actor) -> StageVisit:
+    return StageVisit(
+        stage_id=stage.id,
+        stage_name=stage.name,
+        stage_kind=stage.kind,
+        probability=probability,
+        forecast_category=stage.forecast_category,
+        entered_at=now,
+        entered_by=by,
+    )
+
+
+# -- the case ---------------------------------------------------------------------------------
+class Case(BaseModel):
+    """A closed opportunity's full dossier: who it was with, where it came from, every stage it
+    passed and every figure that changed, and how it ended."""
+
+    opportunity: Opportunity
+    outcome: OpportunityStatus
+    loss_reason: str | None
+    closed_at: AwareDatetime
+    closed_by: Actor | None
+    cycle_days: float = Field(description="Days from creation to close")
+    account: Account | None
+    contacts: list[Contact]
+    lead_id: str | None
+    lead_source: LeadSource | None
+    campaign_id: str | None
+    contact_roles: list[ContactRole]
+    line_items: list[LineItem]
+    stage_history: list[StageVisit]
+    amount_changes: list[FieldChange]
+    changes: list[FieldChange]
+
+
+def build_case(opportunity: Opportunity, account: Account | None, contacts: Sequence[Contact]) -> Case:
+    if not opportunity.is_closed or opportunity.closed_at is None:
+        raise IllegalTransition(
+            f"opportunity {opportunity.id} is still open: only closed opportunities are cases",
+            field="status",
+        )
+    # The primary contact leads the list; then the account's people and those with a role.
+    ordered = sorted(contacts, key=lambda contact: (contact.id != opportunity.primary_contact_id, contact.id))
+    return Case(
+        opportunity=opportunity,
+        outcome=opportunity.status,
+        loss_reason=opportunity.loss_reason,
+        closed_at=opportunity.closed_at,
+        closed_by=opportunity.closed_by,
+        cycle_days=round((opportunity.closed_at - opportunity.created_at).total_seconds() / 86400, 3),
+        account=account,
+        contacts=ordered,
+        lead_id=opportunity.lead_id,
+        lead_source=opportunity.lead_source,
+        campaign_id=opportunity.campaign_id,
+        contact_roles=opportunity.contact_roles,
+        line_items=opportunity.line_items,
+        stage_history=opportunity.stage_history,
+        amount_changes=[c for c in opportunity.changes if c.field in ("amount", "currency")],
+        changes=opportunity.changes,
+    )

@@ -1,0 +1,573 @@
+"""Unit tests of the opportunity's rules: pipelines and their stages, probabilities, stage
+moves forward and back, closing won or lost, reopening, figure changes and the case."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from crm_contracts.events.common import Actor
+from crm_contracts.events.opportunities import ForecastCategory, StageKind
+from crm_opportunities.domain import (
+    DEFAULT_LOSS_REASONS,
+    ContactRole,
+    IllegalTransition,
+    InvalidRequest,
+    LineItem,
+    Opportunity,
+    OpportunityChanges,
+    OpportunityStatus,
+    Pipeline,
+    Product,
+    SalesTeam,
+    Stage,
+    build_case,
+    check_stages,
+    default_pipeline,
+    normalise_domain,
+)
+from crm_opportunities.imports import UnreadableUpload, imported_id, parse_rows
+
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+REP = Actor(id="rep-1", name="Rita Rep")
+MANAGER = Actor(id="mgr-1")
+
+
+def at(hours: int) -> datetime:
+    return T0 + timedelta(hours=hours)
+
+
+def pipeline() -> Pipeline:
+    return default_pipeline(T0)
+
+
+def opportunity(**overrides: object) -> Opportunity:
+    args: dict[str, object] = {
+        "opportunity_id": "opp-1",
+        "name": "Engines rollout",
+        "account_id": "acc-1",
+        "pipeline": pipeline(),
+        "by": REP,
+        "now": T0,
+        "amount": Decimal("12500.00"),
+        "currency": "EUR",
+    }
+    args.update(overrides)
+    return Opportunity.open(**args)  # type: ignore[arg-type]
+
+
+# -- pipelines --------------------------------------------------------------------------------
+def test_the_default_pipeline_has_the_stages_crm_users_know() -> None:
+    stages = [(s.id, s.name, s.kind, s.probability, s.forecast_category) for s in pipeline().stages]
+    assert stages == [
+        ("prospecting", "Prospecting", StageKind.OPEN, 10, ForecastCategory.PIPELINE),
+        ("qualification", "Qualification", StageKind.OPEN, 20, ForecastCategory.PIPELINE),
+        ("proposal", "Proposal", StageKind.OPEN, 50, ForecastCategory.BEST_CASE),
+        ("negotiation", "Negotiation", StageKind.OPEN, 80, ForecastCategory.COMMIT),
+        ("closed_won", "Closed Won", StageKind.CLOSED_WON, 100, ForecastCategory.CLOSED),
+        ("closed_lost", "Closed Lost", StageKind.CLOSED_LOST, 0, ForecastCategory.OMITTED),
+    ]
+    assert pipeline().id == "default" and pipeline().loss_reasons is None
+
+
+def stage(stage_id: str, kind: StageKind = StageKind.OPEN, probability: int = 30, **extra: object) -> Stage:
+    forecast = {
+        StageKind.OPEN: ForecastCategory.PIPELINE,
+        StageKind.CLOSED_WON: ForecastCategory.CLOSED,
+        StageKind.CLOSED_LOST: ForecastCategory.OMITTED,
+    }[kind]
+    data: dict[str, object] = {
+        "id": stage_id,
+        "name": stage_id.title(),
+        "kind": kind,
+        "probability": probability,
+        "forecast_category": forecast,
+    }
+    data.update(extra)
+    return Stage.model_validate(data)
+
+
+WON = stage("won", StageKind.CLOSED_WON, 100)
+LOST = stage("lost", StageKind.CLOSED_LOST, 0)
+
+
+@pytest.mark.parametrize(
+    ("stages", "problem"),
+    [
+        ([stage("a"), stage("a"), WON, LOST], "appears more than once"),
+        ([WON, stage("a"), LOST], "first stage must be open"),
+        ([stage("a"), stage("b"), LOST], "at least one closed_won"),
+        ([stage("a"), stage("b"), WON], "at least one closed_lost"),
+        ([stage("a"), stage("won", StageKind.CLOSED_WON, 90), LOST], "probability 100"),
+        ([stage("a"), WON, stage("lost", StageKind.CLOSED_LOST, 5)], "probability 0"),
+        ([stage("a", forecast_category="closed"), WON, LOST], "cannot have forecast category closed"),
+    ],
+)
+def test_a_pipeline_that_cannot_work_is_refused(stages: list[Stage], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        check_stages(stages)
+
+
+def test_a_custom_pipeline_with_its_own_stages_and_loss_reasons_is_accepted() -> None:
+    custom = Pipeline(
+        id="renewals",
+        name="Renewals",
+        stages=[stage("notice", probability=40), stage("quote", probability=70), WON, LOST],
+        loss_reasons=["churned", "downgraded"],
+        created_at=T0,
+    )
+    assert custom.first_stage.id == "notice"
+    assert custom.allowed_loss_reasons(DEFAULT_LOSS_REASONS) == ["churned", "downgraded"]
+    assert pipeline().allowed_loss_reasons(("x",)) == ("x",)
+
+
+# -- opening ----------------------------------------------------------------------------------
+def test_a_new_opportunity_starts_in_the_first_stage_with_its_probability() -> None:
+    opp = opportunity()
+    assert (opp.stage_id, opp.probability, opp.forecast_category) == (
+        "prospecting",
+        10,
+        ForecastCategory.PIPELINE,
+    )
+    assert opp.status is OpportunityStatus.OPEN and opp.version == 1
+    assert not opp.probability_overridden
+    assert [v.stage_id for v in opp.stage_history] == ["prospecting"]
+    assert opp.stage_history[0].entered_at == T0 and opp.stage_history[0].left_at is None
+
+
+def test_an_opportunity_can_open_in_a_later_stage_with_its_own_probability() -> None:
+    opp = opportunity(stage_id="proposal", probability=65)
+    assert (opp.stage_id, opp.probability, opp.probability_overridden) == ("proposal", 65, True)
+    assert opp.forecast_category is ForecastCategory.BEST_CASE
+
+
+def test_an_opportunity_cannot_open_closed_or_in_an_unknown_stage() -> None:
+    with pytest.raises(InvalidRequest) as closed:
+        opportunity(stage_id="closed_won")
+    assert closed.value.field == "stage_id"
+    with pytest.raises(InvalidRequest, match="not a stage of pipeline"):
+        opportunity(stage_id="nowhere")
+
+
+def test_weighted_amount_is_amount_times_probability() -> None:
+    assert opportunity().weighted_amount == Decimal("1250.00")
+    assert opportunity(stage_id="negotiation", amount=Decimal("999.99")).weighted_amount == Decimal("799.99")
+
+
+# -- stage moves ------------------------------------------------------------------------------
+def test_moving_forward_takes_the_stages_probability_and_forecast_and_records_history() -> None:
+    opp = opportunity()
+    move = opp.move_to_stage(pipeline(), "proposal", by=REP, now=at(24))
+    assert (opp.stage_id, opp.stage_name, opp.probability) == ("proposal", "Proposal", 50)
+    assert opp.forecast_category is ForecastCategory.BEST_CASE and opp.version == 2
+    assert move.previous.stage_id == "prospecting" and not move.closed and not move.reopened
+    first, second = opp.stage_history
+    assert (first.left_at, first.left_by) == (at(24), REP)
+    assert (second.stage_id, second.entered_at, second.left_at) == ("proposal", at(24), None)
+    assert opp.closed_at is None
+
+
+def test_moving_backward_is_allowed() -> None:
+    opp = opportunity(stage_id="negotiation")
+    opp.move_to_stage(pipeline(), "qualification", by=REP, now=at(1))
+    assert (opp.stage_id, opp.probability, opp.forecast_category) == (
+        "qualification",
+        20,
+        ForecastCategory.PIPELINE,
+    )
+
+
+def test_time_in_stage_is_exact_because_leaving_one_stage_is_entering_the_next() -> None:
+    opp = opportunity()
+    for hours, target in ((5, "qualification"), (29, "proposal"), (53, "negotiation")):
+        opp.move_to_stage(pipeline(), target, by=REP, now=at(hours))
+    durations = [(v.stage_id, v.left_at - v.entered_at) for v in opp.stage_history if v.left_at]
+    assert durations == [
+        ("prospecting", timedelta(hours=5)),
+        ("qualification", timedelta(hours=24)),
+        ("proposal", timedelta(hours=24)),
+    ]
+
+
+def test_moving_to_the_current_stage_is_refused() -> None:
+    opp = opportunity()
+    with pytest.raises(IllegalTransition, match="already in stage"):
+        opp.move_to_stage(pipeline(), "prospecting", by=REP, now=at(1))
+    assert opp.version == 1
+
+
+def test_moving_to_a_stage_of_no_pipeline_names_the_field() -> None:
+    with pytest.raises(InvalidRequest) as err:
+        opportunity().move_to_stage(pipeline(), "limbo", by=REP, now=at(1))
+    assert err.value.field == "stage_id"
+
+
+def test_a_probability_override_lasts_until_the_next_move() -> None:
+    opp = opportunity()
+    opp.move_to_stage(pipeline(), "proposal", by=REP, now=at(1), probability=35)
+    assert (opp.probability, opp.probability_overridden) == (35, True)
+    assert opp.stage_history[-1].probability == 35
+    opp.move_to_stage(pipeline(), "negotiation", by=REP, now=at(2))
+    assert (opp.probability, opp.probability_overridden) == (80, False)
+
+
+def test_closing_as_won_records_when_and_by_whom() -> None:
+    opp = opportunity(stage_id="negotiation")
+    move = opp.move_to_stage(pipeline(), "closed_won", by=MANAGER, now=at(3))
+    assert move.closed
+    assert (opp.status, opp.probability, opp.forecast_category) == (
+        OpportunityStatus.WON,
+        100,
+        ForecastCategory.CLOSED,
+    )
+    assert (opp.closed_at, opp.closed_by, opp.loss_reason) == (at(3), MANAGER, None)
+
+
+def test_closing_as_lost_needs_a_loss_reason() -> None:
+    opp = opportunity()
+    with pytest.raises(InvalidRequest) as err:
+        opp.move_to_stage(pipeline(), "closed_lost", by=REP, now=at(1))
+    assert err.value.field == "loss_reason"
+    assert opp.status is OpportunityStatus.OPEN and opp.version == 1
+
+
+def test_the_loss_reason_comes_from_the_pipelines_list_or_the_default_one() -> None:
+    with pytest.raises(InvalidRequest, match="not one of"):
+        opportunity().move_to_stage(pipeline(), "closed_lost", by=REP, now=at(1), loss_reason="bad luck")
+    opp = opportunity()
+    opp.move_to_stage(
+        pipeline(),
+        "closed_lost",
+        by=REP,
+        now=at(1),
+        loss_reason="bad luck",
+        default_loss_reasons=["bad luck"],
+    )
+    assert (opp.status, opp.loss_reason, opp.probability) == (OpportunityStatus.LOST, "bad luck", 0)
+    custom = Pipeline(
+        id="p2", name="P2", stages=[stage("a"), WON, LOST], loss_reasons=["churned"], created_at=T0
+    )
+    in_custom = opportunity(pipeline=custom)
+    with pytest.raises(InvalidRequest, match="churned"):
+        in_custom.move_to_stage(custom, "lost", by=REP, now=at(1), loss_reason="price")
+    in_custom.move_to_stage(custom, "lost", by=REP, now=at(1), loss_reason="churned")
+    assert in_custom.loss_reason == "churned"
+
+
+def test_a_loss_reason_is_refused_when_not_losing() -> None:
+    with pytest.raises(InvalidRequest) as err:
+        opportunity().move_to_stage(pipeline(), "proposal", by=REP, now=at(1), loss_reason="price")
+    assert err.value.field == "loss_reason"
+
+
+def test_a_closed_stage_keeps_its_own_probability() -> None:
+    with pytest.raises(InvalidRequest) as err:
+        opportunity().move_to_stage(pipeline(), "closed_won", by=REP, now=at(1), probability=90)
+    assert err.value.field == "probability"
+
+
+def test_a_closed_opportunity_moves_only_through_reopen() -> None:
+    opp = opportunity()
+    opp.move_to_stage(pipeline(), "closed_won", by=REP, now=at(1))
+    with pytest.raises(IllegalTransition, match="reopen"):
+        opp.move_to_stage(pipeline(), "negotiation", by=REP, now=at(2))
+    with pytest.raises(IllegalTransition, match="reopen"):
+        opp.move_to_stage(pipeline(), "closed_lost", by=REP, now=at(2), loss_reason="price")
+    assert opp.status is OpportunityStatus.WON and opp.version == 2
+
+
+def test_reopening_returns_to_the_last_open_stage_and_clears_the_close() -> None:
+    opp = opportunity()
+    opp.move_to_stage(pipeline(), "proposal", by=REP, now=at(1))
+    opp.move_to_stage(pipeline(), "closed_lost", by=REP, now=at(2), loss_reason="timing")
+    move = opp.reopen(pipeline(), by=MANAGER, now=at(3))
+    assert move.reopened and not move.closed and move.previous.stage_id == "closed_lost"
+    assert (opp.stage_id, opp.probability, opp.status) == ("proposal", 50, OpportunityStatus.OPEN)
+    assert (opp.closed_at, opp.closed_by, opp.loss_reason) == (None, None, None)
+    assert [v.stage_id for v in opp.stage_history] == ["prospecting", "proposal", "closed_lost", "proposal"]
+    assert opp.stage_history[2].left_at == at(3)
+
+
+def test_reopening_into_a_named_stage_must_be_an_open_one() -> None:
+    opp = opportunity()
+    opp.move_to_stage(pipeline(), "closed_won", by=REP, now=at(1))
+    with pytest.raises(InvalidRequest):
+        opp.reopen(pipeline(), by=REP, now=at(2), stage_id="closed_lost")
+    opp.reopen(pipeline(), by=REP, now=at(2), stage_id="negotiation")
+    assert opp.stage_id == "negotiation"
+
+
+def test_an_open_opportunity_cannot_be_reopened() -> None:
+    with pytest.raises(IllegalTransition):
+        opportunity().reopen(pipeline(), by=REP, now=at(1))
+
+
+# -- figures ----------------------------------------------------------------------------------
+def test_changing_figures_reports_what_changed_and_keeps_who_and_when() -> None:
+    opp = opportunity()
+    changed = opp.update(
+        OpportunityChanges(amount=Decimal("15000.00"), expected_close_date=date(2027, 1, 31), name=opp.name),
+        by=REP,
+        now=at(1),
+    )
+    assert changed == ["amount", "expected_close_date"] and opp.version == 2
+    amount_change = next(c for c in opp.changes if c.field == "amount")
+    assert (amount_change.previous, amount_change.value, amount_change.by) == ("12500.00", "15000.00", REP)
+
+
+def test_a_change_to_the_same_values_changes_nothing() -> None:
+    opp = opportunity()
+    assert opp.update(OpportunityChanges(amount=Decimal("12500.00")), by=REP, now=at(1)) == []
+    assert opp.version == 1 and opp.changes == []
+
+
+def test_only_optional_figures_can_be_cleared() -> None:
+    opp = opportunity(expected_close_date=date(2027, 1, 1), owner_id="rep-1")
+    assert opp.update(OpportunityChanges(owner_id=None), by=REP, now=at(1)) == ["owner_id"]
+    with pytest.raises(InvalidRequest) as err:
+        opp.update(OpportunityChanges(amount=None), by=REP, now=at(1))
+    assert err.value.field == "amount"
+
+
+def test_a_closed_opportunitys_figures_are_frozen_until_reopened() -> None:
+    opp = opportunity()
+    opp.move_to_stage(pipeline(), "closed_won", by=REP, now=at(1))
+    with pytest.raises(IllegalTransition):
+        opp.update(OpportunityChanges(amount=Decimal("1")), by=REP, now=at(2))
+
+
+def test_figures_carry_what_reporting_needs() -> None:
+    opp = opportunity(lead_id="lead-1", campaign_id="cmp-1", stage_id="negotiation")
+    figures = opp.figures()
+    assert (figures.stage_id, figures.probability, figures.amount) == ("negotiation", 80, Decimal("12500.00"))
+    assert (figures.lead_id, figures.campaign_id, figures.pipeline_id) == ("lead-1", "cmp-1", "default")
+
+
+# -- the case ---------------------------------------------------------------------------------
+def test_only_a_closed_opportunity_is_a_case() -> None:
+    with pytest.raises(IllegalTransition, match="still open"):
+        build_case(opportunity(), None, [])
+
+
+def test_the_case_holds_history_amount_changes_outcome_and_reason() -> None:
+    opp = opportunity(lead_id="lead-9", campaign_id="cmp-2")
+    opp.update(OpportunityChanges(amount=Decimal("9000.00")), by=REP, now=at(1))
+    opp.update(OpportunityChanges(owner_id="rep-2"), by=REP, now=at(2))
+    opp.move_to_stage(pipeline(), "closed_lost", by=REP, now=at(48), loss_reason="competitor")
+    case = build_case(opp, None, [])
+    assert (case.outcome, case.loss_reason, case.closed_at) == (OpportunityStatus.LOST, "competitor", at(48))
+    assert (case.lead_id, case.campaign_id, case.cycle_days) == ("lead-9", "cmp-2", 2.0)
+    assert [c.value for c in case.amount_changes] == ["9000.00"]
+    assert [v.stage_id for v in case.stage_history] == ["prospecting", "closed_lost"]
+    assert len(case.changes) == 2
+
+
+@pytest.mark.parametrize(
+    ("given", "domain"),
+    [
+        ("https://www.Engines.example/about", "engines.example"),
+        ("engines.example", "engines.example"),
+        ("http://shop.engines.example:8080", "shop.engines.example"),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_domains_are_normalised_so_one_company_matches_itself(given: str | None, domain: str | None) -> None:
+    assert normalise_domain(given) == domain
+
+
+# -- editing pipelines ------------------------------------------------------------------------
+def test_a_pipeline_can_be_renamed_reordered_and_reweighted_while_in_use() -> None:
+    p = pipeline()
+    stages = [s.model_copy(update={"probability": 30}) if s.id == "qualification" else s for s in p.stages]
+    stages[0], stages[1] = stages[1], stages[0]
+    changed = p.revise(
+        name="Sales 2", stages=stages, loss_reasons=None, stages_in_use={"qualification": 4}, now=at(1)
+    )
+    assert changed == ["name", "stages"] and p.version == 2 and p.updated_at == at(1)
+    assert p.stage("qualification").probability == 30 and p.first_stage.id == "qualification"
+
+
+def test_a_stage_holding_open_opportunities_cannot_be_removed_or_closed() -> None:
+    p = pipeline()
+    without_proposal = [s for s in p.stages if s.id != "proposal"]
+    with pytest.raises(IllegalTransition, match="holds 2 open opportunities") as err:
+        p.revise(
+            name=p.name, stages=without_proposal, loss_reasons=None, stages_in_use={"proposal": 2}, now=at(1)
+        )
+    assert err.value.field == "stages"
+    closing = [
+        s.model_copy(
+            update={
+                "kind": StageKind.CLOSED_LOST,
+                "probability": 0,
+                "forecast_category": ForecastCategory.OMITTED,
+            }
+        )
+        if s.id == "negotiation"
+        else s
+        for s in p.stages
+    ]
+    with pytest.raises(IllegalTransition, match="cannot become closed"):
+        p.revise(name=p.name, stages=closing, loss_reasons=None, stages_in_use={"negotiation": 1}, now=at(1))
+    # An empty stage may go.
+    assert p.revise(name=p.name, stages=without_proposal, loss_reasons=None, stages_in_use={}, now=at(1)) == [
+        "stages"
+    ]
+    assert p.version == 2
+
+
+def test_an_unchanged_revision_changes_nothing() -> None:
+    p = pipeline()
+    assert p.revise(name=p.name, stages=p.stages, loss_reasons=None, stages_in_use={}, now=at(1)) == []
+    assert p.version == 1 and p.updated_at is None
+
+
+def test_opportunities_keep_their_figures_when_their_stage_is_redefined_or_removed() -> None:
+    opp = opportunity(stage_id="proposal")
+    p = pipeline()
+    p.revise(
+        name=p.name,
+        stages=[s for s in p.stages if s.id != "proposal"],
+        loss_reasons=None,
+        stages_in_use={},
+        now=at(1),
+    )
+    assert (opp.stage_name, opp.probability) == ("Proposal", 50)
+    opp.move_to_stage(p, "negotiation", by=REP, now=at(2))
+    assert opp.stage_history[0].stage_id == "proposal" and opp.stage_id == "negotiation"
+
+
+# -- products, line items, contacts -----------------------------------------------------------
+def product(**overrides: object) -> Product:
+    data: dict[str, object] = {
+        "id": "prod-1",
+        "name": "Engine licence",
+        "list_price": Decimal("1000.00"),
+        "currency": "EUR",
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    data.update(overrides)
+    return Product.model_validate(data)
+
+
+def test_line_items_price_from_the_catalogue_and_the_amount_follows_their_total() -> None:
+    opp = opportunity()
+    items = [
+        LineItem.of(product(), quantity=Decimal("3")),
+        LineItem.of(
+            product(id="prod-2", name="Support"),
+            quantity=Decimal("1"),
+            unit_price=Decimal("500"),
+            discount_percent=Decimal("10"),
+        ),
+    ]
+    assert [item.total for item in items] == [Decimal("3000.00"), Decimal("450.00")]
+    changed = opp.set_line_items(items, derive_amount=True, by=REP, now=at(1))
+    assert changed == ["amount", "line_items"] and opp.amount == Decimal("3450.00") and opp.version == 2
+    assert opp.set_line_items(items, derive_amount=True, by=REP, now=at(2)) == []
+    assert opp.version == 2
+
+
+def test_line_items_can_leave_the_amount_alone() -> None:
+    opp = opportunity()
+    assert opp.set_line_items(
+        [LineItem.of(product(), quantity=Decimal("1"))], derive_amount=False, by=REP, now=at(1)
+    ) == ["line_items"]
+    assert opp.amount == Decimal("12500.00") and opp.version == 2
+
+
+def test_a_retired_product_cannot_be_sold() -> None:
+    with pytest.raises(InvalidRequest, match="no longer sold"):
+        LineItem.of(product(active=False), quantity=Decimal("1"))
+
+
+def test_contact_roles_and_the_sales_team_are_figures_a_rep_can_change() -> None:
+    opp = opportunity()
+    roles = [
+        ContactRole(contact_id="con-1", role="economic buyer"),
+        ContactRole(contact_id="con-2", role="champion"),
+    ]
+    team = SalesTeam(id="team-dach", name="DACH", manager_id="mgr-1", region="DACH")
+    changed = opp.update(OpportunityChanges(contact_roles=roles, sales_team=team), by=REP, now=at(1))
+    assert changed == ["contact_roles", "sales_team"] and opp.contact_roles == roles
+    assert opp.update(OpportunityChanges(sales_team=None), by=REP, now=at(2)) == ["sales_team"]
+    with pytest.raises(InvalidRequest):
+        opp.update(OpportunityChanges(contact_roles=None), by=REP, now=at(3))
+
+
+# -- imports ----------------------------------------------------------------------------------
+def test_an_imported_opportunity_keeps_its_original_stage_and_dates() -> None:
+    won = Opportunity.imported(
+        pipeline=pipeline(),
+        stage_id="closed_won",
+        created_at=T0,
+        closed_at=at(240),
+        loss_reason=None,
+        default_loss_reasons=DEFAULT_LOSS_REASONS,
+        by=REP,
+        opportunity_id="opp-old",
+        name="Old deal",
+        account_id="acc-1",
+        amount=Decimal("900"),
+    )
+    assert (won.status, won.created_at, won.closed_at, won.version) == (OpportunityStatus.WON, T0, at(240), 1)
+    assert [(v.stage_id, v.entered_at) for v in won.stage_history] == [("closed_won", at(240))]
+    assert build_case(won, None, []).cycle_days == 10.0
+
+
+def test_an_imported_lost_opportunity_needs_a_reason_and_a_close_after_its_creation() -> None:
+    common: dict[str, object] = {
+        "pipeline": pipeline(),
+        "stage_id": "closed_lost",
+        "created_at": T0,
+        "default_loss_reasons": DEFAULT_LOSS_REASONS,
+        "by": REP,
+        "opportunity_id": "o",
+        "name": "n",
+        "account_id": "a",
+    }
+    with pytest.raises(InvalidRequest) as no_reason:
+        Opportunity.imported(closed_at=at(1), loss_reason=None, **common)  # type: ignore[arg-type]
+    assert no_reason.value.field == "loss_reason"
+    with pytest.raises(InvalidRequest) as backwards:
+        Opportunity.imported(closed_at=at(-1), loss_reason="price", **common)  # type: ignore[arg-type]
+    assert backwards.value.field == "closed_at"
+    open_one = {**common, "stage_id": "proposal"}
+    with pytest.raises(InvalidRequest) as closed_open:
+        Opportunity.imported(closed_at=at(1), loss_reason=None, **open_one)  # type: ignore[arg-type]
+    assert closed_open.value.field == "closed_at"
+
+
+def test_uploads_are_read_as_csv_or_ndjson_with_unreadable_rows_kept_for_the_report() -> None:
+    csv_rows = parse_rows(
+        b"external_id,name,employees\nA-1,Engines,\nA-2,Gears,40,extra\n", "text/csv; charset=utf-8"
+    )
+    assert csv_rows == [{"external_id": "A-1", "name": "Engines"}, "more values than header columns"]
+    ndjson_rows = parse_rows(b'{"external_id": "O-1"}\n\n[1]\n{broken\n', "application/x-ndjson")
+    assert ndjson_rows[0] == {"external_id": "O-1"} and ndjson_rows[1] == "not a JSON object"
+    assert str(ndjson_rows[2]).startswith("not JSON")
+    with pytest.raises(UnreadableUpload, match="send"):
+        parse_rows(b"{}", "application/xml")
+    assert imported_id("account", "legacy", "A-1") == imported_id("account", "legacy", "A-1")
+    assert imported_id("account", "legacy", "A-1") != imported_id("opportunity", "legacy", "A-1")
+
+
+def test_the_currency_stays_while_line_items_are_priced_in_it() -> None:
+    opp = opportunity()
+    opp.set_line_items([LineItem.of(product(), quantity=Decimal("1"))], derive_amount=True, by=REP, now=at(1))
+    with pytest.raises(InvalidRequest) as err:
+        opp.update(OpportunityChanges(currency="USD"), by=REP, now=at(2))
+    assert err.value.field == "currency" and opp.currency == "EUR"
+
+
+def test_a_product_revision_changes_only_catalogue_fields() -> None:
+    licence = product()
+    assert licence.revise({"list_price": Decimal("1100.00"), "name": "Engine licence"}, now=at(1)) == [
+        "list_price"
+    ]
+    assert licence.version == 2 and licence.updated_at == at(1)
+    with pytest.raises(InvalidRequest):
+        licence.revise({"id": "other"}, now=at(2))
