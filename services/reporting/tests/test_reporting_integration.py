@@ -295,9 +295,14 @@ async def reporting(infra: Any) -> AsyncIterator[Reporting]:
         service = Reporting(http, settings, repo)
 
         async def caught_up() -> bool:
-            funnel = await service.report("/reports/funnel")
-            pipeline = await service.report("/reports/pipeline")
-            return bool(funnel["as_of"] == NEWEST and funnel["rows"][0]["won"] == 1 and pipeline["rows"])
+            # Every published message applied or recognised as a duplicate: the views are final.
+            metrics = (await http.get("/metrics")).text
+            handled = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in metrics.splitlines()
+                if line.startswith(("crm_events_processed_total{", "crm_events_duplicate_total{"))
+            )
+            return handled == len(PUBLISHED_ORDER)
 
         await eventually(caught_up, timeout=90)
         yield service

@@ -133,6 +133,35 @@ CAMPAIGN_CREATED = EventSpec(
     consumers=("reporting",),
 )
 
+CAMPAIGN_UPDATED = EventSpec(
+    "campaign.updated",
+    campaigns.CampaignUpdated,
+    description="A campaign's details (dates, budget, owner, parent, ...) changed.",
+    producer="campaigns",
+    consumers=(),
+)
+CAMPAIGN_STATUS_CHANGED = EventSpec(
+    "campaign.status_changed",
+    campaigns.CampaignStatusChanged,
+    description="A campaign moved along its lifecycle (planned, active, completed, aborted).",
+    producer="campaigns",
+    consumers=(),
+)
+CAMPAIGN_COST_RECORDED = EventSpec(
+    "campaign.cost_recorded",
+    campaigns.CampaignCostRecorded,
+    description="A cost entry was booked in a campaign's ledger; carries the new actual cost.",
+    producer="campaigns",
+    consumers=(),
+)
+CAMPAIGN_MEMBER_ADDED = EventSpec(
+    "campaign.member_added",
+    campaigns.CampaignMemberAdded,
+    description="A lead or contact joined a campaign.",
+    producer="campaigns",
+    consumers=(),
+)
+
 ALL_EVENTS: tuple[EventSpec[Any], ...] = (
     LEAD_CAPTURED,
     LEAD_CREATED,
@@ -147,6 +176,10 @@ ALL_EVENTS: tuple[EventSpec[Any], ...] = (
     OPPORTUNITY_STAGE_CHANGED,
     OPPORTUNITY_CLOSED,
     CAMPAIGN_CREATED,
+    CAMPAIGN_UPDATED,
+    CAMPAIGN_STATUS_CHANGED,
+    CAMPAIGN_COST_RECORDED,
+    CAMPAIGN_MEMBER_ADDED,
 )
 
 BY_TOPIC: dict[str, EventSpec[Any]] = {spec.topic: spec for spec in ALL_EVENTS}

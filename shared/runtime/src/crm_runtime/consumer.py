@@ -92,6 +92,7 @@ class EventConsumer:
         self._outbox = outbox
         self._settings = settings
         self.routes: dict[str, Route] = {}
+        self._bound = False
         self.processed = Counter("crm_events_processed", "Events applied", ["topic"], registry=registry)
         self.duplicates = Counter(
             "crm_events_duplicate", "Redelivered events ignored", ["topic"], registry=registry
@@ -119,21 +120,29 @@ class EventConsumer:
         return register
 
     def subscribe(self, spec: EventSpec[M], handler: Handler[M]) -> None:
-        route = Route(spec, handler)
-        self.routes[spec.topic] = route
+        self.routes[spec.topic] = Route(spec, handler)
+
+    def bind(self) -> None:
+        """Register one Kafka subscriber for all routed topics. One consumer per service means
+        one group join at start (a subscriber per topic would rebalance the group once each)."""
+        if not self.routes or self._bound:
+            return
+        self._bound = True
+        by_physical = {self._settings.topic(topic): route for topic, route in self.routes.items()}
 
         async def consume(body: bytes, msg: KafkaMessage) -> None:
-            await self.handle_record(route, body, msg.raw_message)
+            record: Any = msg.raw_message  # one ConsumerRecord: this subscriber is not batched
+            await self.handle_record(by_physical[record.topic], body, record)
 
         self._broker.subscriber(
-            self._settings.topic(spec.topic),
+            *by_physical,
             group_id=self._settings.group_id,
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.NACK_ON_ERROR,
             decoder=_raw_body,
             max_poll_records=100,
-            title=f"{self._settings.service_name}:{spec.topic}",
-            description=spec.description,
+            title=f"crm-{self._settings.service_name}",
+            description="Consumes: " + ", ".join(sorted(self.routes)),
         )(consume)
 
     async def handle_record(self, route: Route, body: bytes, record: Any) -> None:

@@ -89,6 +89,7 @@ class ServiceRuntime:
         await self.consumer.ensure_indexes()
         for hook in self._startup:
             await hook()
+        self.consumer.bind()
         await self.broker.start()
         self.relay.start()
         self.lag.start(sorted(self.consumer.routes))

@@ -1,0 +1,573 @@
+"""The campaigns service against real Kafka and a real MongoDB-compatible server: campaigns over
+HTTP with their ``campaign.created`` event, refused input, the cost ledger, and membership from
+lead events that arrive duplicated and out of order."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from crm_campaigns.bootstrap import CampaignsSettings, create_app
+from crm_contracts import catalog
+from crm_contracts.catalog import EventSpec
+from crm_contracts.events.common import Actor
+from crm_contracts.events.leads import (
+    Company,
+    ConvertedAccount,
+    ConvertedContact,
+    ConvertedOpportunity,
+    LeadConverted,
+    LeadCreated,
+    LeadOrigin,
+    LeadSnapshot,
+    LeadSource,
+    LeadStatus,
+    Person,
+)
+from crm_contracts.events.opportunities import (
+    ForecastCategory,
+    OpportunityClosed,
+    OpportunityFigures,
+    StageKind,
+)
+from crm_localinfra.testing import (
+    eventually,
+    isolation_key,
+    publish_raw,
+    read_topic,
+    service_client,
+    service_env,
+)
+from crm_runtime import ServiceRuntime
+from crm_runtime.events import decode, encode, make_event
+
+pytestmark = pytest.mark.integration
+
+CAPTURED = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
+REP = {"id": "rep-7", "name": "Grace"}
+
+
+@dataclass
+class Service:
+    http: httpx.AsyncClient
+    settings: CampaignsSettings
+    bootstrap: str
+
+    def topic(self, name: str) -> str:
+        return self.settings.topic(name)
+
+    async def publish(self, spec: EventSpec[Any], event: Any) -> None:
+        await publish_raw(self.bootstrap, self.topic(spec.topic), encode(event), key=event.subject.encode())
+
+    async def applied(self, processed: dict[str, int], duplicates: dict[str, int] | None = None) -> None:
+        """Wait until the service has consumed exactly this many events per topic."""
+        wanted = [("crm_events_processed", topic, n) for topic, n in processed.items()] + [
+            ("crm_events_duplicate", topic, n) for topic, n in (duplicates or {}).items()
+        ]
+
+        async def reached() -> bool:
+            counts = [(name, topic, await self.metric(name, topic)) for name, topic, _ in wanted]
+            assert all(seen <= n for (_, _, seen), (_, _, n) in zip(counts, wanted, strict=True)), counts
+            return counts == wanted
+
+        await eventually(reached, timeout=60)
+
+    async def metric(self, name: str, topic: str) -> float:
+        text = (await self.http.get("/metrics")).text
+        found = re.search(rf'^{name}_total\{{topic="{re.escape(topic)}"\}} (\S+)$', text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+
+@asynccontextmanager
+async def running_service(infra: Any) -> AsyncIterator[Service]:
+    """The service on its own topics and database; on exit, every committed event was published."""
+    settings = CampaignsSettings(**service_env(infra, "campaigns", isolation=isolation_key()))
+    app = create_app(settings)
+    async with service_client(app) as http:
+        yield Service(http, settings, infra.kafka_bootstrap)
+
+        runtime: ServiceRuntime = app.state.runtime
+
+        async def outbox_drained() -> bool:
+            return await runtime.outbox.pending() == 0
+
+        await eventually(outbox_drained, timeout=30)
+
+
+@pytest.fixture(scope="module")
+async def shared(infra: Any) -> AsyncIterator[Service]:
+    """One service for the HTTP tests of this module: each works on campaigns of its own."""
+    async with running_service(infra) as service:
+        yield service
+
+
+@pytest.fixture
+async def fresh(infra: Any) -> AsyncIterator[Service]:
+    """A service of its own, for tests that count everything it consumed."""
+    async with running_service(infra) as service:
+        yield service
+
+
+def new_campaign(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": "Autumn webinar series",
+        "type": "webinar",
+        "purpose": "lead_generation",
+        "start_date": "2026-10-01",
+        "end_date": "2026-11-30",
+        "owner_id": "rep-7",
+        "budgeted_cost": "12000.00",
+        "expected_revenue": "90000.00",
+        "expected_response": "2.50",
+        "currency": "EUR",
+        "by": REP,
+    }
+    body.update(overrides)
+    return body
+
+
+def lead_created(lead_id: str, campaign_id: str | None) -> Any:
+    lead = LeadSnapshot(
+        lead_id=lead_id,
+        status=LeadStatus.NEW,
+        source_system="webforms",
+        external_id=f"form-{lead_id}",
+        person=Person(first_name="Ada", email=f"{lead_id}@engines.example"),
+        company=Company(name="Analytical Engines"),
+        lead_source=LeadSource.WEB,
+        origin=LeadOrigin.LANDING_PAGE_FORM,
+        campaign_id=campaign_id,
+        captured_at=CAPTURED,
+    )
+    return make_event(
+        catalog.LEAD_CREATED, LeadCreated(lead=lead), source="/crm/leads", subject=lead_id, version=1
+    )
+
+
+def lead_converted(lead_id: str, campaign_id: str | None, opportunity_id: str | None = None) -> Any:
+    opportunity = (
+        ConvertedOpportunity(opportunity_id=opportunity_id, name="Engines deal", amount=Decimal("10000.00"))
+        if opportunity_id
+        else None
+    )
+    data = LeadConverted(
+        lead_id=lead_id,
+        account=ConvertedAccount(account_id=f"acc-{lead_id}", is_new=True, name="Analytical Engines"),
+        contact=ConvertedContact(contact_id=f"con-{lead_id}", is_new=True, first_name="Ada"),
+        opportunity=opportunity,
+        lead_source=LeadSource.WEB,
+        campaign_id=campaign_id,
+        converted_at=datetime(2026, 11, 10, tzinfo=UTC),
+        converted_by=Actor(id="rep-7"),
+        captured_at=CAPTURED,
+    )
+    return make_event(catalog.LEAD_CONVERTED, data, source="/crm/leads", subject=lead_id, version=3)
+
+
+def opportunity(
+    opportunity_id: str, *, campaign_id: str | None, lead_id: str | None, amount: str = "10000.00"
+) -> OpportunityFigures:
+    return OpportunityFigures(
+        opportunity_id=opportunity_id,
+        name="Engines deal",
+        account_id="acc-1",
+        pipeline_id="default",
+        stage_id="prospecting",
+        stage_name="Prospecting",
+        stage_kind=StageKind.OPEN,
+        probability=10,
+        forecast_category=ForecastCategory.PIPELINE,
+        amount=Decimal(amount),
+        currency="EUR",
+        lead_id=lead_id,
+        campaign_id=campaign_id,
+        created_at=CAPTURED,
+    )
+
+
+def opportunity_closed(figures: OpportunityFigures, *, won: bool, amount: str, version: int) -> Any:
+    data = OpportunityClosed(
+        opportunity_id=figures.opportunity_id,
+        won=won,
+        amount=Decimal(amount),
+        currency="EUR",
+        loss_reason=None if won else "price",
+        closed_at=datetime(2026, 12, 1, tzinfo=UTC),
+        closed_by=Actor(id="rep-7"),
+        opportunity=figures,
+    )
+    return make_event(
+        catalog.OPPORTUNITY_CLOSED,
+        data,
+        source="/crm/opportunities",
+        subject=figures.opportunity_id,
+        version=version,
+    )
+
+
+async def test_creating_a_campaign_stores_it_and_emits_campaign_created(shared: Service) -> None:
+    created = await shared.http.post("/campaigns", json=new_campaign())
+    assert created.status_code == 201, created.text
+    body = created.json()
+    campaign_id = body["id"]
+    assert body["status"] == "planned" and body["version"] == 1
+    assert Decimal(body["budgeted_cost"]) == Decimal("12000.00") and Decimal(body["actual_cost"]) == 0
+
+    stored = await shared.http.get(f"/campaigns/{campaign_id}")
+    assert stored.status_code == 200
+    assert stored.json() == body
+
+    records = await read_topic(
+        shared.bootstrap,
+        shared.topic(catalog.CAMPAIGN_CREATED.topic),
+        until=lambda rs: any(r.key == campaign_id.encode() for r in rs),
+    )
+    (record,) = [r for r in records if r.key == campaign_id.encode()]
+    envelope = record.json()
+    assert envelope["specversion"] == "1.0"
+    assert envelope["type"] == catalog.CAMPAIGN_CREATED.type == "com.crmsuite.campaign.created.v1"
+    assert envelope["dataschema"] == catalog.CAMPAIGN_CREATED.dataschema
+    assert envelope["source"] == "/crm/campaigns"
+    assert envelope["subject"] == campaign_id
+    assert envelope["datacontenttype"] == "application/json"
+    assert (envelope["sequence"], envelope["sequencetype"]) == ("1", "Integer")
+    assert record.headers["ce_id"].decode() == envelope["id"]
+    event = decode(catalog.CAMPAIGN_CREATED, record.value)
+    snapshot = event.data.campaign
+    assert (snapshot.campaign_id, snapshot.name, snapshot.status.value) == (
+        campaign_id,
+        "Autumn webinar series",
+        "planned",
+    )
+    assert snapshot.expected_response == Decimal("2.50") and event.data.created_by.id == "rep-7"
+
+
+async def test_a_chosen_campaign_id_is_taken_once(shared: Service) -> None:
+    chosen = f"spring-fair-{uuid.uuid4().hex[:8]}"
+    assert (await shared.http.post("/campaigns", json=new_campaign(campaign_id=chosen))).status_code == 201
+    again = await shared.http.post("/campaigns", json=new_campaign(campaign_id=chosen, name="Other"))
+    assert again.status_code == 409 and again.json()["fields"][0]["field"] == "campaign_id"
+    assert (await shared.http.get(f"/campaigns/{chosen}")).json()["name"] == "Autumn webinar series"
+
+
+async def test_status_changes_follow_the_lifecycle_and_stale_versions_are_refused(shared: Service) -> None:
+    campaign_id = (await shared.http.post("/campaigns", json=new_campaign())).json()["id"]
+    status_url = f"/campaigns/{campaign_id}/status"
+
+    refused = await shared.http.post(status_url, json={"status": "completed", "by": REP})
+    assert refused.status_code == 409
+    assert refused.json()["error"] == "illegal_transition"
+    assert [f["field"] for f in refused.json()["fields"]] == ["status"]
+    assert "planned campaign cannot become completed" in refused.json()["message"]
+
+    moved = await shared.http.post(status_url, json={"status": "active", "expected_version": 1, "by": REP})
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["status"], moved.json()["version"]) == ("active", 2)
+
+    stale = await shared.http.post(status_url, json={"status": "completed", "expected_version": 1, "by": REP})
+    assert stale.status_code == 409
+    assert [f["field"] for f in stale.json()["fields"]] == ["expected_version"]
+
+    stored = (await shared.http.get(f"/campaigns/{campaign_id}")).json()
+    assert (stored["status"], stored["version"]) == ("active", 2)
+    assert [(h["from_status"], h["to_status"]) for h in stored["status_history"]] == [
+        (None, "planned"),
+        ("planned", "active"),
+    ]
+    missing = await shared.http.post(
+        "/campaigns/no-such-campaign/status", json={"status": "active", "by": REP}
+    )
+    assert missing.status_code == 404
+
+
+async def test_revising_a_campaign_checks_version_dates_and_hierarchy(shared: Service) -> None:
+    parent = (await shared.http.post("/campaigns", json=new_campaign(name="Brand year"))).json()["id"]
+    child_body = new_campaign(name="Spring push", parent_campaign_id=parent)
+    child = (await shared.http.post("/campaigns", json=child_body)).json()["id"]
+
+    revised = await shared.http.patch(
+        f"/campaigns/{parent}",
+        json={"end_date": "2026-12-31", "owner_id": None, "expected_version": 1, "by": REP},
+    )
+    assert revised.status_code == 200, revised.text
+    assert (revised.json()["version"], revised.json()["end_date"], revised.json()["owner_id"]) == (
+        2,
+        "2026-12-31",
+        None,
+    )
+    stale = await shared.http.patch(
+        f"/campaigns/{parent}", json={"name": "X", "expected_version": 1, "by": REP}
+    )
+    assert stale.status_code == 409 and stale.json()["fields"][0]["field"] == "expected_version"
+
+    for body, field in [
+        ({"parent_campaign_id": child, "by": REP}, "parent_campaign_id"),  # would make a cycle
+        ({"start_date": "2027-01-01", "by": REP}, "end_date"),
+        ({"name": None, "by": REP}, "name"),
+        ({"name": "X", "colour": "red", "by": REP}, "colour"),
+    ]:
+        refused = await shared.http.patch(f"/campaigns/{parent}", json=body)
+        assert refused.status_code == 422, (body, refused.text)
+        assert [f["field"] for f in refused.json()["fields"]] == [field], refused.json()
+    stored = (await shared.http.get(f"/campaigns/{parent}")).json()
+    assert (stored["version"], stored["name"], stored["parent_campaign_id"]) == (2, "Brand year", None)
+    children = await shared.http.get("/campaigns", params={"parent_campaign_id": parent})
+    assert [c["id"] for c in children.json()["items"]] == [child]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (new_campaign(name=None), "name"),
+        ({k: v for k, v in new_campaign().items() if k != "type"}, "type"),
+        (new_campaign(type="billboard"), "type"),
+        (new_campaign(budgeted_cost="-5"), "budgeted_cost"),
+        (new_campaign(currency="euro"), "currency"),
+        (new_campaign(expected_response="120"), "expected_response"),
+        (new_campaign(campaign_id={"$gt": ""}), "campaign_id"),
+        (new_campaign(discount="10%"), "discount"),
+        (new_campaign(start_date="2026-10-01", end_date="2026-09-01"), "end_date"),
+        (new_campaign(parent_campaign_id="not-there"), "parent_campaign_id"),
+    ],
+)
+async def test_malformed_campaigns_are_refused_naming_the_field_and_nothing_is_stored(
+    shared: Service, body: dict[str, Any], field: str
+) -> None:
+    before = await all_campaign_ids(shared)
+    refused = await shared.http.post("/campaigns", json=body)
+    assert refused.status_code == 422, refused.text
+    assert field in [f["field"] for f in refused.json()["fields"]], refused.json()
+    assert await all_campaign_ids(shared) == before
+
+
+async def test_ids_in_paths_and_queries_are_validated(shared: Service) -> None:
+    assert (await shared.http.get("/campaigns/$where")).status_code == 422
+    bad_filter = await shared.http.get("/campaigns", params={"status": "paused"})
+    assert bad_filter.status_code == 422 and bad_filter.json()["fields"][0]["field"] == "status"
+
+
+async def test_the_cost_ledger_sums_entries_accepts_retries_and_refuses_other_currencies(
+    shared: Service,
+) -> None:
+    campaign_id = (await shared.http.post("/campaigns", json=new_campaign())).json()["id"]
+    costs = f"/campaigns/{campaign_id}/costs"
+    invoice = {
+        "entry_id": "inv-981",
+        "amount": "1500.00",
+        "currency": "EUR",
+        "incurred_on": "2026-10-03",
+        "by": REP,
+    }
+
+    first = await shared.http.post(costs, json=invoice)
+    assert first.status_code == 201, first.text
+    retried = await shared.http.post(costs, json=invoice)
+    assert retried.status_code == 200 and retried.json()["version"] == 2
+    credit = {**invoice, "entry_id": "cn-12", "amount": "-250.00", "note": "venue refund"}
+    assert (await shared.http.post(costs, json=credit)).status_code == 201
+
+    other_currency = await shared.http.post(costs, json={**invoice, "entry_id": "inv-982", "currency": "USD"})
+    assert other_currency.status_code == 422
+    assert [f["field"] for f in other_currency.json()["fields"]] == ["currency"]
+    changed = await shared.http.post(costs, json={**invoice, "amount": "1600.00"})
+    assert changed.status_code == 409 and changed.json()["fields"][0]["field"] == "entry_id"
+
+    ledger = (await shared.http.get(costs)).json()
+    assert Decimal(ledger["actual_cost"]) == Decimal("1250.00")
+    assert [e["entry_id"] for e in ledger["entries"]] == ["inv-981", "cn-12"]
+    stored = (await shared.http.get(f"/campaigns/{campaign_id}")).json()
+    assert (stored["version"], stored["cost_entry_count"], Decimal(stored["actual_cost"])) == (
+        3,
+        2,
+        Decimal("1250.00"),
+    )
+
+
+async def test_campaigns_are_listed_with_filters_and_cursor_pages(shared: Service) -> None:
+    rep1, rep2 = f"rep-{uuid.uuid4().hex[:8]}", f"rep-{uuid.uuid4().hex[:8]}"
+    ids = []
+    for kind, owner in [("webinar", rep1), ("email", rep1), ("webinar", rep2), ("webinar", rep1)]:
+        created = await shared.http.post("/campaigns", json=new_campaign(type=kind, owner_id=owner))
+        ids.append(created.json()["id"])
+    await shared.http.post(f"/campaigns/{ids[3]}/status", json={"status": "active", "by": REP})
+
+    async def listed(**params: Any) -> list[str]:
+        page = await shared.http.get("/campaigns", params=params)
+        assert page.status_code == 200, page.text
+        return [c["id"] for c in page.json()["items"]]
+
+    assert await listed(type="webinar", owner_id=rep1) == sorted([ids[0], ids[3]])
+    assert await listed(status="active", owner_id=rep1) == [ids[3]]
+    assert await listed(type="email", owner_id=rep2) == []
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 2, "owner_id": rep1, **({"cursor": cursor} if cursor else {})}
+        page = (await shared.http.get("/campaigns", params=params)).json()
+        assert len(page["items"]) <= 2
+        seen += [c["id"] for c in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted([ids[0], ids[1], ids[3]])
+
+
+async def all_campaign_ids(service: Service) -> list[str]:
+    ids: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 500, **({"cursor": cursor} if cursor else {})}
+        page = (await service.http.get("/campaigns", params=params)).json()
+        ids += [c["id"] for c in page["items"]]
+        if (cursor := page["next_cursor"]) is None:
+            return ids
+
+
+async def test_leads_join_their_campaign_once_whatever_the_order_and_duplicates(fresh: Service) -> None:
+    spring = (await fresh.http.post("/campaigns", json=new_campaign(name="Spring fair"))).json()["id"]
+    later = "campaign-created-later"
+
+    duplicated = lead_created("lead-1", spring)
+    for event in [
+        duplicated,
+        lead_created("lead-2", spring),
+        lead_converted("lead-1", spring),
+        lead_converted("lead-3", spring),  # converted before its lead.created is published
+        lead_created("lead-4", later),  # the campaign does not exist yet
+        lead_created("lead-5", None),  # no campaign: no membership anywhere
+        duplicated,  # redelivered: the same event again
+        make_event(  # re-emitted: the same lead, another event id
+            catalog.LEAD_CREATED, duplicated.data, source="/crm/leads", subject="lead-1", version=1
+        ),
+    ]:
+        await fresh.publish(
+            catalog.LEAD_CREATED if isinstance(event.data, LeadCreated) else catalog.LEAD_CONVERTED, event
+        )
+    await fresh.applied({"lead.created": 5, "lead.converted": 2}, {"lead.created": 1})
+
+    async def members_of(campaign_id: str, **params: Any) -> list[dict[str, Any]]:
+        page = await fresh.http.get(f"/campaigns/{campaign_id}/members", params=params)
+        assert page.status_code == 200, page.text
+        items: list[dict[str, Any]] = page.json()["items"]
+        return items
+
+    early = await members_of(spring)
+    assert [(m["member_id"], m["converted"]) for m in early] == [
+        ("lead:lead-1", True),
+        ("lead:lead-2", False),
+        ("lead:lead-3", True),
+    ]
+
+    await fresh.publish(catalog.LEAD_CREATED, lead_created("lead-3", spring))
+    await fresh.applied({"lead.created": 6, "lead.converted": 2}, {"lead.created": 1})
+
+    members = await members_of(spring)
+    assert [(m["member_id"], m["converted"]) for m in members] == [
+        ("lead:lead-1", True),
+        ("lead:lead-2", False),
+        ("lead:lead-3", True),
+    ]
+    assert members[0]["contact_id"] == "con-lead-1" and members[0]["joined_at"].startswith("2026-11-02")
+    assert [m["lead_id"] for m in await members_of(spring, converted="true")] == ["lead-1", "lead-3"]
+
+    assert (await fresh.http.get(f"/campaigns/{later}/members")).status_code == 404
+    created_later = await fresh.http.post("/campaigns", json=new_campaign(name="Later", campaign_id=later))
+    assert created_later.status_code == 201
+    assert [m["lead_id"] for m in await members_of(later)] == ["lead-4"]
+
+    cost = {"amount": "900.00", "currency": "EUR", "incurred_on": "2026-10-03", "by": REP}
+    assert (await fresh.http.post(f"/campaigns/{spring}/costs", json=cost)).status_code == 201
+    summary = (await fresh.http.get(f"/campaigns/{spring}/summary")).json()
+    assert (summary["members"], summary["leads"], summary["converted_leads"]) == (3, 3, 2)
+    assert Decimal(summary["actual_cost"]) == Decimal("900.00")
+    assert Decimal(summary["cost_per_lead"]) == Decimal("300.00")
+    assert Decimal(summary["conversion_rate"]) == Decimal("66.67")
+
+    no_leads = (await fresh.http.post("/campaigns", json=new_campaign(name="Newsletter"))).json()["id"]
+    empty = (await fresh.http.get(f"/campaigns/{no_leads}/summary")).json()
+    assert (empty["leads"], empty["cost_per_lead"]) == (0, None)
+
+
+async def test_won_revenue_and_roi_follow_opportunity_outcomes_in_any_order(fresh: Service) -> None:
+    fair = (await fresh.http.post("/campaigns", json=new_campaign(name="Trade fair"))).json()["id"]
+    cost = {"amount": "8000.00", "currency": "EUR", "incurred_on": "2026-10-03", "by": REP}
+    assert (await fresh.http.post(f"/campaigns/{fair}/costs", json=cost)).status_code == 201
+
+    deal_a = opportunity("opp-a", campaign_id=fair, lead_id="lead-a")
+    deal_b = opportunity("opp-b", campaign_id=None, lead_id="lead-b")  # attributed only via its lead
+    deal_c = opportunity("opp-c", campaign_id=fair, lead_id=None)
+    stray = opportunity("opp-x", campaign_id=None, lead_id=None)  # nothing ties it to a campaign
+    # First the outcomes, before the conversions that opened the deals.
+    for closed in [
+        opportunity_closed(deal_a, won=True, amount="12000.00", version=5),
+        opportunity_closed(deal_b, won=True, amount="4000.00", version=4),
+        opportunity_closed(deal_c, won=False, amount="900.00", version=3),
+        opportunity_closed(stray, won=True, amount="777.00", version=2),
+    ]:
+        await fresh.publish(catalog.OPPORTUNITY_CLOSED, closed)
+    await fresh.applied({"opportunity.closed": 4})
+    # Then the conversions (they must not reopen the deals), and an older version of a close.
+    await fresh.publish(catalog.LEAD_CONVERTED, lead_converted("lead-a", fair, "opp-a"))
+    await fresh.publish(catalog.LEAD_CONVERTED, lead_converted("lead-b", fair, "opp-b"))
+    await fresh.publish(
+        catalog.OPPORTUNITY_CLOSED, opportunity_closed(deal_c, won=True, amount="900.00", version=2)
+    )
+    await fresh.applied({"lead.converted": 2, "opportunity.closed": 5})
+
+    summary = (await fresh.http.get(f"/campaigns/{fair}/summary")).json()
+    assert (summary["opportunities"], summary["won_opportunities"], summary["lost_opportunities"]) == (
+        3,
+        2,
+        1,
+    )
+    assert Decimal(summary["won_revenue"]) == Decimal("16000.00")
+    assert Decimal(summary["actual_cost"]) == Decimal("8000.00")
+    assert Decimal(summary["roi"]) == Decimal("1.0000")
+    assert (summary["members"], summary["converted_leads"]) == (2, 2)
+
+
+async def test_a_parents_summary_can_roll_up_its_sub_campaigns(shared: Service) -> None:
+    async def plan(name: str, **fields: Any) -> str:
+        created = await shared.http.post("/campaigns", json=new_campaign(name=name, **fields))
+        assert created.status_code == 201, created.text
+        campaign_id: str = created.json()["id"]
+        cost = {"amount": "600.00", "currency": fields.get("currency", "EUR"), "incurred_on": "2026-10-03"}
+        assert (
+            await shared.http.post(f"/campaigns/{campaign_id}/costs", json=cost | {"by": REP})
+        ).status_code == 201
+        return campaign_id
+
+    year = await plan("Brand year")
+    spring = await plan("Spring", parent_campaign_id=year)
+    stand = await plan("Fair stand", parent_campaign_id=spring)
+    abroad = await plan("US tour", parent_campaign_id=year, currency="USD")
+    tag = uuid.uuid4().hex[:8]
+    for lead, campaign_id in [("a", year), ("b", spring), ("c", stand), ("d", abroad)]:
+        await shared.publish(catalog.LEAD_CREATED, lead_created(f"lead-{tag}-{lead}", campaign_id))
+    # lead-a also touched the fair stand: in the roll-up it is still one lead.
+    await shared.publish(catalog.LEAD_CONVERTED, lead_converted(f"lead-{tag}-a", stand))
+
+    async def rolled_up() -> Any:
+        page = await shared.http.get(f"/campaigns/{year}/summary", params={"include_sub_campaigns": "true"})
+        summary = page.json()
+        return summary if summary["converted_leads"] == 1 and summary["leads"] == 3 else None
+
+    summary = await eventually(rolled_up, timeout=60)
+    assert sorted(summary["sub_campaigns"]) == sorted([spring, stand])
+    assert summary["sub_campaigns_in_other_currencies"] == [abroad]
+    assert (summary["members"], summary["leads"], summary["converted_leads"]) == (3, 3, 1)
+    assert Decimal(summary["actual_cost"]) == Decimal("1800.00")
+    assert Decimal(summary["cost_per_lead"]) == Decimal("600.00")
+
+    own = (await shared.http.get(f"/campaigns/{year}/summary")).json()
+    assert (own["sub_campaigns"], own["leads"], own["converted_leads"]) == ([], 1, 1)
+    assert Decimal(own["actual_cost"]) == Decimal("600.00")
