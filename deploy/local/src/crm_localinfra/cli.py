@@ -301,10 +301,8 @@ def _cmd_up(args: argparse.Namespace, services: Sequence[ServiceSpec], out: Text
         _say(out)
         _print_table(out, layout, infra, rows)
         _say(out)
-        _say(
-            out,
-            f"state dir: {layout.root}   stop with: Ctrl-C, or ./crm down (crm-infra down --state-dir {layout.root})",
-        )
+        _say(out, f"state dir: {layout.root}")
+        _say(out, f"stop with: Ctrl-C, or ./crm down (crm-infra down --state-dir {layout.root})")
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         _stop_started(layout, infra, started, out)
