@@ -81,3 +81,43 @@ def test_tokens_carry_scopes() -> None:
     assert not TokenAuth(None).enabled
     with pytest.raises(ValueError, match="token:read"):
         TokenAuth("x:admin")
+
+
+def test_the_suite_clock_ticks_in_milliseconds_as_bson_stores_them() -> None:
+    from crm_contracts.envelope import utcnow
+
+    assert utcnow().microsecond % 1000 == 0
+    assert utcnow().tzinfo is not None
+
+
+def test_older_event_versions_are_upcast_to_the_current_model() -> None:
+    from dataclasses import replace
+
+    from crm_contracts.catalog import LEAD_CAPTURED
+    from crm_contracts.events.leads import LeadCaptured as Current
+
+    def v1_to_v2(data: dict[str, object]) -> dict[str, object]:
+        # Imagine v1 called the capture key "form_id"; v2 calls it "external_id".
+        data = dict(data)
+        data["external_id"] = data.pop("form_id")
+        return data
+
+    spec_v2 = replace(LEAD_CAPTURED, version=2, upcasters={1: v1_to_v2})
+    v1_data = lead_captured_example()
+    v1_data["form_id"] = v1_data.pop("external_id")
+    raw = json.dumps(
+        {
+            "specversion": "1.0",
+            "id": "e1",
+            "source": "/legacy-forms",
+            "type": "com.crmsuite.lead.captured.v1",
+            "time": "2026-01-01T00:00:00Z",
+            "data": v1_data,
+        }
+    ).encode()
+    event = decode(spec_v2, raw)
+    assert event.type == "com.crmsuite.lead.captured.v2"
+    assert isinstance(event.data, Current) and event.data.external_id == "form-981"
+    without_upcaster = replace(LEAD_CAPTURED, version=2)
+    with pytest.raises(ValueError, match=r"expected 'com\.crmsuite\.lead\.captured\.v2'"):
+        decode(without_upcaster, raw)

@@ -3,7 +3,8 @@ and schema version. Producers and consumers look events up here, never by string
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -11,6 +12,9 @@ from pydantic import BaseModel
 from .events import campaigns, leads, opportunities
 
 M = TypeVar("M", bound=BaseModel)
+
+# Turns the ``data`` of version N into the ``data`` of version N + 1 (pure, no I/O).
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 TYPE_PREFIX = "com.crmsuite"
 SCHEMA_URN = "urn:crmsuite:schema"
@@ -27,6 +31,7 @@ class EventSpec(Generic[M]):
     description: str = ""
     producer: str = ""
     consumers: tuple[str, ...] = ()
+    upcasters: Mapping[int, Upcaster] = field(default_factory=dict)
 
     @property
     def type(self) -> str:
@@ -39,6 +44,25 @@ class EventSpec(Generic[M]):
     @property
     def dlq_topic(self) -> str:
         return self.topic + DLQ_SUFFIX
+
+    def type_of_version(self, version: int) -> str:
+        return f"{TYPE_PREFIX}.{self.topic}.v{version}"
+
+    def readable_versions(self) -> dict[str, int]:
+        """Event types consumers accept on this topic: the current version, and each older
+        one from which an unbroken chain of upcasters leads to it."""
+        readable = {self.type: self.version}
+        version = self.version - 1
+        while version >= 1 and version in self.upcasters:
+            readable[self.type_of_version(version)] = version
+            version -= 1
+        return readable
+
+    def upcast(self, data: dict[str, Any], from_version: int) -> dict[str, Any]:
+        """Bring the ``data`` of an older version up to the current one."""
+        for version in range(from_version, self.version):
+            data = self.upcasters[version](data)
+        return data
 
 
 LEAD_CAPTURED = EventSpec(

@@ -19,7 +19,10 @@ SPEC_VERSION: Literal["1.0"] = "1.0"
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """Now, in UTC, at the millisecond precision BSON stores: a time the API answers, the
+    record stores and the event carries is then one and the same instant."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 class CloudEvent(BaseModel, Generic[DataT]):

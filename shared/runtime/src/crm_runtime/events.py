@@ -50,9 +50,16 @@ def decode(spec: EventSpec[M], raw: bytes) -> CloudEvent[M]:
         raise ValueError(f"not JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise ValueError("not a CloudEvent: the message is not a JSON object")
-    if document.get("type") != spec.type:
-        raise ValueError(
-            f"type: expected {spec.type!r} on topic {spec.topic!r}, got {document.get('type')!r}"
-        )
+    version = spec.readable_versions().get(str(document.get("type")))
+    if version is None:
+        found = document.get("type")
+        raise ValueError(f"type: expected {spec.type!r} on topic {spec.topic!r}, got {found!r}")
+    if version != spec.version and isinstance(document.get("data"), dict):
+        # An older schema version: upcast its data, so handlers only ever see the current model.
+        document = document | {
+            "type": spec.type,
+            "dataschema": spec.dataschema,
+            "data": spec.upcast(document["data"], version),
+        }
     event: CloudEvent[M] = CloudEvent[spec.data_model].model_validate(document)  # type: ignore[name-defined]
     return event
