@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import uvicorn
+from crm_contracts.catalog import ALL_EVENTS
 from fastapi import APIRouter, FastAPI, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,9 +24,10 @@ from prometheus_client import (
 from pymongo.asynchronous.client_session import AsyncClientSession
 
 from .consumer import EventConsumer
+from .dead_letters import dlq_topic
 from .health import health_router
 from .http import BodySizeLimit, TokenAuth, install_error_handlers
-from .kafka import create_broker
+from .kafka import create_broker, ensure_topics
 from .lag import LagMonitor
 from .logs import configure_logging
 from .mongo import create_client, in_transaction
@@ -89,6 +91,7 @@ class ServiceRuntime:
         await self.consumer.ensure_indexes()
         for hook in self._startup:
             await hook()
+        await ensure_topics(self.settings, self._owned_topics())
         self.consumer.bind()
         await self.broker.start()
         self.relay.start()
@@ -106,6 +109,12 @@ class ServiceRuntime:
             await hook()
         await self.client.close()
         log.info("service stopped")
+
+    def _owned_topics(self) -> list[str]:
+        """What this service reads (and parks dead letters on) and what it publishes."""
+        consumed = list(self.consumer.routes)
+        produced = [spec.topic for spec in ALL_EVENTS if spec.producer == self.settings.service_name]
+        return consumed + [dlq_topic(topic) for topic in consumed] + produced
 
     async def _wait_for_database(self, attempts: int = 30) -> None:
         for attempt in range(1, attempts + 1):

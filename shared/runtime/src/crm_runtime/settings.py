@@ -24,6 +24,11 @@ class ServiceSettings(BaseSettings):
     topic_prefix: str = Field(
         default="", pattern=r"^[A-Za-z0-9._\-]*$", description="Prepended to every topic name."
     )
+    kafka_create_topics: bool = Field(
+        default=True, description="Create the service's topics at start if they are missing."
+    )
+    kafka_topic_partitions: int = Field(default=3, ge=1, le=1000)
+    kafka_replication_factor: int = Field(default=1, ge=1, le=10, description="Use 3 in production.")
     consumer_group: str | None = Field(default=None, description="Defaults to 'crm-<service>'.")
 
     mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017/?directConnection=true")
