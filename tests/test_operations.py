@@ -73,3 +73,23 @@ async def test_logs_are_json_with_trace_ids_and_sigterm_exits_cleanly(infra: Any
     # Everything it committed was published before it exited.
     await read_topic(infra.kafka_bootstrap, f"{prefix}lead.created", until=lambda r: len(r) == 1)
     await asyncio.sleep(0)
+
+
+async def test_the_request_trace_continues_into_the_published_event(infra: Any) -> None:
+    from crm_leads.bootstrap import LeadsSettings, create_app
+    from crm_localinfra.testing import service_client
+
+    settings = LeadsSettings(**service_env(infra, "leads", isolation=isolation_key()))
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    async with service_client(create_app(settings)) as http:
+        response = await http.post(
+            "/leads",
+            json=lead_captured_example(),
+            headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+        )
+        assert response.status_code == 201
+        [record] = await read_topic(
+            infra.kafka_bootstrap, settings.topic("lead.created"), until=lambda r: len(r) == 1
+        )
+    traceparent = record.headers["traceparent"].decode()
+    assert traceparent.split("-")[1] == trace_id

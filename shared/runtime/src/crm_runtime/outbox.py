@@ -21,6 +21,8 @@ from typing import Any
 from bson import ObjectId
 from crm_contracts.envelope import CloudEvent
 from faststream.kafka import KafkaBroker
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pymongo import ASCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -36,6 +38,12 @@ log = logging.getLogger(__name__)
 OUTBOX = "outbox"
 LEASES = "leases"
 LEASE_SECONDS = 15
+
+
+def _current_trace_carrier() -> dict[str, str]:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
 
 
 class Outbox:
@@ -55,6 +63,8 @@ class Outbox:
                 "event_id": event.id,
                 "payload": encode(event),
                 "created_at": datetime.now(UTC),
+                # The writer's trace context, so the relayed event continues the request's trace.
+                "trace": _current_trace_carrier(),
             },
             session=session,
         )
@@ -157,16 +167,21 @@ class OutboxRelay:
         if not batch:
             return 0
         # Send the whole batch before awaiting acks: the producer keeps per-partition order.
-        futures = [
-            await self._broker.publish(
-                entry["payload"],
-                topic=entry["topic"],
-                key=entry["key"].encode(),
-                headers={"content-type": "application/cloudevents+json", "ce_id": entry["event_id"]},
-                no_confirm=True,
-            )
-            for entry in batch
-        ]
+        futures = []
+        for entry in batch:
+            token = otel_context.attach(propagate.extract(entry.get("trace") or {}))
+            try:
+                futures.append(
+                    await self._broker.publish(
+                        entry["payload"],
+                        topic=entry["topic"],
+                        key=entry["key"].encode(),
+                        headers={"content-type": "application/cloudevents+json", "ce_id": entry["event_id"]},
+                        no_confirm=True,
+                    )
+                )
+            finally:
+                otel_context.detach(token)
         await asyncio.gather(*futures)
         await self._db[OUTBOX].delete_many({"_id": {"$in": [entry["_id"] for entry in batch]}})
         self.published.inc(len(batch))
