@@ -56,18 +56,27 @@ class Outbox:
 
     async def add(self, session: AsyncClientSession, topic: str, event: CloudEvent[Any]) -> None:
         await self._collection.insert_one(
-            {
-                "_id": ObjectId(),
-                "topic": self._settings.topic(topic),
-                "key": event.subject or event.id,
-                "event_id": event.id,
-                "payload": encode(event),
-                "created_at": datetime.now(UTC),
-                # The writer's trace context, so the relayed event continues the request's trace.
-                "trace": _current_trace_carrier(),
-            },
-            session=session,
+            self._entry(topic, event, _current_trace_carrier()), session=session
         )
+
+    async def add_many(self, session: AsyncClientSession, entries: list[tuple[str, CloudEvent[Any]]]) -> None:
+        """Several events in one write (bulk operations), in the given order."""
+        if entries:
+            trace = _current_trace_carrier()
+            documents = [self._entry(topic, event, trace) for topic, event in entries]
+            await self._collection.insert_many(documents, ordered=True, session=session)
+
+    def _entry(self, topic: str, event: CloudEvent[Any], trace: dict[str, str]) -> Document:
+        return {
+            "_id": ObjectId(),
+            "topic": self._settings.topic(topic),
+            "key": event.subject or event.id,
+            "event_id": event.id,
+            "payload": encode(event),
+            "created_at": datetime.now(UTC),
+            # The writer's trace context, so the relayed event continues the request's trace.
+            "trace": trace,
+        }
 
     def notify(self) -> None:
         """Tell the relay that new events were committed, so it need not wait for its poll."""

@@ -25,3 +25,8 @@ class UnitOfWork:
         """Record ``event`` for publication when (and only if) the transaction commits."""
         await self.outbox.add(self.session, spec.topic, event)
         self.emitted.append(event)
+
+    async def emit_many(self, events: list[tuple[EventSpec[Any], CloudEvent[Any]]]) -> None:
+        """Record several events with one outbox write, in order (for bulk operations)."""
+        await self.outbox.add_many(self.session, [(spec.topic, event) for spec, event in events])
+        self.emitted.extend(event for _, event in events)
