@@ -14,6 +14,15 @@ from pymongo import AsyncMongoClient
 pytestmark = pytest.mark.integration
 
 
+def distinct_lead(external_id: str) -> dict[str, Any]:
+    """A lead sharing no email, phone or domain with the other, so exactly one event each."""
+    return lead_captured_example() | {
+        "external_id": external_id,
+        "person": {"first_name": "Ada", "email": f"ada@{external_id}.example"},
+        "company": {"name": external_id, "website": f"https://{external_id}.example"},
+    }
+
+
 async def test_an_http_write_during_a_kafka_outage_is_published_after_it(infra: Any) -> None:
     settings = LeadsSettings(**service_env(infra, "leads", isolation=isolation_key()))
     topic = settings.topic("lead.created")
@@ -21,13 +30,13 @@ async def test_an_http_write_during_a_kafka_outage_is_published_after_it(infra: 
     outbox = mongo[settings.database_name].outbox
     try:
         async with service_client(create_app(settings)) as http:
-            before = await http.post("/leads", json=lead_captured_example() | {"external_id": "before"})
+            before = await http.post("/leads", json=distinct_lead("before"))
             assert before.status_code == 201
             await read_topic(infra.kafka_bootstrap, topic, until=lambda r: len(r) == 1)
 
             await infra.astop_kafka()
             try:
-                during = await http.post("/leads", json=lead_captured_example() | {"external_id": "during"})
+                during = await http.post("/leads", json=distinct_lead("during"))
                 assert during.status_code == 201, during.text
                 assert await outbox.count_documents({}) == 1  # parked, not lost
                 ready = await http.get("/health/ready")

@@ -82,10 +82,14 @@ class Outbox:
         """Tell the relay that new events were committed, so it need not wait for its poll."""
         self._wake.set()
 
-    async def wait(self, seconds: float) -> None:
+    async def wait(self, seconds: float) -> bool:
+        """Wait for a commit notice or ``seconds``; True when woken by a commit."""
+        woken = False
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
+            woken = True
         self._wake.clear()
+        return woken
 
     async def pending(self) -> int:
         return await self._collection.count_documents({})
@@ -116,6 +120,7 @@ class OutboxRelay:
             "crm_outbox_backlog", "Committed events not yet acknowledged by Kafka", registry=registry
         )
         self.last_error: str | None = None
+        self._lease_until: datetime | None = None
 
     async def ensure_indexes(self) -> None:
         await self._db[OUTBOX].create_index([("created_at", ASCENDING)])
@@ -150,11 +155,15 @@ class OutboxRelay:
                 backoff = min(backoff * 2, 5.0)
             if self._stopping.is_set() and not published:
                 return  # flushed (or Kafka is away: what is left waits for the next start)
-            if not published:
-                await self._outbox.wait(self._settings.outbox_poll_seconds)
+            if not published and await self._outbox.wait(self._settings.outbox_poll_seconds):
+                # Let the commits of the next few milliseconds join this batch: one find, one
+                # publish round and one delete then serve many events instead of one each.
+                await asyncio.sleep(self._settings.outbox_linger_seconds)
 
     async def _hold_lease(self) -> bool:
         now = datetime.now(UTC)
+        if self._lease_until is not None and now < self._lease_until - timedelta(seconds=LEASE_SECONDS / 3):
+            return True  # renewing on every batch would cost a write per batch
         try:
             await self._db[LEASES].find_one_and_update(
                 {"_id": "outbox-relay", "$or": [{"owner": self._owner}, {"expires_at": {"$lt": now}}]},
@@ -162,7 +171,9 @@ class OutboxRelay:
                 upsert=True,
             )
         except DuplicateKeyError:
+            self._lease_until = None
             return False  # another replica holds a live lease
+        self._lease_until = now + timedelta(seconds=LEASE_SECONDS)
         return True
 
     async def relay_once(self) -> int:

@@ -45,6 +45,9 @@ class ServiceSettings(BaseSettings):
 
     outbox_batch_size: int = Field(default=200, ge=1, le=5000)
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    outbox_linger_seconds: float = Field(
+        default=0.02, ge=0, le=1, description="How long the relay lets commits gather into one batch."
+    )
     consumer_max_attempts: int = Field(default=5, ge=1, description="Tries before a dead letter.")
     consumer_retry_backoff_seconds: float = Field(default=0.2, ge=0)
     lag_interval_seconds: float = Field(default=5.0, gt=0, description="How often consumer lag is measured.")
