@@ -285,19 +285,18 @@ def test_the_summary_combines_the_ledger_with_member_counts() -> None:
         outcome("o-1", "2000.00", OpportunityState.WON),
         outcome("o-2", "500.00", OpportunityState.OPEN),
     ]
-    summary = summarize(c, MemberCounts(members=5, leads=4, converted_leads=1), outcomes)
+    summary = summarize(c, MemberCounts(members=5, responses=2, leads=4, converted_leads=1), outcomes)
+    assert (summary.members, summary.responses, summary.response_rate) == (5, 2, Decimal("40.00"))
     assert summary.actual_cost == Decimal("900.00")
     assert summary.cost_per_lead == Decimal("225.00")
     assert summary.conversion_rate == Decimal("25.00")
     assert summary.budget_remaining == Decimal("9100.00")
-    assert (summary.opportunities, summary.won_opportunities, summary.won_revenue) == (
-        2,
-        1,
-        Decimal("2000.00"),
-    )
+    assert (summary.opportunities, summary.open_opportunities, summary.won_opportunities) == (2, 1, 1)
+    assert summary.won_revenue == Decimal("2000.00")
     assert summary.roi == Decimal("1.2222")
-    empty = summarize(campaign(), MemberCounts(members=0, leads=0, converted_leads=0), [])
+    empty = summarize(campaign(), MemberCounts(members=0, responses=0, leads=0, converted_leads=0), [])
     assert empty.cost_per_lead is None and empty.conversion_rate is None and empty.roi is None
+    assert empty.response_rate is None
 
 
 def outcome(
@@ -343,7 +342,7 @@ def test_sub_campaigns_in_the_same_currency_roll_up_into_the_parent() -> None:
 
     summary = summarize(
         parent,
-        MemberCounts(members=3, leads=3, converted_leads=1),
+        MemberCounts(members=3, responses=3, leads=3, converted_leads=1),
         [outcome("o-1", "3000.00", OpportunityState.WON)],
         [child, abroad],
     )

@@ -1,15 +1,18 @@
 """The campaigns service against real Kafka and a real MongoDB-compatible server: campaigns over
-HTTP with their ``campaign.created`` event, refused input, the cost ledger, and membership from
-lead events that arrive duplicated and out of order."""
+HTTP with their ``campaign.created`` event, refused input, the cost ledger, and membership,
+touches and attribution from lead and opportunity events that arrive duplicated and out of
+order."""
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -30,11 +33,13 @@ from crm_contracts.events.leads import (
     LeadSnapshot,
     LeadSource,
     LeadStatus,
+    LeadUpdated,
     Person,
 )
 from crm_contracts.events.opportunities import (
     ForecastCategory,
     OpportunityClosed,
+    OpportunityCreated,
     OpportunityFigures,
     StageKind,
 )
@@ -66,6 +71,22 @@ class Service:
 
     async def publish(self, spec: EventSpec[Any], event: Any) -> None:
         await publish_raw(self.bootstrap, self.topic(spec.topic), encode(event), key=event.subject.encode())
+
+    async def publish_applied(self, spec: EventSpec[Any], event: Any) -> None:
+        """Publish one event and wait until the service has consumed it."""
+
+        async def consumed() -> float:
+            return await self.metric("crm_events_processed", spec.topic) + await self.metric(
+                "crm_events_duplicate", spec.topic
+            )
+
+        before = await consumed()
+        await self.publish(spec, event)
+
+        async def one_more() -> bool:
+            return await consumed() == before + 1
+
+        await eventually(one_more, timeout=60)
 
     async def applied(self, processed: dict[str, int], duplicates: dict[str, int] | None = None) -> None:
         """Wait until the service has consumed exactly this many events per topic."""
@@ -134,8 +155,8 @@ def new_campaign(**overrides: Any) -> dict[str, Any]:
     return body
 
 
-def lead_created(lead_id: str, campaign_id: str | None) -> Any:
-    lead = LeadSnapshot(
+def lead_snapshot(lead_id: str, campaign_id: str | None, captured_at: datetime = CAPTURED) -> LeadSnapshot:
+    return LeadSnapshot(
         lead_id=lead_id,
         status=LeadStatus.NEW,
         source_system="webforms",
@@ -145,16 +166,34 @@ def lead_created(lead_id: str, campaign_id: str | None) -> Any:
         lead_source=LeadSource.WEB,
         origin=LeadOrigin.LANDING_PAGE_FORM,
         campaign_id=campaign_id,
-        captured_at=CAPTURED,
+        captured_at=captured_at,
     )
+
+
+def lead_created(lead_id: str, campaign_id: str | None, captured_at: datetime = CAPTURED) -> Any:
+    lead = lead_snapshot(lead_id, campaign_id, captured_at)
     return make_event(
         catalog.LEAD_CREATED, LeadCreated(lead=lead), source="/crm/leads", subject=lead_id, version=1
     )
 
 
-def lead_converted(lead_id: str, campaign_id: str | None, opportunity_id: str | None = None) -> Any:
+def lead_updated(lead_id: str, campaign_id: str | None, captured_at: datetime, version: int) -> Any:
+    """The lead re-captured (through ``campaign_id``) at ``captured_at``."""
+    data = LeadUpdated(
+        lead=lead_snapshot(lead_id, campaign_id, captured_at), changed_fields=["campaign_id", "captured_at"]
+    )
+    return make_event(catalog.LEAD_UPDATED, data, source="/crm/leads", subject=lead_id, version=version)
+
+
+def lead_converted(
+    lead_id: str,
+    campaign_id: str | None,
+    opportunity_id: str | None = None,
+    captured_at: datetime = CAPTURED,
+    amount: str = "10000.00",
+) -> Any:
     opportunity = (
-        ConvertedOpportunity(opportunity_id=opportunity_id, name="Engines deal", amount=Decimal("10000.00"))
+        ConvertedOpportunity(opportunity_id=opportunity_id, name="Engines deal", amount=Decimal(amount))
         if opportunity_id
         else None
     )
@@ -167,7 +206,7 @@ def lead_converted(lead_id: str, campaign_id: str | None, opportunity_id: str | 
         campaign_id=campaign_id,
         converted_at=datetime(2026, 11, 10, tzinfo=UTC),
         converted_by=Actor(id="rep-7"),
-        captured_at=CAPTURED,
+        captured_at=captured_at,
     )
     return make_event(catalog.LEAD_CONVERTED, data, source="/crm/leads", subject=lead_id, version=3)
 
@@ -553,8 +592,11 @@ async def test_a_parents_summary_can_roll_up_its_sub_campaigns(shared: Service) 
     tag = uuid.uuid4().hex[:8]
     for lead, campaign_id in [("a", year), ("b", spring), ("c", stand), ("d", abroad)]:
         await shared.publish(catalog.LEAD_CREATED, lead_created(f"lead-{tag}-{lead}", campaign_id))
-    # lead-a also touched the fair stand: in the roll-up it is still one lead.
-    await shared.publish(catalog.LEAD_CONVERTED, lead_converted(f"lead-{tag}-a", stand))
+    # lead-a was re-captured at the fair stand later and converted there: in the roll-up it is
+    # still one lead, credited to its first touch (the brand year).
+    later = datetime(2026, 11, 5, tzinfo=UTC)
+    await shared.publish(catalog.LEAD_UPDATED, lead_updated(f"lead-{tag}-a", stand, later, version=2))
+    await shared.publish(catalog.LEAD_CONVERTED, lead_converted(f"lead-{tag}-a", stand, captured_at=later))
 
     async def rolled_up() -> Any:
         page = await shared.http.get(f"/campaigns/{year}/summary", params={"include_sub_campaigns": "true"})
@@ -571,3 +613,175 @@ async def test_a_parents_summary_can_roll_up_its_sub_campaigns(shared: Service) 
     own = (await shared.http.get(f"/campaigns/{year}/summary")).json()
     assert (own["sub_campaigns"], own["leads"], own["converted_leads"]) == ([], 1, 1)
     assert Decimal(own["actual_cost"]) == Decimal("600.00")
+    # The stand reached two leads but is the first touch of one only.
+    at_stand = (await shared.http.get(f"/campaigns/{stand}/summary")).json()
+    assert (at_stand["members"], at_stand["responses"], at_stand["leads"]) == (2, 2, 1)
+
+
+def opportunity_created(figures: OpportunityFigures, *, version: int) -> Any:
+    data = OpportunityCreated(opportunity=figures, created_by=Actor(id="rep-7"))
+    return make_event(
+        catalog.OPPORTUNITY_CREATED,
+        data,
+        source="/crm/opportunities",
+        subject=figures.opportunity_id,
+        version=version,
+    )
+
+
+def attribution_story(tag: str) -> list[tuple[EventSpec[Any], Any]]:
+    """Three leads and two opportunities touching three campaigns, as the leads and
+    opportunities services would publish them (ids prefixed with ``tag``)."""
+    day = timedelta(days=1)
+    fair, webinar, ads = f"{tag}-fair", f"{tag}-webinar", f"{tag}-ads"
+    lead_1, lead_2, lead_3 = f"{tag}-lead-1", f"{tag}-lead-2", f"{tag}-lead-3"
+    deal = opportunity(f"{tag}-opp-1", campaign_id=webinar, lead_id=lead_1, amount="5000.00")
+    stand_deal = opportunity(f"{tag}-opp-2", campaign_id=fair, lead_id=None)
+    return [
+        (catalog.LEAD_CREATED, lead_created(lead_1, fair, CAPTURED)),
+        # lead-1 is re-captured through the webinar, then changed again without a new capture.
+        (catalog.LEAD_UPDATED, lead_updated(lead_1, webinar, CAPTURED + 3 * day, version=2)),
+        (catalog.LEAD_UPDATED, lead_updated(lead_1, webinar, CAPTURED + 3 * day, version=3)),
+        (
+            catalog.LEAD_CONVERTED,
+            lead_converted(lead_1, webinar, deal.opportunity_id, CAPTURED + 3 * day, amount="5000.00"),
+        ),
+        (catalog.LEAD_CREATED, lead_created(lead_2, webinar, CAPTURED)),
+        (catalog.LEAD_UPDATED, lead_updated(lead_2, fair, CAPTURED + 6 * day, version=2)),
+        (catalog.LEAD_CREATED, lead_created(lead_3, None, CAPTURED)),
+        (catalog.LEAD_UPDATED, lead_updated(lead_3, ads, CAPTURED + 3 * day, version=2)),
+        (catalog.LEAD_UPDATED, lead_updated(lead_3, None, CAPTURED + 6 * day, version=3)),  # cleared
+        (catalog.OPPORTUNITY_CREATED, opportunity_created(deal, version=1)),
+        (catalog.OPPORTUNITY_CLOSED, opportunity_closed(deal, won=True, amount="5000.00", version=4)),
+        (catalog.OPPORTUNITY_CREATED, opportunity_created(stand_deal, version=1)),
+    ]
+
+
+async def attribution_state(service: Service, tag: str) -> Any:
+    """Everything the campaigns service says about one story, with the tag taken out."""
+    state: dict[str, Any] = {}
+    for name in ("fair", "webinar", "ads"):
+        summary = (await service.http.get(f"/campaigns/{tag}-{name}/summary")).json()
+        members = (await service.http.get(f"/campaigns/{tag}-{name}/members")).json()["items"]
+        state[name] = {
+            "summary": {k: v for k, v in summary.items() if k != "campaign_id"},
+            "members": [{k: v for k, v in m.items() if k != "version"} for m in members],
+        }
+    for lead in ("lead-1", "lead-2", "lead-3"):
+        state[lead] = (await service.http.get(f"/leads/{tag}-{lead}/touches")).json()
+    return json.loads(json.dumps(state).replace(tag, "story"))
+
+
+async def test_touches_from_lead_events_converge_whatever_the_order_and_duplicates(fresh: Service) -> None:
+    async def plan_campaigns(tag: str) -> None:
+        for name in ("fair", "webinar", "ads"):
+            body = new_campaign(name=name, campaign_id=f"{tag}-{name}")
+            assert (await fresh.http.post("/campaigns", json=body)).status_code == 201
+
+    # As published: in order, once.
+    await plan_campaigns("in-order")
+    in_order = attribution_story("in-order")
+    for spec, event in in_order:
+        await fresh.publish(spec, event)
+    await fresh.applied(dict(Counter(spec.topic for spec, _ in in_order)))
+    # The same story backwards, one event applied before the next is sent (so across topics
+    # too: the first touch arrives last), then every event again, two of them re-emitted with
+    # new ids; the campaigns are created only afterwards.
+    shuffled = attribution_story("shuffled")
+    for spec, event in reversed(shuffled):
+        await fresh.publish_applied(spec, event)
+    re_emitted = [
+        (
+            spec,
+            make_event(spec, event.data, source=event.source, subject=event.subject, version=event.version),
+        )
+        for spec, event in (shuffled[1], shuffled[3])
+    ]
+    for spec, event in [*re_emitted, *shuffled]:
+        await fresh.publish(spec, event)
+    await plan_campaigns("shuffled")
+
+    processed = Counter(spec.topic for spec, _ in [*in_order, *shuffled, *re_emitted])
+    await fresh.applied(dict(processed), dict(Counter(spec.topic for spec, _ in shuffled)))
+
+    expected = await attribution_state(fresh, "in-order")
+    assert await attribution_state(fresh, "shuffled") == expected
+
+    fair, webinar, ads = (expected[name]["summary"] for name in ("fair", "webinar", "ads"))
+    # lead-1 came first through the fair: its conversion and won deal are the fair's, although
+    # it converted (and its opportunity names) the webinar. lead-2's first touch is the webinar.
+    assert (fair["members"], fair["responses"], fair["leads"], fair["converted_leads"]) == (2, 2, 1, 1)
+    assert (fair["opportunities"], fair["open_opportunities"], fair["won_opportunities"]) == (2, 1, 1)
+    assert Decimal(fair["won_revenue"]) == Decimal("5000.00")
+    assert Decimal(fair["response_rate"]) == Decimal("100.00")
+    assert (webinar["members"], webinar["leads"], webinar["converted_leads"], webinar["opportunities"]) == (
+        2,
+        1,
+        0,
+        0,
+    )
+    assert (ads["members"], ads["leads"]) == (1, 1)
+
+    fair_members = {m["member_id"]: m for m in expected["fair"]["members"]}
+    assert fair_members["lead:story-lead-1"]["first_touch"] is True
+    assert fair_members["lead:story-lead-2"]["first_touch"] is False
+    assert fair_members["lead:story-lead-2"]["status"] == "responded"
+
+    lead_1 = expected["lead-1"]
+    assert (lead_1["first_touch_campaign_id"], lead_1["last_touch_campaign_id"]) == (
+        "story-fair",
+        "story-webinar",
+    )
+    assert [(t["campaign_id"], t["first_touched_at"][:10], t["touched_via"]) for t in lead_1["touches"]] == [
+        ("story-fair", "2026-11-02", ["lead.created"]),
+        ("story-webinar", "2026-11-05", ["lead.converted", "lead.updated"]),
+    ]
+    # A cleared campaign takes no touch back.
+    assert [t["campaign_id"] for t in expected["lead-3"]["touches"]] == ["story-ads"]
+    nobody = (await fresh.http.get("/leads/never-touched/touches")).json()
+    assert (nobody["touches"], nobody["first_touch_campaign_id"]) == ([], None)
+
+
+async def test_a_lead_re_captured_through_another_campaign_joins_it_and_keeps_its_first_touch(
+    fresh: Service,
+) -> None:
+    fair = (await fresh.http.post("/campaigns", json=new_campaign(name="Fair"))).json()["id"]
+    webinar = (await fresh.http.post("/campaigns", json=new_campaign(name="Webinar"))).json()["id"]
+    # Invited to the webinar by hand before it ever filled in a form.
+    invited = await fresh.http.post(
+        f"/campaigns/{webinar}/members", json={"lead_id": "lead-9", "status": "sent", "by": REP}
+    )
+    assert invited.status_code == 201 and invited.json()["first_touch"] is True
+    # Its capture at the fair happened before the invitation: the fair is its first touch.
+    await fresh.publish(catalog.LEAD_CREATED, lead_created("lead-9", fair, CAPTURED))
+    # Re-captured through the webinar form: the invited member has now responded.
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    await fresh.publish(catalog.LEAD_UPDATED, lead_updated("lead-9", webinar, later, version=2))
+    await fresh.applied({"lead.created": 1, "lead.updated": 1})
+
+    member = (await fresh.http.get(f"/campaigns/{webinar}/members/lead:lead-9")).json()
+    assert (member["status"], member["responded"], member["first_touch"]) == ("responded", True, False)
+    assert [h["status"] for h in member["status_history"]] == ["sent", "responded"]
+    assert member["touched_via"] == ["api", "lead.updated"]
+    touches = (await fresh.http.get("/leads/lead-9/touches")).json()
+    assert (touches["first_touch_campaign_id"], touches["last_touch_campaign_id"]) == (fair, webinar)
+
+    [change] = await read_status_changes(fresh, webinar, 1)
+    assert (change.previous_status, change.status, change.responded, change.changed_by.id) == (
+        "sent",
+        "responded",
+        True,
+        "lead-capture",
+    )
+    summaries = [(await fresh.http.get(f"/campaigns/{c}/summary")).json() for c in (fair, webinar)]
+    assert [(s["members"], s["responses"], s["leads"]) for s in summaries] == [(1, 1, 1), (1, 1, 0)]
+
+
+async def read_status_changes(service: Service, campaign_id: str, count: int) -> list[Any]:
+    spec = catalog.CAMPAIGN_MEMBER_STATUS_CHANGED
+    records = await read_topic(
+        service.bootstrap,
+        service.topic(spec.topic),
+        until=lambda rs: sum(r.key == campaign_id.encode() for r in rs) >= count,
+    )
+    return [decode(spec, r.value).data for r in records if r.key == campaign_id.encode()]

@@ -1,5 +1,6 @@
 """The leads service on real Kafka and the MongoDB-compatible server: capture over HTTP and from
-``lead.captured``, duplicates, dead letters, qualification and conversion, bad input."""
+``lead.captured`` through one path, bulk import, de-duplication and merge, lifecycle, scoring
+rules, search and paging, qualification and conversion, bad input."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from crm_contracts import catalog
 from crm_contracts.events.leads import LeadCaptured, lead_captured_example
 from crm_leads.bootstrap import LeadsSettings, create_app
+from crm_leads.domain import lead_id_for
 from crm_localinfra.testing import (
     Record,
     eventually,
@@ -27,12 +30,16 @@ from pymongo import AsyncMongoClient
 
 pytestmark = pytest.mark.integration
 
+REP = {"id": "rep-1", "name": "Rita Rep"}
+WRITE_TOKEN, READ_TOKEN = "test-writer", "test-reader"
+
 
 @dataclass
 class Leads:
     http: httpx.AsyncClient
     settings: LeadsSettings
     mongo: AsyncMongoClient[dict[str, Any]]
+    runtime: Any
 
     def topic(self, name: str) -> str:
         return self.settings.topic(name)
@@ -47,14 +54,56 @@ class Leads:
             bootstrap, self.topic(spec_topic), until=lambda records: len(records) >= count, timeout=seconds
         )
 
+    async def publish(self, value: bytes, key: bytes) -> None:
+        await publish_raw(self.settings.kafka_bootstrap_servers, self.topic("lead.captured"), value, key=key)
+
+    async def drained(self) -> None:
+        async def empty() -> bool:
+            return bool(await self.runtime.outbox.pending() == 0)
+
+        await eventually(empty, timeout=30)
+
+    async def topic_size(self, topic: str) -> int:
+        """How many records the topic holds; with the outbox drained, exactly what was emitted."""
+        await self.drained()
+        bootstrap, name = self.settings.kafka_bootstrap_servers, self.topic(topic)
+        consumer, producer = (
+            AIOKafkaConsumer(bootstrap_servers=bootstrap),
+            AIOKafkaProducer(bootstrap_servers=bootstrap),
+        )
+        await consumer.start()
+        await producer.start()
+        try:
+            if name not in await consumer.topics():
+                return 0
+            partitions = [TopicPartition(name, p) for p in await producer.partitions_for(name)]
+            return sum((await consumer.end_offsets(partitions)).values())
+        finally:
+            await producer.stop()
+            await consumer.stop()
+
+    async def capture(self, **overrides: Any) -> dict[str, Any]:
+        response = await self.http.post("/leads/capture", json=lead_captured_example() | overrides)
+        assert response.status_code in (200, 201), response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+async def _start(infra: Any, **extra: Any) -> AsyncIterator[Leads]:
+    settings = LeadsSettings(**service_env(infra, "leads", isolation=isolation_key()), **extra)
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongo_url, tz_aware=True)
+    app = create_app(settings)
+    async with service_client(app) as http:
+        leads = Leads(http, settings, mongo, app.state.runtime)
+        yield leads
+        await leads.drained()
+    await mongo.close()
+
 
 @pytest.fixture
 async def leads(infra: Any) -> AsyncIterator[Leads]:
-    settings = LeadsSettings(**service_env(infra, "leads", isolation=isolation_key()))
-    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongo_url, tz_aware=True)
-    async with service_client(create_app(settings)) as http:
-        yield Leads(http, settings, mongo)
-    await mongo.close()
+    async for service in _start(infra):
+        yield service
 
 
 def captured_event(event_id: str | None = None, **overrides: Any) -> bytes:
@@ -66,11 +115,15 @@ def captured_event(event_id: str | None = None, **overrides: Any) -> bytes:
     )
 
 
+# -- capture ---------------------------------------------------------------------------------------
 async def test_a_lead_created_over_http_is_stored_and_announced(leads: Leads) -> None:
     response = await leads.http.post("/leads", json=lead_captured_example() | {"source_system": "crm-api"})
     assert response.status_code == 201, response.text
+    assert response.headers["capture-outcome"] == "created"
     lead = response.json()
     assert lead["status"] == "new" and lead["company_domain"] == "engines.example"
+    assert lead["score"] == 10 and lead["rating"] == "cold"  # business email, by the default rules
+    assert [c["rule_id"] for c in lead["score_explanation"]] == ["business_email"]
     stored = await leads.stored()
     assert [doc["_id"] for doc in stored] == [lead["id"]]
     [record] = await leads.events("lead.created", 1)
@@ -78,36 +131,54 @@ async def test_a_lead_created_over_http_is_stored_and_announced(leads: Leads) ->
     assert record.key == lead["id"].encode()
     assert event["type"] == catalog.LEAD_CREATED.type and event["subject"] == lead["id"]
     assert event["sequence"] == "1" and event["data"]["lead"]["person"]["email"] == "ada@engines.example"
+    again = await leads.http.post("/leads", json=lead_captured_example() | {"source_system": "crm-api"})
+    assert again.status_code == 200 and again.headers["capture-outcome"] == "unchanged"
 
 
-async def test_the_same_lead_captured_twice_creates_one_lead(leads: Leads) -> None:
-    bootstrap = leads.settings.kafka_bootstrap_servers
-    topic = leads.topic("lead.captured")
+async def test_http_and_kafka_captures_share_one_path_one_lead_and_one_created_event(leads: Leads) -> None:
+    # The same capture key arrives over Kafka (twice, same event id; then a new event id) and
+    # over both HTTP endpoints: one lead, one lead.created, and one update for the newer data.
     same = captured_event(event_id="evt-1")
-    await publish_raw(bootstrap, topic, same, key=b"form-981")
-    await publish_raw(bootstrap, topic, same, key=b"form-981")
-    # A resend with a new event id but the same capture key is the same lead too.
-    await publish_raw(bootstrap, topic, captured_event(event_id="evt-2"), key=b"form-981")
-    await publish_raw(bootstrap, topic, captured_event(external_id="form-982"), key=b"form-982")
+    await leads.publish(same, key=b"form-981")
+    await leads.publish(same, key=b"form-981")
+    await leads.publish(captured_event(event_id="evt-2"), key=b"form-981")
+    other_person = {"first_name": "Bob", "email": "bob@acme.example"}
+    await leads.publish(captured_event(external_id="form-982", person=other_person), key=b"form-982")
 
     async def two_leads() -> bool:
         return len(await leads.stored()) == 2
 
     await eventually(two_leads)
-    created = await leads.events("lead.created", 2)
-    assert sorted(r.json()["data"]["lead"]["external_id"] for r in created) == ["form-981", "form-982"]
+    exact = await leads.http.post("/leads/capture", json=lead_captured_example())
+    assert exact.status_code == 200 and exact.headers["capture-outcome"] == "unchanged"
+    assert exact.json()["id"] == lead_id_for("webforms", "form-981")
+    newer = lead_captured_example() | {
+        "person": {"first_name": "Ada", "email": "ada@engines.example", "job_title": "CTO"},
+        "captured_at": "2026-11-03T09:30:00Z",
+    }
+    updated = await leads.http.post("/leads", json=newer)
+    assert updated.status_code == 200 and updated.headers["capture-outcome"] == "updated"
+    assert updated.json()["person"]["job_title"] == "CTO" and updated.json()["version"] == 2
+
+    assert await leads.topic_size("lead.created") == 2
+    assert await leads.topic_size("lead.updated") == 1
+    [update] = await leads.events("lead.updated", 1)
+    assert update.json()["data"]["changed_fields"] == [
+        "captured_at",
+        "person",
+        "rating",
+        "score",
+        "score_explanation",
+    ]
     page = (await leads.http.get("/leads")).json()
     assert len(page["items"]) == 2
 
 
 async def test_malformed_captures_are_dead_lettered_and_consumption_goes_on(leads: Leads) -> None:
-    bootstrap = leads.settings.kafka_bootstrap_servers
-    topic = leads.topic("lead.captured")
-    await publish_raw(bootstrap, topic, b"{not json", key=b"k")
-    missing = captured_event()
-    broken = missing.replace(b'"captured_at"', b'"captured_when"')
-    await publish_raw(bootstrap, topic, broken, key=b"k")
-    await publish_raw(bootstrap, topic, captured_event(external_id="after-the-bad-ones"), key=b"k")
+    await leads.publish(b"{not json", key=b"k")
+    broken = captured_event().replace(b'"captured_at"', b'"captured_when"')
+    await leads.publish(broken, key=b"k")
+    await leads.publish(captured_event(external_id="after-the-bad-ones"), key=b"k")
 
     async def valid_one_stored() -> bool:
         return len(await leads.stored({"external_id": "after-the-bad-ones"})) == 1
@@ -118,36 +189,27 @@ async def test_malformed_captures_are_dead_lettered_and_consumption_goes_on(lead
     assert "not JSON" in errors[0]
     assert "data.captured_at: Field required" in errors[1]
     assert "data.captured_when: Extra inputs are not permitted" in errors[1]
-    assert {r.headers[H_TOPIC].decode() for r in parked} == {topic}
+    assert {r.headers[H_TOPIC].decode() for r in parked} == {leads.topic("lead.captured")}
     assert [r.value for r in parked] == [b"{not json", broken]
-    assert sorted(int(r.headers[H_OFFSET]) for r in parked) == sorted(
-        {int(r.headers[H_OFFSET]) for r in parked}
-    )
+    assert len({int(r.headers[H_OFFSET]) for r in parked}) == 2
 
 
-async def test_qualify_and_convert_emit_events_and_converting_twice_is_refused(leads: Leads) -> None:
-    lead = (await leads.http.post("/leads", json=lead_captured_example() | {"campaign_id": "camp-7"})).json()
-    rep = {"id": "rep-1", "name": "Rita Rep"}
-    qualified = await leads.http.post(f"/leads/{lead['id']}/qualify", json={"rating": "hot", "by": rep})
-    assert qualified.status_code == 200 and qualified.json()["status"] == "qualified"
-    body = {"by": rep, "opportunity": {"name": "Engines deal", "amount": "12000.00", "currency": "EUR"}}
-    converted = await leads.http.post(f"/leads/{lead['id']}/convert", json=body)
-    assert converted.status_code == 200, converted.text
-    conversion = converted.json()["conversion"]
-    again = await leads.http.post(f"/leads/{lead['id']}/convert", json=body)
-    assert again.status_code == 409 and again.json()["error"] == "already_converted"
-
-    [record] = await leads.events("lead.converted", 1)
-    event = record.json()
-    assert event["sequence"] == "3"
-    data = event["data"]
-    assert data["account"]["account_id"] == conversion["account_id"]
-    assert data["contact"]["contact_id"] == conversion["contact_id"]
-    assert data["opportunity"]["opportunity_id"] == conversion["opportunity_id"]
-    assert data["opportunity"]["amount"] == "12000.00"
-    assert (data["lead_source"], data["campaign_id"]) == ("web", "camp-7")
-    [qualified_event] = await leads.events("lead.qualified", 1)
-    assert qualified_event.json()["data"]["rating"] == "hot"
+async def test_capture_needs_the_write_scope(infra: Any) -> None:
+    async for leads in _start(infra, api_tokens=f"{WRITE_TOKEN}:write,{READ_TOKEN}:read"):
+        body = lead_captured_example()
+        anonymous = await leads.http.post("/leads/capture", json=body)
+        reader = await leads.http.post(
+            "/leads/capture", json=body, headers={"Authorization": f"Bearer {READ_TOKEN}"}
+        )
+        assert (anonymous.status_code, reader.status_code) == (401, 403)
+        for path in ("/leads", "/leads/imports"):
+            assert (await leads.http.post(path, json=body)).status_code == 401
+        writer = await leads.http.post(
+            "/leads/capture", json=body, headers={"Authorization": f"Bearer {WRITE_TOKEN}"}
+        )
+        assert writer.status_code == 201
+        listed = await leads.http.get("/leads", headers={"Authorization": f"Bearer {READ_TOKEN}"})
+        assert listed.status_code == 200 and len(listed.json()["items"]) == 1
 
 
 @pytest.mark.parametrize(
@@ -164,10 +226,11 @@ async def test_qualify_and_convert_emit_events_and_converting_twice_is_refused(l
 async def test_bad_input_is_refused_naming_the_field_and_nothing_is_stored(
     leads: Leads, payload: dict[str, Any], status: int, field: str
 ) -> None:
-    response = await leads.http.post("/leads", json=lead_captured_example() | payload)
-    assert response.status_code == status, response.text
-    problem = response.json()
-    assert any(f["field"].startswith(field) for f in problem["fields"]), problem
+    for path in ("/leads", "/leads/capture"):
+        response = await leads.http.post(path, json=lead_captured_example() | payload)
+        assert response.status_code == status, response.text
+        problem = response.json()
+        assert any(f["field"].startswith(field) for f in problem["fields"]), problem
     assert await leads.stored() == []
 
 
@@ -182,22 +245,390 @@ async def test_malformed_json_and_oversized_bodies_are_refused(leads: Leads) -> 
     assert await leads.stored() == []
 
 
-async def test_illegal_transition_names_the_status(leads: Leads) -> None:
-    lead = (await leads.http.post("/leads", json=lead_captured_example())).json()
-    rep = {"id": "rep-1"}
-    await leads.http.post(f"/leads/{lead['id']}/disqualify", json={"reason": "no budget", "by": rep})
-    convert = await leads.http.post(
-        f"/leads/{lead['id']}/convert", json={"by": rep, "allow_unqualified": True}
+# -- bulk import -----------------------------------------------------------------------------------
+NDJSON = b"\n".join(
+    [
+        b'{"external_id": "r1", "captured_at": "2024-05-01T08:00:00Z", "person": {"email": "r1@acme.io"},'
+        b' "company": {"size": 500}}',
+        b"",
+        b'{"external_id": "r2", "captured_at": "2024-05-02T08:00:00Z", "person": {"email": "not-an-email"}}',
+        b"[1, 2]",
+        b'{"external_id": "r3", "person": {"email": "r3@acme.io"}}',
+        b'{"external_id": "r4", "captured_at": "2024-05-04T08:00:00Z", "lead_source": "event",'
+        b' "source_system": "tradeshow"}',
+    ]
+)
+CSV = (
+    b"external_id,captured_at,person.first_name,person.email,company.name,company.size,consent.do_not_call,custom.booth\n"
+    b"c1,2023-01-15T09:00:00+01:00,Ada,ada@engines.example,Engines,120,true,B12\n"
+    b"c2,2023-01-16T09:00:00Z,Bob,,Acme,many,,\n"
+    b'"c3",2023-01-17T09:00:00Z,"Carol, Jr.",carol@acme.io,"Acme, Inc.",,,\n'
+)
+
+
+async def test_an_ndjson_import_reports_each_row_and_keeps_historical_times(leads: Leads) -> None:
+    response = await leads.http.post(
+        "/leads/imports", content=NDJSON, headers={"content-type": "application/x-ndjson"}
     )
-    assert convert.status_code == 409
-    assert convert.json()["fields"][0]["field"] == "status"
-    missing = await leads.http.get("/leads/does-not-exist")
-    assert missing.status_code == 404
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["counts"] == {"created": 2, "updated": 0, "unchanged": 0, "rejected": 3}
+    rows = {row["row"]: row for row in report["rows"]}
+    assert sorted(rows) == [1, 3, 4, 5, 6]  # line numbers; the blank line 2 is not a row
+    assert rows[1]["status"] == "created" and rows[1]["lead_id"] == lead_id_for("list-import", "r1")
+    assert rows[3]["problems"][0]["field"] == "person.email"
+    assert rows[4]["problems"] == [{"field": "(row)", "reason": "not a JSON object"}]
+    assert rows[5]["problems"] == [{"field": "captured_at", "reason": "Field required"}]
+    assert rows[6]["lead_id"] == lead_id_for("tradeshow", "r4")
+    r1 = (await leads.http.get(f"/leads/{rows[1]['lead_id']}")).json()
+    assert r1["captured_at"] == "2024-05-01T08:00:00Z" and r1["origin"] == "import"
+    assert r1["lead_source"] == "list_import"
+    assert await leads.topic_size("lead.created") == 2
+    [created, _] = await leads.events("lead.created", 2)
+    assert created.json()["time"].startswith("2024-05-0")  # the event keeps the historical time
+
+    again = (
+        await leads.http.post(
+            "/leads/imports", content=NDJSON, headers={"content-type": "application/x-ndjson"}
+        )
+    ).json()
+    assert again["counts"] == {"created": 0, "updated": 0, "unchanged": 2, "rejected": 3}
+    assert await leads.topic_size("lead.created") == 2 and await leads.topic_size("lead.updated") == 0
+
+
+async def test_a_csv_import_nests_dotted_columns_and_rejects_bad_rows_alone(leads: Leads) -> None:
+    response = await leads.http.post(
+        "/leads/imports?source_system=crm-export",
+        content=CSV,
+        headers={"content-type": "text/csv; charset=utf-8"},
+    )
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["counts"] == {"created": 2, "updated": 0, "unchanged": 0, "rejected": 1}
+    [c1, c2, c3] = report["rows"]
+    assert c2["problems"] == [{"field": "company.size", "reason": c2["problems"][0]["reason"]}]
+    assert c2["external_id"] == "c2" and c2["lead_id"] is None
+    ada = (await leads.http.get(f"/leads/{c1['lead_id']}")).json()
+    assert ada["person"]["email"] == "ada@engines.example" and ada["company"]["size"] == 120
+    assert ada["consent"]["do_not_call"] is True and ada["custom"] == {"booth": "B12"}
+    assert ada["captured_at"] == "2023-01-15T08:00:00Z"
+    carol = (await leads.http.get(f"/leads/{c3['lead_id']}")).json()
+    assert (carol["person"]["first_name"], carol["company"]["name"]) == ("Carol, Jr.", "Acme, Inc.")
+
+
+async def test_an_unreadable_upload_is_refused_whole(leads: Leads) -> None:
+    unknown = await leads.http.post(
+        "/leads/imports", content=b"external_id,person.mail\nx,y\n", headers={"content-type": "text/csv"}
+    )
+    assert unknown.status_code == 422 and unknown.json()["fields"][0]["field"] == "person.mail"
+    wrong_type = await leads.http.post(
+        "/leads/imports", content=b"{}", headers={"content-type": "text/plain"}
+    )
+    assert wrong_type.status_code == 415
+    too_many = b"\n".join(b'{"external_id": "x"}' for _ in range(5001))
+    refused = await leads.http.post(
+        "/leads/imports", content=too_many, headers={"content-type": "application/x-ndjson"}
+    )
+    assert refused.status_code == 422 and "at most 5000 rows" in refused.json()["message"]
+    assert await leads.stored() == []
+
+
+# -- de-duplication and merge ----------------------------------------------------------------------
+async def test_a_matching_lead_is_linked_not_merged_and_both_sides_show_it(leads: Leads) -> None:
+    first = await leads.capture(
+        external_id="a",
+        person={"first_name": "Ada", "email": "ada@engines.example"},
+        captured_at="2026-11-01T00:00:00Z",
+    )
+    second = await leads.capture(
+        source_system="chat",
+        external_id="b",
+        person={"first_name": "Ada", "email": "ADA+chat@Engines.example", "phone": "+44 20 7946 0000"},
+        captured_at="2026-11-02T00:00:00Z",
+    )
+    third = await leads.capture(external_id="c", person={"phone": "020 7946 0000"}, company={})
+    unrelated = await leads.capture(external_id="d", person={"email": "bob@engines.example"})
+    assert second["duplicate_of"] == [first["id"]]
+    assert [(link["lead_id"], link["keys"]) for link in second["possible_duplicates"]] == [
+        (first["id"], ["email", "company_domain+name"])
+    ]
+    assert len(await leads.stored()) == 4  # linked, not merged
+
+    duplicates = (await leads.http.get(f"/leads/{first['id']}/duplicates")).json()
+    assert [(d["lead_id"], d["keys"], d["captured_before"]) for d in duplicates["duplicates"]] == [
+        (second["id"], ["email", "company_domain+name"], False)
+    ]
+    of_second = (await leads.http.get(f"/leads/{second['id']}/duplicates")).json()
+    assert {d["lead_id"]: d["keys"] for d in of_second["duplicates"]} == {
+        first["id"]: ["email", "company_domain+name"],
+        third["id"]: ["phone"],
+    }
+    assert (await leads.http.get(f"/leads/{unrelated['id']}/duplicates")).json()["duplicates"] == []
+    # The earlier lead learnt of its duplicates through lead.updated.
+    updates = [r.json()["data"] for r in await leads.events("lead.updated", 2)]
+    assert {u["lead"]["lead_id"] for u in updates} == {first["id"], second["id"]}
+    assert all("possible_duplicates" in u["changed_fields"] for u in updates)
+
+
+async def test_merge_combines_two_leads_and_later_captures_of_the_merged_key_reach_the_survivor(
+    leads: Leads,
+) -> None:
+    survivor = await leads.capture(
+        external_id="s", person={"first_name": "Ada", "email": "ada@engines.example"}, lead_source="web"
+    )
+    await leads.http.post(f"/leads/{survivor['id']}/status", json={"status": "working", "by": REP})
+    duplicate = await leads.capture(
+        source_system="events",
+        external_id="d",
+        person={
+            "first_name": "Ada",
+            "last_name": "Lovelace",
+            "email": "ada@engines.example",
+            "job_title": "CTO",
+        },
+        company={"name": "Engines", "size": 300},
+        captured_at="2026-11-01T09:00:00Z",
+    )
+    merged = await leads.http.post(
+        f"/leads/{survivor['id']}/merge", json={"duplicate_id": duplicate["id"], "by": REP}
+    )
+    assert merged.status_code == 200, merged.text
+    lead = merged.json()
+    assert (lead["person"]["last_name"], lead["person"]["job_title"], lead["company"]["size"]) == (
+        "Lovelace",
+        "CTO",
+        300,
+    )
+    assert lead["status"] == "working" and lead["merged_from"] == [duplicate["id"]]
+    assert lead["possible_duplicates"] == [] and lead["score"] > survivor["score"]
+    assert {entry.get("lead_id") for entry in lead["history"]} == {None, duplicate["id"]}
+    gone = (await leads.http.get(f"/leads/{duplicate['id']}")).json()
+    assert (gone["status"], gone["merged_into"]) == ("merged", survivor["id"])
+    listed = (await leads.http.get("/leads")).json()["items"]
+    assert [item["id"] for item in listed] == [survivor["id"]]  # merged leads are left out
+
+    [event] = await leads.events("lead.merged", 1)
+    data = event.json()["data"]
+    assert event.key == survivor["id"].encode() and event.json()["sequence"] == str(lead["version"])
+    assert (data["merged_lead_id"], data["matching_keys"]) == (duplicate["id"], ["email"])
+    assert "person.job_title" in data["taken_fields"]
+
+    again = await leads.http.post(
+        f"/leads/{survivor['id']}/merge", json={"duplicate_id": duplicate["id"], "by": REP}
+    )
+    assert again.status_code == 409 and again.json()["fields"][0]["field"] == "duplicate_id"
+    missing = await leads.http.post(
+        f"/leads/{survivor['id']}/merge", json={"duplicate_id": "nope", "by": REP}
+    )
+    assert missing.status_code == 404 and missing.json()["fields"][0]["field"] == "duplicate_id"
+
+    # The events system sends its lead again with a new phone: the survivor gets it.
+    resent = await leads.http.post(
+        "/leads/capture",
+        json=lead_captured_example()
+        | {
+            "source_system": "events",
+            "external_id": "d",
+            "person": {"email": "ada@engines.example", "phone": "+44 20 7946 0000"},
+            "captured_at": "2026-12-01T09:00:00Z",
+        },
+    )
+    assert resent.status_code == 200 and resent.json()["id"] == survivor["id"]
+    assert resent.json()["person"]["phone"] == "+44 20 7946 0000"
+    assert resent.json()["person"]["job_title"] == "CTO"  # empty values never erase
+    assert await leads.topic_size("lead.created") == 2
+
+
+# -- lifecycle, rating, qualification, conversion ------------------------------------------------
+async def test_reps_work_and_nurture_leads_and_illegal_transitions_name_the_status(leads: Leads) -> None:
+    lead = await leads.capture()
+    working = await leads.http.post(
+        f"/leads/{lead['id']}/status", json={"status": "working", "by": REP, "note": "called"}
+    )
+    assert working.status_code == 200 and working.json()["status"] == "working"
+    entry = working.json()["history"][-1]
+    assert (entry["by"], entry["to_status"], entry["detail"]) == ("rep-1", "working", "called") and entry[
+        "at"
+    ]
+    not_direct = await leads.http.post(f"/leads/{lead['id']}/status", json={"status": "qualified", "by": REP})
+    assert not_direct.status_code == 422 and not_direct.json()["fields"][0]["field"] == "status"
+    await leads.http.post(f"/leads/{lead['id']}/disqualify", json={"reason": "no budget", "by": REP})
+    convert = await leads.http.post(
+        f"/leads/{lead['id']}/convert", json={"by": REP, "allow_unqualified": True}
+    )
+    assert convert.status_code == 409 and convert.json()["fields"][0]["field"] == "status"
+    assert (await leads.http.get("/leads/does-not-exist")).status_code == 404
+    [update] = await leads.events("lead.updated", 1)
+    assert update.json()["data"]["lead"]["status"] == "working"
+    [disqualified] = await leads.events("lead.disqualified", 1)
+    assert disqualified.json()["data"]["reason"] == "no budget"
+
+
+async def test_qualify_and_convert_emit_events_and_converting_twice_is_refused(leads: Leads) -> None:
+    lead = await leads.capture(campaign_id="camp-7")
+    qualified = await leads.http.post(f"/leads/{lead['id']}/qualify", json={"rating": "hot", "by": REP})
+    assert qualified.status_code == 200 and qualified.json()["status"] == "qualified"
+    assert qualified.json()["manual_rating"]["rating"] == "hot" and qualified.json()["score_rating"] == "cold"
+    body = {"by": REP, "opportunity": {"name": "Engines deal", "amount": "12000.00", "currency": "EUR"}}
+    converted = await leads.http.post(f"/leads/{lead['id']}/convert", json=body)
+    assert converted.status_code == 200, converted.text
+    conversion = converted.json()["conversion"]
+    again = await leads.http.post(f"/leads/{lead['id']}/convert", json=body)
+    assert again.status_code == 409 and again.json()["error"] == "already_converted"
+
+    [record] = await leads.events("lead.converted", 1)
+    event = record.json()
+    assert event["sequence"] == str(converted.json()["version"])
+    data = event["data"]
+    assert data["account"]["account_id"] == conversion["account_id"]
+    assert data["contact"]["contact_id"] == conversion["contact_id"]
+    assert data["opportunity"]["opportunity_id"] == conversion["opportunity_id"]
+    assert data["opportunity"]["amount"] == "12000.00"
+    assert (data["lead_source"], data["campaign_id"]) == ("web", "camp-7")
+    [qualified_event] = await leads.events("lead.qualified", 1)
+    assert qualified_event.json()["data"]["rating"] == "hot"
+
+
+# -- scoring rules ---------------------------------------------------------------------------------
+async def test_scoring_rules_are_configured_as_data_and_rescoring_keeps_a_reps_rating(leads: Leads) -> None:
+    defaults = (await leads.http.get("/scoring-rules")).json()
+    assert defaults["version"] == 0 and defaults["thresholds"] == {"hot": 60, "warm": 30}
+    big = await leads.capture(external_id="big", person={"email": "a@big.example"}, company={"size": 5000})
+    small = await leads.capture(external_id="small", person={"email": "b@small.example"}, company={"size": 5})
+    rated = await leads.capture(
+        external_id="rated", person={"email": "c@rated.example"}, company={"size": 5000}
+    )
+    await leads.http.post(f"/leads/{rated['id']}/rating", json={"rating": "cold", "by": REP})
+
+    bad = await leads.http.put(
+        "/scoring-rules",
+        json={
+            "rules": [
+                {
+                    "id": "x",
+                    "description": "d",
+                    "category": "fit",
+                    "field": "company.size",
+                    "operator": "$gt",
+                    "value": 1,
+                    "points": 5,
+                }
+            ],
+            "thresholds": {"hot": 50, "warm": 20},
+            "by": {"id": "admin"},
+        },
+    )
+    assert bad.status_code == 422 and bad.json()["fields"][0]["field"].startswith("rules.0.operator")
+    rules = {
+        "rules": [
+            {
+                "id": "enterprise",
+                "description": "1000+ employees",
+                "category": "fit",
+                "field": "company.size",
+                "operator": "gte",
+                "value": 1000,
+                "points": 70,
+            }
+        ],
+        "thresholds": {"hot": 60, "warm": 30},
+        "by": {"id": "admin"},
+        "expected_version": 0,
+    }
+    saved = await leads.http.put("/scoring-rules", json=rules)
+    assert saved.status_code == 200 and saved.json()["version"] == 1
+    stale = await leads.http.put("/scoring-rules", json=rules)
+    assert stale.status_code == 409 and stale.json()["fields"][0]["field"] == "expected_version"
+
+    async def rescored() -> bool:
+        report = (await leads.http.post("/scoring-rules/rescore")).json()
+        return bool(report["remaining"] == 0)
+
+    await eventually(rescored)
+    after = {lead["id"]: lead for lead in (await leads.http.get("/leads?limit=10")).json()["items"]}
+    assert (after[big["id"]]["score"], after[big["id"]]["rating"]) == (70, "hot")
+    assert after[big["id"]]["score_explanation"] == [
+        {"rule_id": "enterprise", "description": "1000+ employees", "category": "fit", "points": 70}
+    ]
+    assert (after[small["id"]]["score"], after[small["id"]]["rating"]) == (0, "cold")
+    assert (after[rated["id"]]["score_rating"], after[rated["id"]]["rating"]) == ("hot", "cold")
+    assert {lead["scoring_rules_version"] for lead in after.values()} == {1}
+    fresh = await leads.capture(
+        external_id="fresh", person={"email": "d@fresh.example"}, company={"size": 2000}
+    )
+    assert fresh["score"] == 70 and fresh["scoring_rules_version"] == 1
+
+
+# -- search, filters, sorting, paging --------------------------------------------------------------
+async def test_search_filters_and_cursor_paging_in_any_sort(leads: Leads) -> None:
+    people = [
+        ("José", "Müller", "jose@acme.io", "Acme", 500, "2026-01-05T00:00:00Z", "web"),
+        ("Ada", "Lovelace", "ada@engines.example", "Analytical Engines", 50, "2026-01-01T00:00:00Z", "web"),
+        ("Bob", "Builder", "bob@builders.example", "Builders", 5000, "2026-01-03T00:00:00Z", "event"),
+        ("Carol", "Acme-Smith", "carol@gmail.com", None, None, "2026-01-02T00:00:00Z", "web"),
+        ("Dan", "Dot", "dan@d.example", "D.*", 10, "2026-01-04T00:00:00Z", "partner"),
+    ]
+    for n, (first, last, email, company, size, at, source) in enumerate(people):
+        await leads.capture(
+            external_id=f"p{n}",
+            person={"first_name": first, "last_name": last, "email": email},
+            company={"name": company, "size": size},
+            captured_at=at,
+            lead_source=source,
+        )
+
+    async def names(**params: Any) -> list[str]:
+        response = await leads.http.get("/leads", params=params)
+        assert response.status_code == 200, response.text
+        return [item["person"]["first_name"] for item in response.json()["items"]]
+
+    assert await names(q="acme") == ["José", "Carol"]  # company name, last name; newest first
+    assert await names(q="MULLER jo") == ["José"]  # case and accents folded, every word a prefix
+    assert await names(q="engines.example") == ["Ada"]
+    assert await names(q="a.a") == []  # regex characters are literal text ("ada" is no match)
+    assert await names(q="d.*") == ["Dan"]
+    assert await names(lead_source="web", sort="captured_at") == ["Ada", "Carol", "José"]
+    assert await names(captured_from="2026-01-02T00:00:00Z", captured_to="2026-01-04T00:00:00Z") == [
+        "Bob",
+        "Carol",
+    ]
+    assert await names(rating="hot") == []
+
+    for sort in ("score", "-score", "captured_at", "-captured_at", "updated_at"):
+        everything = await names(sort=sort, limit=50)
+        paged: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"sort": sort, "limit": 2} | ({"cursor": cursor} if cursor else {})
+            page = (await leads.http.get("/leads", params=params)).json()
+            paged += [item["person"]["first_name"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert paged == everything and len(paged) == 5, sort
+    scores = [
+        item["score"] for item in (await leads.http.get("/leads", params={"sort": "-score"})).json()["items"]
+    ]
+    assert scores == sorted(scores, reverse=True)
+
+    first_page = (await leads.http.get("/leads", params={"sort": "score", "limit": 2})).json()
+    wrong_sort = await leads.http.get(
+        "/leads", params={"sort": "-captured_at", "cursor": first_page["next_cursor"]}
+    )
+    assert wrong_sort.status_code == 422 and wrong_sort.json()["fields"][0]["field"] == "cursor"
+    for bad in (
+        {"cursor": "$where"},
+        {"q": "a b c d e f"},
+        {"q": ".*"},
+        {"sort": "password"},
+        {"status": "lost"},
+    ):
+        response = await leads.http.get("/leads", params=bad)
+        assert response.status_code == 422, bad
 
 
 async def test_metrics_expose_consumer_lag_outbox_and_event_counters(leads: Leads) -> None:
-    bootstrap = leads.settings.kafka_bootstrap_servers
-    await publish_raw(bootstrap, leads.topic("lead.captured"), captured_event(), key=b"k")
+    await leads.publish(captured_event(), key=b"k")
 
     async def lag_reported() -> bool:
         text = (await leads.http.get("/metrics")).text

@@ -11,7 +11,9 @@ from crm_contracts.events.common import Actor
 from crm_contracts.events.opportunities import ForecastCategory, StageKind
 from crm_opportunities.domain import (
     DEFAULT_LOSS_REASONS,
+    Account,
     ContactRole,
+    HistoricalStage,
     IllegalTransition,
     InvalidRequest,
     LineItem,
@@ -27,7 +29,9 @@ from crm_opportunities.domain import (
     default_pipeline,
     normalise_domain,
 )
-from crm_opportunities.imports import UnreadableUpload, imported_id, parse_rows
+from crm_opportunities.imports import OpportunityRow, imported_id
+from crm_runtime.uploads import problems_of
+from pydantic import ValidationError
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 REP = Actor(id="rep-1", name="Rita Rep")
@@ -490,17 +494,18 @@ def test_contact_roles_and_the_sales_team_are_figures_a_rep_can_change() -> None
         ContactRole(contact_id="con-1", role="economic buyer"),
         ContactRole(contact_id="con-2", role="champion"),
     ]
-    team = SalesTeam(id="team-dach", name="DACH", manager_id="mgr-1", region="DACH")
-    changed = opp.update(OpportunityChanges(contact_roles=roles, sales_team=team), by=REP, now=at(1))
-    assert changed == ["contact_roles", "sales_team"] and opp.contact_roles == roles
-    assert opp.update(OpportunityChanges(sales_team=None), by=REP, now=at(2)) == ["sales_team"]
+    changed = opp.update(
+        OpportunityChanges(contact_roles=roles, sales_team_id="team-dach"), by=REP, now=at(1)
+    )
+    assert changed == ["contact_roles", "sales_team_id"] and opp.contact_roles == roles
+    assert opp.update(OpportunityChanges(sales_team_id=None), by=REP, now=at(2)) == ["sales_team_id"]
     with pytest.raises(InvalidRequest):
         opp.update(OpportunityChanges(contact_roles=None), by=REP, now=at(3))
 
 
 # -- imports ----------------------------------------------------------------------------------
 def test_an_imported_opportunity_keeps_its_original_stage_and_dates() -> None:
-    won = Opportunity.imported(
+    imported = Opportunity.imported(
         pipeline=pipeline(),
         stage_id="closed_won",
         created_at=T0,
@@ -508,14 +513,22 @@ def test_an_imported_opportunity_keeps_its_original_stage_and_dates() -> None:
         loss_reason=None,
         default_loss_reasons=DEFAULT_LOSS_REASONS,
         by=REP,
+        now=at(9000),
         opportunity_id="opp-old",
         name="Old deal",
         account_id="acc-1",
         amount=Decimal("900"),
     )
-    assert (won.status, won.created_at, won.closed_at, won.version) == (OpportunityStatus.WON, T0, at(240), 1)
-    assert [(v.stage_id, v.entered_at) for v in won.stage_history] == [("closed_won", at(240))]
+    won = imported.opportunity
+    assert (won.status, won.created_at, won.closed_at, won.version) == (OpportunityStatus.WON, T0, at(240), 2)
+    # Without a history only the dates are known: opened in the first stage, closed at the close.
+    assert [(v.stage_id, v.entered_at, v.left_at) for v in won.stage_history] == [
+        ("prospecting", T0, at(240)),
+        ("closed_won", at(240), None),
+    ]
     assert build_case(won, None, []).cycle_days == 10.0
+    assert [step.snapshot.version for step in imported.steps] == [1, 2]
+    assert imported.steps[0].move is None and imported.steps[1].snapshot.status is OpportunityStatus.WON
 
 
 def test_an_imported_lost_opportunity_needs_a_reason_and_a_close_after_its_creation() -> None:
@@ -525,6 +538,7 @@ def test_an_imported_lost_opportunity_needs_a_reason_and_a_close_after_its_creat
         "created_at": T0,
         "default_loss_reasons": DEFAULT_LOSS_REASONS,
         "by": REP,
+        "now": at(9000),
         "opportunity_id": "o",
         "name": "n",
         "account_id": "a",
@@ -541,16 +555,7 @@ def test_an_imported_lost_opportunity_needs_a_reason_and_a_close_after_its_creat
     assert closed_open.value.field == "closed_at"
 
 
-def test_uploads_are_read_as_csv_or_ndjson_with_unreadable_rows_kept_for_the_report() -> None:
-    csv_rows = parse_rows(
-        b"external_id,name,employees\nA-1,Engines,\nA-2,Gears,40,extra\n", "text/csv; charset=utf-8"
-    )
-    assert csv_rows == [{"external_id": "A-1", "name": "Engines"}, "more values than header columns"]
-    ndjson_rows = parse_rows(b'{"external_id": "O-1"}\n\n[1]\n{broken\n', "application/x-ndjson")
-    assert ndjson_rows[0] == {"external_id": "O-1"} and ndjson_rows[1] == "not a JSON object"
-    assert str(ndjson_rows[2]).startswith("not JSON")
-    with pytest.raises(UnreadableUpload, match="send"):
-        parse_rows(b"{}", "application/xml")
+def test_imported_ids_are_stable_per_kind_system_and_external_id() -> None:
     assert imported_id("account", "legacy", "A-1") == imported_id("account", "legacy", "A-1")
     assert imported_id("account", "legacy", "A-1") != imported_id("opportunity", "legacy", "A-1")
 
@@ -571,3 +576,207 @@ def test_a_product_revision_changes_only_catalogue_fields() -> None:
     assert licence.version == 2 and licence.updated_at == at(1)
     with pytest.raises(InvalidRequest):
         licence.revise({"id": "other"}, now=at(2))
+
+
+# -- figures for reporting's breakdowns -------------------------------------------------------
+def test_figures_carry_stage_order_team_region_industry_and_products() -> None:
+    opp = opportunity(stage_id="proposal", sales_team_id="team-dach")
+    items = [
+        LineItem.of(product(), quantity=Decimal("1")),
+        LineItem.of(product(id="prod-2"), quantity=Decimal("2")),
+    ]
+    opp.set_line_items([*items, items[0]], derive_amount=True, by=REP, now=at(1))
+    team = SalesTeam(id="team-dach", name="DACH", region="DACH", created_at=T0, updated_at=T0)
+    acc = Account(id="acc-1", name="Engines", industry="Machinery", created_at=T0, updated_at=T0)
+    figures = opp.figures(pipeline=pipeline(), team=team, account=acc)
+    assert (figures.stage_order, figures.sales_team_id, figures.sales_region) == (2, "team-dach", "DACH")
+    assert (figures.account_industry, figures.product_ids) == ("Machinery", [items[0].product_id, "prod-2"])
+
+
+def test_figures_leave_out_what_belongs_to_another_pipeline_team_or_is_unknown() -> None:
+    opp = opportunity(sales_team_id="team-dach")
+    other_team = SalesTeam(id="team-nordics", name="Nordics", region="Nordics", created_at=T0, updated_at=T0)
+    other_pipeline = default_pipeline(T0).model_copy(update={"id": "renewals"})
+    figures = opp.figures(pipeline=other_pipeline, team=other_team)
+    assert (figures.stage_order, figures.sales_region, figures.sales_team_id) == (None, None, "team-dach")
+    assert (figures.account_industry, figures.product_ids) == (None, [])
+
+
+# -- moving between pipelines -----------------------------------------------------------------
+def renewals() -> Pipeline:
+    return Pipeline(
+        id="renewals",
+        name="Renewals",
+        stages=[
+            stage("notice", probability=60),
+            stage("proposal", probability=70),
+            stage("signed", StageKind.CLOSED_WON, 100),
+            stage("churned", StageKind.CLOSED_LOST, 0),
+        ],
+        created_at=T0,
+    )
+
+
+def test_moving_to_another_pipeline_enters_the_named_open_stage_and_records_both_pipelines() -> None:
+    opp = opportunity()
+    move = opp.move_to_pipeline(pipeline(), renewals(), "notice", by=REP, now=at(3))
+    assert (opp.pipeline_id, opp.stage_id, opp.probability, opp.version) == ("renewals", "notice", 60, 2)
+    assert (move.previous_pipeline_id, move.previous.stage_id, move.previous.left_at) == (
+        "default",
+        "prospecting",
+        at(3),
+    )
+    assert [(v.pipeline_id, v.stage_id) for v in opp.stage_history] == [
+        ("default", "prospecting"),
+        ("renewals", "notice"),
+    ]
+    opp.move_to_stage(renewals(), "signed", by=REP, now=at(4))
+    assert opp.status is OpportunityStatus.WON
+
+
+def test_moving_to_another_pipeline_maps_the_same_stage_or_asks_for_one() -> None:
+    opp = opportunity(stage_id="proposal")
+    with pytest.raises(InvalidRequest) as closed_target:
+        opp.move_to_pipeline(pipeline(), renewals(), "signed", by=REP, now=at(1))
+    assert closed_target.value.field == "stage_id"
+    with pytest.raises(IllegalTransition) as same:
+        opp.move_to_pipeline(pipeline(), pipeline(), None, by=REP, now=at(1))
+    assert same.value.field == "pipeline_id"
+    opp.move_to_pipeline(pipeline(), renewals(), None, by=REP, now=at(1), probability=75)
+    assert (opp.stage_id, opp.probability, opp.probability_overridden) == ("proposal", 75, True)
+    unmapped = opportunity(stage_id="negotiation")
+    with pytest.raises(InvalidRequest, match="name the stage_id"):
+        unmapped.move_to_pipeline(pipeline(), renewals(), None, by=REP, now=at(1))
+    assert unmapped.pipeline_id == "default" and unmapped.version == 1
+
+
+def test_a_closed_opportunity_is_reopened_before_it_changes_pipeline_and_reopens_in_its_own() -> None:
+    opp = opportunity(stage_id="negotiation")
+    opp.move_to_pipeline(pipeline(), renewals(), "notice", by=REP, now=at(1))
+    opp.move_to_stage(renewals(), "churned", by=REP, now=at(2), loss_reason="price")
+    with pytest.raises(IllegalTransition, match="reopen"):
+        opp.move_to_pipeline(renewals(), pipeline(), "proposal", by=REP, now=at(3))
+    # The last open stage it was in belongs to the old pipeline: reopen picks one of its own.
+    opp.reopen(renewals(), by=REP, now=at(3))
+    assert (opp.pipeline_id, opp.stage_id) == ("renewals", "notice")
+
+
+# -- imported histories -----------------------------------------------------------------------
+def history(*steps: tuple[str, int]) -> list[HistoricalStage]:
+    return [HistoricalStage(stage_id=stage_id, entered_at=at(hours)) for stage_id, hours in steps]
+
+
+def import_with(**overrides: object) -> Opportunity:
+    args: dict[str, object] = {
+        "pipeline": pipeline(),
+        "stage_id": None,
+        "created_at": None,
+        "closed_at": None,
+        "loss_reason": None,
+        "default_loss_reasons": DEFAULT_LOSS_REASONS,
+        "by": REP,
+        "now": at(9000),
+        "opportunity_id": "opp-old",
+        "name": "Old deal",
+        "account_id": "acc-1",
+    }
+    args.update(overrides)
+    return Opportunity.imported(**args).opportunity  # type: ignore[arg-type]
+
+
+def test_an_imported_history_is_replayed_with_its_original_dates() -> None:
+    imported = Opportunity.imported(
+        pipeline=pipeline(),
+        stage_id=None,
+        created_at=None,
+        closed_at=None,
+        loss_reason="competitor",
+        default_loss_reasons=DEFAULT_LOSS_REASONS,
+        by=REP,
+        now=at(9000),
+        history=history(("prospecting", 0), ("negotiation", 24), ("proposal", 48), ("closed_lost", 96)),
+        opportunity_id="opp-old",
+        name="Old deal",
+        account_id="acc-1",
+    )
+    lost = imported.opportunity
+    assert (lost.status, lost.loss_reason, lost.created_at, lost.closed_at, lost.version) == (
+        OpportunityStatus.LOST,
+        "competitor",
+        T0,
+        at(96),
+        4,
+    )
+    assert [(v.stage_id, v.entered_at, v.left_at) for v in lost.stage_history] == [
+        ("prospecting", T0, at(24)),
+        ("negotiation", at(24), at(48)),
+        ("proposal", at(48), at(96)),
+        ("closed_lost", at(96), None),
+    ]
+    assert [(s.snapshot.stage_id, s.snapshot.version) for s in imported.steps] == [
+        ("prospecting", 1),
+        ("negotiation", 2),
+        ("proposal", 3),
+        ("closed_lost", 4),
+    ]
+    assert imported.steps[2].move is not None and imported.steps[2].move.previous.stage_id == "negotiation"
+
+
+def test_an_imported_open_opportunity_keeps_its_current_probability() -> None:
+    replayed = import_with(history=history(("prospecting", 0), ("proposal", 5)), probability=65)
+    assert (replayed.stage_id, replayed.probability, replayed.stage_history[0].probability) == (
+        "proposal",
+        65,
+        10,
+    )
+    plain = import_with(stage_id="negotiation", created_at=T0, probability=70)
+    assert (plain.probability, plain.version, plain.created_at) == (70, 1, T0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"history": history(("proposal", 5), ("prospecting", 1))}, "stage_history.1.entered_at"),
+        ({"history": history(("prospecting", 0), ("nowhere", 1))}, "stage_history.1.stage_id"),
+        (
+            {"history": history(("prospecting", 0), ("closed_won", 1), ("proposal", 2))},
+            "stage_history.1.stage_id",
+        ),
+        ({"history": history(("closed_won", 0))}, "stage_history.0.stage_id"),
+        ({"history": history(("prospecting", 0), ("proposal", 1)), "stage_id": "negotiation"}, "stage_id"),
+        (
+            {"history": history(("prospecting", 0), ("proposal", 1)), "created_at": at(-1)},
+            "stage_history.0.entered_at",
+        ),
+        ({"history": history(("prospecting", 0), ("closed_won", 5)), "closed_at": at(6)}, "closed_at"),
+        ({"history": history(("prospecting", 0), ("proposal", 1)), "closed_at": at(1)}, "closed_at"),
+        ({"history": history(("prospecting", 0), ("closed_lost", 1))}, "loss_reason"),
+        ({"history": history(("prospecting", 0), ("proposal", 1)), "loss_reason": "price"}, "loss_reason"),
+    ],
+)
+def test_an_imported_history_must_tell_the_same_story_as_the_rows_dates_and_stage(
+    overrides: dict[str, object], field: str
+) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        import_with(**overrides)
+    assert err.value.field == field
+
+
+def test_a_csv_row_carries_its_stage_history_in_one_cell() -> None:
+    row = OpportunityRow.model_validate(
+        {
+            "external_id": "O-1",
+            "name": "Old deal",
+            "account_external_id": "A-1",
+            "stage_history": "prospecting@2025-01-10T09:00:00Z | closed_won@2025-03-01T17:00:00Z",
+        }
+    )
+    assert [(h.stage_id, h.entered_at.isoformat()) for h in row.stage_history or ()] == [
+        ("prospecting", "2025-01-10T09:00:00+00:00"),
+        ("closed_won", "2025-03-01T17:00:00+00:00"),
+    ]
+    with pytest.raises(ValidationError) as err:
+        OpportunityRow.model_validate(
+            {"external_id": "O-2", "name": "x", "account_id": "a", "stage_history": "prospecting 2025-01-10"}
+        )
+    assert problems_of(err.value)[0].field == "stage_history"

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from crm_contracts import catalog
 from crm_contracts.events.leads import LeadConverted
 from crm_localinfra.testing import (
@@ -24,6 +25,7 @@ from crm_localinfra.testing import (
     service_env,
 )
 from crm_opportunities.bootstrap import OpportunitiesSettings, create_app
+from crm_opportunities.domain import DEFAULT_LOSS_REASONS
 from crm_runtime.dead_letters import H_ERROR
 from crm_runtime.events import encode, make_event
 from pymongo import AsyncMongoClient
@@ -211,8 +213,12 @@ async def test_a_conversion_with_a_known_domain_links_to_the_existing_account(se
     assert await service.count("accounts") == 1
     assert (await service.http.get("/opportunities/opp-3")).json()["account_id"] == "acc-known"
     assert (await service.http.get("/contacts/con-3")).json()["account_id"] == "acc-known"
-    # The id the lead brought still finds the company it was matched to.
+    # The id the lead brought still finds the company it was matched to, also in list filters.
     assert (await service.http.get("/accounts/acc-3")).json()["id"] == "acc-known"
+    by_alias = (await service.http.get("/opportunities", params={"account_id": "acc-3"})).json()
+    assert [o["id"] for o in by_alias["items"]] == ["opp-3"]
+    contacts = (await service.http.get("/contacts", params={"account_id": "acc-3"})).json()
+    assert [c["id"] for c in contacts["items"]] == ["con-3"]
     # Creating a second account for the same company over HTTP is refused.
     again = await service.http.post("/accounts", json={"name": "Engines again", "domain": "engines3.example"})
     assert again.status_code == 409 and again.json()["fields"][0]["field"] == "domain"
@@ -566,3 +572,525 @@ async def test_a_late_duplicate_conversion_leaves_a_moved_opportunity_alone_and_
     assert [r["role"] for r in case["contact_roles"]] == ["economic buyer", "champion"]
     assert [v["stage_id"] for v in case["stage_history"]] == ["prospecting", "negotiation", "closed_won"]
     assert case["account"]["name"] == "Engines 7" and case["closed_by"] == REP
+
+
+# -- accounts, contacts, sales teams, pipelines -----------------------------------------------
+def event_data(records: list[Record], subject: str) -> list[dict[str, Any]]:
+    return [r.json()["data"] for r in records if r.json()["subject"] == subject]
+
+
+async def test_accounts_and_contacts_are_edited_with_versions_events_and_a_loop_free_hierarchy(
+    service: Service,
+) -> None:
+    for body in (
+        {"id": "acc-group", "name": "Engines Group"},
+        {"id": "acc-sub", "name": "Engines UK", "parent_account_id": "acc-group"},
+        {"id": "acc-other", "name": "Gears", "domain": "gears.example"},
+    ):
+        assert (await service.http.post("/accounts", json=body)).status_code == 201
+
+    loop = await service.http.patch("/accounts/acc-group", json={"parent_account_id": "acc-sub", "by": REP})
+    assert loop.status_code == 409 and loop.json()["fields"][0]["field"] == "parent_account_id"
+    edited = await service.http.patch(
+        "/accounts/acc-sub",
+        json={
+            "industry": "Manufacturing",
+            "tier": "A",
+            "name": "Engines UK Ltd",
+            "by": REP,
+            "expected_version": 1,
+        },
+    )
+    assert edited.status_code == 200, edited.text
+    assert (edited.json()["version"], edited.json()["tier"], edited.json()["updated_by"]) == (2, "A", REP)
+    stale = await service.http.patch(
+        "/accounts/acc-sub", json={"employees": 5, "by": REP, "expected_version": 1}
+    )
+    assert stale.status_code == 409 and stale.json()["fields"][0]["field"] == "expected_version"
+    cleared = await service.http.patch("/accounts/acc-sub", json={"name": None, "by": REP})
+    assert cleared.status_code == 422 and cleared.json()["fields"][0]["field"] == "name"
+
+    # A domain belongs to one account; giving it up frees it for another.
+    taken = await service.http.patch("/accounts/acc-sub", json={"domain": "gears.example", "by": REP})
+    assert taken.status_code == 409 and taken.json()["fields"][0]["field"] == "domain"
+    site = await service.http.patch(
+        "/accounts/acc-other", json={"website": "https://www.gears.example", "by": REP}
+    )
+    assert (site.json()["domain"], site.json()["version"]) == ("gears.example", 2)
+    # The domain was the website's, so a new website takes the domain along.
+    renamed = await service.http.patch(
+        "/accounts/acc-other", json={"website": "https://gears-group.example", "by": REP}
+    )
+    assert (renamed.json()["domain"], renamed.json()["version"]) == ("gears-group.example", 3)
+    freed = await service.http.patch("/accounts/acc-sub", json={"domain": "gears.example", "by": REP})
+    assert freed.status_code == 200 and freed.json()["domain"] == "gears.example"
+    subsidiaries = (await service.http.get("/accounts", params={"parent_account_id": "acc-group"})).json()
+    assert [a["id"] for a in subsidiaries["items"]] == ["acc-sub"]
+
+    contact = await service.http.post(
+        "/contacts", json={"id": "con-e", "account_id": "acc-sub", "last_name": "Lovelace"}
+    )
+    assert contact.status_code == 201
+    promoted = await service.http.patch(
+        "/contacts/con-e",
+        json={
+            "role": "economic buyer",
+            "decision_maker": True,
+            "influencer": True,
+            "account_id": "acc-group",
+            "email": "Ada@Engines.example",
+            "by": REP,
+            "expected_version": 1,
+        },
+    )
+    assert promoted.status_code == 200, promoted.text
+    assert (promoted.json()["email"], promoted.json()["version"]) == ("ada@engines.example", 2)
+    nameless = await service.http.patch("/contacts/con-e", json={"last_name": None, "email": None, "by": REP})
+    assert nameless.status_code == 422 and nameless.json()["fields"][0]["field"] == "email"
+    unknown = await service.http.patch("/contacts/con-e", json={"account_id": "nobody", "by": REP})
+    assert unknown.status_code == 422 and unknown.json()["fields"][0]["field"] == "account_id"
+    deciders = (await service.http.get("/contacts", params={"influencer": True})).json()
+    assert [c["id"] for c in deciders["items"]] == ["con-e"]
+
+    updates = await service.events("account.updated", until=lambda rs: len(rs) >= 4)
+    assert [(r.json()["subject"], r.json()["sequence"]) for r in updates] == [
+        ("acc-sub", "2"),
+        ("acc-other", "2"),
+        ("acc-other", "3"),
+        ("acc-sub", "3"),
+    ]
+    first = updates[0].json()["data"]
+    assert first["changed_fields"] == ["industry", "name", "tier"]
+    assert (first["parent_account_id"], first["industry"]) == ("acc-group", "Manufacturing")
+    [contact_update] = await service.events("contact.updated", until=lambda rs: len(rs) >= 1)
+    data = contact_update.json()["data"]
+    assert data["changed_fields"] == ["account_id", "decision_maker", "email", "influencer", "role"]
+    assert (data["role"], data["decision_maker"], data["influencer"]) == ("economic buyer", True, True)
+
+
+async def test_a_won_deal_makes_the_prospect_a_customer_and_figures_carry_what_reporting_breaks_down_by(
+    service: Service,
+) -> None:
+    team = await service.http.post("/sales-teams", json={"id": "team-dach", "name": "DACH", "region": "DACH"})
+    assert team.status_code == 201, team.text
+    account = await service.http.post("/accounts", json={"id": "acc-w", "name": "Watt", "industry": "Energy"})
+    assert account.json()["type"] == "prospect"
+    await service.http.post("/products", json={"id": "prod-a", "name": "Turbine", "list_price": "1000"})
+    await service.http.post("/products", json={"id": "prod-b", "name": "Service", "list_price": "100"})
+    no_team = await service.http.post(
+        "/opportunities", json={"name": "X", "account_id": "acc-w", "sales_team_id": "team-none", "by": REP}
+    )
+    assert no_team.status_code == 422 and no_team.json()["fields"][0]["field"] == "sales_team_id"
+    for opportunity_id in ("opp-w1", "opp-w2"):
+        opened = await service.http.post(
+            "/opportunities",
+            json={
+                "id": opportunity_id,
+                "name": "Wind",
+                "account_id": "acc-w",
+                "sales_team_id": "team-dach",
+                "by": REP,
+            },
+        )
+        assert opened.status_code == 201, opened.text
+    items = [{"product_id": "prod-a", "quantity": "2"}, {"product_id": "prod-b", "quantity": "1"}]
+    priced = await service.http.put("/opportunities/opp-w1/line-items", json={"items": items, "by": REP})
+    assert priced.json()["amount"] == "2100.00"
+    refused = await service.http.delete("/sales-teams/team-dach")
+    assert refused.status_code == 409 and "works 2 opportunities" in refused.json()["message"]
+    region = await service.http.patch(
+        "/sales-teams/team-dach", json={"region": "DACH+CH", "expected_version": 1}
+    )
+    assert region.status_code == 200 and region.json()["version"] == 2
+
+    assert (await move(service, "opp-w1", stage_id="closed_won")).status_code == 200
+    assert (await move(service, "opp-w2", stage_id="closed_won")).status_code == 200
+    customer = (await service.http.get("/accounts/acc-w")).json()
+    assert (customer["type"], customer["version"]) == ("customer", 2)
+    [became_customer] = await service.events("account.updated", until=lambda rs: len(rs) >= 1)
+    assert became_customer.json()["data"]["changed_fields"] == ["type"]
+    assert became_customer.json()["sequence"] == "2"
+
+    won = await service.events("opportunity.closed", until=lambda rs: len(rs) >= 2)
+    [figures] = [d["opportunity"] for d in event_data(won, "opp-w1")]
+    assert (figures["stage_order"], figures["sales_team_id"], figures["sales_region"]) == (
+        4,
+        "team-dach",
+        "DACH+CH",
+    )
+    assert (figures["account_industry"], figures["product_ids"]) == ("Energy", ["prod-a", "prod-b"])
+    case = (await service.http.get("/opportunities/opp-w1/case")).json()
+    assert case["sales_team"]["region"] == "DACH+CH"
+    by_team = (await service.http.get("/opportunities", params={"sales_team_id": "team-dach"})).json()
+    assert [o["id"] for o in by_team["items"]] == ["opp-w1", "opp-w2"]
+
+    # A team no opportunity names can go.
+    await service.http.post("/sales-teams", json={"id": "team-idle", "name": "Idle", "region": "Nordics"})
+    assert (
+        await service.http.delete("/sales-teams/team-idle", params={"expected_version": 2})
+    ).status_code == 409
+    assert (
+        await service.http.delete("/sales-teams/team-idle", params={"expected_version": 1})
+    ).status_code == 204
+    assert (await service.http.get("/sales-teams/team-idle")).status_code == 404
+    listed = (await service.http.get("/sales-teams", params={"region": "DACH+CH"})).json()
+    assert [t["id"] for t in listed["items"]] == ["team-dach"]
+
+
+async def test_pipelines_are_published_in_order_and_an_opportunity_moves_between_them(
+    service: Service,
+) -> None:
+    [seeded] = await service.events("pipeline.created", until=lambda rs: len(rs) >= 1)
+    data = seeded.json()["data"]
+    assert seeded.json()["subject"] == "default" and data["loss_reasons"] == list(DEFAULT_LOSS_REASONS)
+    assert [(s["stage_id"], s["position"]) for s in data["stages"]][:2] == [
+        ("prospecting", 0),
+        ("qualification", 1),
+    ]
+
+    stages = [
+        {"id": "notice", "name": "Renewal notice", "probability": 60, "forecast_category": "best_case"},
+        {
+            "id": "signed",
+            "name": "Signed",
+            "kind": "closed_won",
+            "probability": 100,
+            "forecast_category": "closed",
+        },
+        {
+            "id": "churned",
+            "name": "Churned",
+            "kind": "closed_lost",
+            "probability": 0,
+            "forecast_category": "omitted",
+        },
+    ]
+    created = await service.http.post(
+        "/pipelines", json={"id": "renewals", "name": "Renewals", "stages": stages}
+    )
+    assert created.status_code == 201
+    talks = {"id": "talks", "name": "Talks", "probability": 40, "forecast_category": "pipeline"}
+    revised = await service.http.put(
+        "/pipelines/renewals", json={"name": "Renewals", "stages": [talks, *stages], "expected_version": 1}
+    )
+    assert revised.status_code == 200
+    [updated] = await service.events("pipeline.updated", until=lambda rs: len(rs) >= 1)
+    assert updated.json()["sequence"] == "2"
+    assert [s["stage_id"] for s in updated.json()["data"]["stages"]] == [
+        "talks",
+        "notice",
+        "signed",
+        "churned",
+    ]
+
+    await open_opportunity(service, 9)
+    assert (await move(service, "opp-h9", stage_id="proposal")).status_code == 200
+
+    async def to_pipeline(**body: Any) -> httpx.Response:
+        return await service.http.post("/opportunities/opp-h9/pipeline", json={"by": REP, **body})
+
+    unmapped = await to_pipeline(pipeline_id="renewals")
+    assert unmapped.status_code == 422 and unmapped.json()["fields"][0]["field"] == "stage_id"
+    closed = await to_pipeline(pipeline_id="renewals", stage_id="signed")
+    assert closed.status_code == 422 and closed.json()["fields"][0]["field"] == "stage_id"
+    assert (await to_pipeline(pipeline_id="default", stage_id="negotiation")).status_code == 409
+    assert (await to_pipeline(pipeline_id="nope", stage_id="talks")).status_code == 422
+    moved = await to_pipeline(pipeline_id="renewals", stage_id="notice", expected_version=2)
+    assert moved.status_code == 200, moved.text
+    body = moved.json()
+    assert (body["pipeline_id"], body["stage_id"], body["probability"], body["version"]) == (
+        "renewals",
+        "notice",
+        60,
+        3,
+    )
+    assert [(v["pipeline_id"], v["stage_id"]) for v in body["stage_history"]] == [
+        ("default", "prospecting"),
+        ("default", "proposal"),
+        ("renewals", "notice"),
+    ]
+    changes = await service.events("opportunity.stage_changed", until=lambda rs: len(rs) >= 2)
+    change = changes[1].json()["data"]
+    assert (change["previous_pipeline_id"], change["pipeline_id"], change["previous_stage_id"]) == (
+        "default",
+        "renewals",
+        "proposal",
+    )
+    assert change["opportunity"]["stage_order"] == 1
+    listed = (await service.http.get("/opportunities", params={"pipeline_id": "renewals"})).json()
+    assert [o["id"] for o in listed["items"]] == ["opp-h9"]
+
+
+async def test_imports_upsert_accounts_and_contacts_and_replay_opportunities_through_their_history(
+    service: Service,
+) -> None:
+    csv_headers = {"content-type": "text/csv"}
+    accounts = b"external_id,name,industry,domain\nA-1,Analytical Engines,Computing,engines-imp.example\n"
+    first = await service.http.post(
+        "/imports/accounts?source_system=old", content=accounts, headers=csv_headers
+    )
+    assert first.json()["counts"] == {"created": 1}
+    changed = accounts.replace(b"Computing", b"Machinery")
+    again = await service.http.post(
+        "/imports/accounts?source_system=old", content=changed, headers=csv_headers
+    )
+    [row] = again.json()["rows"]
+    assert (row["status"], row["changed_fields"]) == ("updated", ["industry"])
+    account_id = row["id"]
+
+    assert (
+        await service.http.post("/contacts", json={"id": "con-known", "email": "grace@navy.example"})
+    ).status_code == 201
+    contacts = (
+        b"external_id,first_name,last_name,email,role,decision_maker,account_external_id\n"
+        b"C-1,Ada,Lovelace,ada@engines-imp.example,economic buyer,true,A-1\n"
+        b"C-2,Grace,Hopper,Grace@Navy.example,,,\n"
+        b"C-3,,,,champion,,A-1\n"
+        b"C-4,Charles,Babbage,,,,A-404\n"
+    )
+    imported = await service.http.post(
+        "/imports/contacts?source_system=old", content=contacts, headers=csv_headers
+    )
+    assert imported.status_code == 200, imported.text
+    rows = imported.json()["rows"]
+    assert [r["status"] for r in rows] == ["created", "matched", "failed", "failed"]
+    assert rows[1]["id"] == "con-known" and rows[3]["problems"][0]["field"] == "account_external_id"
+    ada = (await service.http.get(f"/contacts/{rows[0]['id']}")).json()
+    assert (ada["account_id"], ada["role"], ada["decision_maker"]) == (account_id, "economic buyer", True)
+    rerun = await service.http.post(
+        "/imports/contacts?source_system=old",
+        content=contacts.replace(b"economic buyer", b"champion"),
+        headers=csv_headers,
+    )
+    assert [(r["status"], r["changed_fields"]) for r in rerun.json()["rows"][:2]] == [
+        ("updated", ["role"]),
+        ("matched", []),
+    ]
+
+    history = [
+        {"stage_id": "prospecting", "entered_at": "2025-01-10T09:00:00Z"},
+        {"stage_id": "proposal", "entered_at": "2025-02-01T09:00:00Z"},
+        {"stage_id": "closed_won", "entered_at": "2025-03-01T17:00:00Z"},
+    ]
+    record = {"external_id": "O-1", "name": "Won in 2025", "account_external_id": "A-1", "amount": "4000"}
+    backwards = [history[1], history[0], history[2]]
+    ndjson = b"\n".join(
+        json.dumps(r).encode()
+        for r in (
+            record | {"stage_history": history},
+            record | {"external_id": "O-2", "stage_history": backwards},
+        )
+    )
+    report = await service.http.post(
+        "/imports/opportunities?source_system=old",
+        content=ndjson,
+        headers={"content-type": "application/x-ndjson"},
+    )
+    rows = report.json()["rows"]
+    assert [r["status"] for r in rows] == ["created", "failed"]
+    assert rows[1]["problems"][0]["field"] == "stage_history.1.entered_at"
+    won = (await service.http.get(f"/opportunities/{rows[0]['id']}")).json()
+    assert (won["status"], won["version"], won["created_at"], won["closed_at"]) == (
+        "won",
+        3,
+        "2025-01-10T09:00:00Z",
+        "2025-03-01T17:00:00Z",
+    )
+    assert [(v["stage_id"], v["entered_at"], v["left_at"]) for v in won["stage_history"]] == [
+        ("prospecting", "2025-01-10T09:00:00Z", "2025-02-01T09:00:00Z"),
+        ("proposal", "2025-02-01T09:00:00Z", "2025-03-01T17:00:00Z"),
+        ("closed_won", "2025-03-01T17:00:00Z", None),
+    ]
+    moves = await service.events("opportunity.stage_changed", until=lambda rs: len(rs) >= 2)
+    assert [(r.json()["time"], r.json()["sequence"]) for r in moves] == [
+        ("2025-02-01T09:00:00Z", "2"),
+        ("2025-03-01T17:00:00Z", "3"),
+    ]
+    account_updates = await service.events("account.updated", until=lambda rs: len(rs) >= 2)
+    assert [r.json()["data"]["changed_fields"] for r in account_updates] == [["industry"], ["type"]]
+    became_customer = account_updates[1]
+    # Edited by the import since, so the account's clock does not go back to the 2025 win.
+    assert became_customer.json()["data"]["updated_by"]["id"] == "import:old"
+    assert became_customer.json()["time"] == account_updates[0].json()["time"]
+    assert (await service.http.get(f"/accounts/{account_id}")).json()["type"] == "customer"
+
+
+# -- end to end: duplicated, out-of-order conversions racing with stage moves ------------------
+async def topic_size(service: Service, topic: str) -> int:
+    """How many records the topic holds (0 if nobody ever published to it): with the outbox
+    drained, this is exactly what the service emitted, however a reader batches them."""
+    bootstrap = service.settings.kafka_bootstrap_servers
+    name = service.settings.topic(topic)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await producer.start()
+    try:
+        if name not in await consumer.topics():
+            return 0
+        partitions = [TopicPartition(name, p) for p in await producer.partitions_for(name)]
+        return sum((await consumer.end_offsets(partitions)).values())
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+@dataclass
+class Rep:
+    """A sales rep working one opportunity over HTTP, deciding each move on the version read."""
+
+    service: Service
+    opportunity_id: str
+    version: int = 1
+    moves: int = 0
+
+    async def move(self, path: str = "stage", **body: Any) -> httpx.Response:
+        response = await self.service.http.post(
+            f"/opportunities/{self.opportunity_id}/{path}",
+            json={"by": REP, "expected_version": self.version, **body},
+        )
+        if response.status_code == 200:
+            self.version = response.json()["version"]
+            self.moves += 1
+        return response
+
+
+async def test_end_to_end_duplicate_late_conversions_racing_with_moves_yield_exact_records_and_events(
+    service: Service,
+) -> None:
+    conversions = {
+        11: conversion(11),
+        # Another id for the same company (same domain): one account, whichever arrives first.
+        12: conversion(
+            12,
+            account={
+                "account_id": "acc-12",
+                "is_new": True,
+                "name": "Engines 11 Ltd",
+                "domain": "engines11.example",
+            },
+        ),
+        13: conversion(13),
+        # The leads service matched this lead to acc-13; it may arrive before acc-13's own conversion.
+        14: conversion(14, account={"account_id": "acc-13", "is_new": False, "domain": "engines13.example"}),
+        15: conversion(15, account={"account_id": "acc-15", "is_new": True, "name": "No Domain Co"}),
+        16: conversion(16, opportunity=None),
+        17: conversion(17),
+        18: conversion(18),
+    }
+    published = 0
+
+    async def publish(n: int, event_id: str) -> None:
+        nonlocal published
+        await service.publish_conversion(conversions[n], event_id=event_id)
+        published += 1
+
+    async def all_consumed() -> bool:
+        seen = service.consumed("processed", "lead.converted") + service.consumed(
+            "duplicate", "lead.converted"
+        )
+        return seen == published
+
+    # Out of order (14 before 13, 12 before 11), a redelivery (same event id) and a re-send.
+    for n, event_id in (
+        (14, "e14"),
+        (12, "e12"),
+        (11, "e11"),
+        (11, "e11"),
+        (13, "e13"),
+        (15, "e15"),
+        (16, "e16"),
+    ):
+        await publish(n, event_id)
+    for n, event_id in ((17, "e17"), (18, "e18"), (13, "e13-resent")):
+        await publish(n, event_id)
+    await eventually(all_consumed, timeout=60)
+
+    # Reps move opportunities while every conversion arrives again, late, twice.
+    async def late_duplicates() -> None:
+        for n in conversions:
+            await publish(n, f"e{n}-late")
+            await publish(n, f"e{n}")
+
+    reps = {n: Rep(service, f"opp-{n}") for n in (11, 12, 13, 14, 15, 17)}
+
+    async def work_the_pipeline() -> list[httpx.Response]:
+        # Two reps decide on the same version of opp-11: exactly one of them wins.
+        racing = await asyncio.gather(
+            service.http.post(
+                "/opportunities/opp-11/stage",
+                json={"by": REP, "stage_id": "qualification", "expected_version": 1},
+            ),
+            service.http.post(
+                "/opportunities/opp-11/stage", json={"by": REP, "stage_id": "proposal", "expected_version": 1}
+            ),
+        )
+        assert sorted(r.status_code for r in racing) == [200, 409], [r.text for r in racing]
+        reps[11].version, reps[11].moves = 2, 1
+        return [
+            *racing,
+            await reps[11].move(stage_id="closed_won"),
+            await reps[12].move(stage_id="negotiation"),
+            await reps[12].move(stage_id="closed_won"),
+            await reps[13].move(stage_id="proposal"),
+            await reps[13].move(stage_id="closed_lost", loss_reason="competitor"),
+            await reps[14].move(stage_id="negotiation"),
+            await reps[15].move(stage_id="closed_won"),
+            await reps[17].move(stage_id="qualification"),
+            await reps[17].move(stage_id="closed_lost", loss_reason="price"),
+            await reps[17].move("reopen"),
+        ]
+
+    responses, _ = await asyncio.gather(work_the_pipeline(), late_duplicates())
+    assert [r.status_code for r in responses[2:]] == [200] * 10, [
+        r.text for r in responses if r.status_code != 200
+    ]
+    await eventually(all_consumed, timeout=60)
+    await eventually(_outbox_drained(service.runtime), timeout=30)
+    assert service.consumed("dead_lettered", "lead.converted") == 0
+
+    # Records: one account per company, every contact and opportunity once.
+    merged = (await service.http.get("/accounts/acc-12")).json()["id"]
+    assert merged == (await service.http.get("/accounts/acc-11")).json()["id"]
+    accounts = {merged, "acc-13", "acc-15", "acc-16", "acc-17", "acc-18"}
+    assert await service.count("accounts") == len(accounts)
+    assert {
+        a["_id"] for a in await service.mongo[service.settings.database_name].accounts.find().to_list()
+    } == accounts
+    assert await service.count("contacts") == 8 and await service.count("opportunities") == 7
+    for n, account_id in ((11, merged), (12, merged), (13, "acc-13"), (14, "acc-13"), (18, "acc-18")):
+        opportunity = (await service.http.get(f"/opportunities/opp-{n}")).json()
+        assert opportunity["account_id"] == account_id, n
+        assert (await service.http.get(f"/contacts/con-{n}")).json()["account_id"] == account_id, n
+    for n, rep in reps.items():
+        opportunity = (await service.http.get(f"/opportunities/opp-{n}")).json()
+        assert (opportunity["version"], len(opportunity["stage_history"])) == (
+            1 + rep.moves,
+            1 + rep.moves,
+        ), n
+    types = {a["id"]: a["type"] for a in (await service.http.get("/accounts")).json()["items"]}
+    assert types == {merged: "customer", "acc-15": "customer"} | {
+        a: "prospect" for a in accounts - {merged, "acc-15"}
+    }
+
+    # Events: exactly one per change, counted on the topics.
+    moves = sum(rep.moves for rep in reps.values())
+    expected = {
+        "account.created": len(accounts),
+        "contact.created": 8,
+        "opportunity.created": 7,
+        "opportunity.stage_changed": moves,
+        "opportunity.closed": 5,  # opp-11, 12, 15 won; 13, 17 lost
+        "account.updated": 2,  # two prospects became customers, each once
+        "opportunity.updated": 0,
+        "pipeline.created": 1,
+    }
+    sizes = {topic: await topic_size(service, topic) for topic in expected}
+    assert sizes == expected
+    created = await service.events("opportunity.created", until=lambda rs: len(rs) >= 7)
+    assert sorted(subjects(created)) == [f"opp-{n}" for n in (11, 12, 13, 14, 15, 17, 18)]
+    assert {r.json()["sequence"] for r in created} == {"1"}
+    changes = await service.events("opportunity.stage_changed", until=lambda rs: len(rs) >= moves)
+    for n, rep in reps.items():
+        sequences = [r.json()["sequence"] for r in changes if r.json()["subject"] == f"opp-{n}"]
+        assert sequences == [str(v) for v in range(2, 2 + rep.moves)], n

@@ -14,22 +14,29 @@ from crm_contracts.events.campaigns import (
     CampaignType,
     CostAmount,
     CostEntry,
+    MemberStatus,
+    MemberStatusOption,
+    MemberType,
     ResponsePercent,
 )
 from crm_contracts.events.common import Actor, Currency, Id, Money, ShortText
 from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
 from fastapi import APIRouter, Depends, Query, Response, status
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .domain import (
     MAX_HIERARCHY_DEPTH,
+    AddOutcome,
     Campaign,
     CampaignDetails,
     CampaignMember,
     CampaignSummary,
     IllegalTransition,
     InvalidCampaign,
+    MemberAddition,
+    MemberStatusEntry,
     NewCostEntry,
+    NewMember,
     StatusChange,
     rollup_scope,
     summarize,
@@ -43,14 +50,21 @@ from .repository import (
 from .use_cases import (
     CampaignAlreadyExists,
     CampaignNotFound,
+    LeadTouches,
+    MemberNotFound,
+    add_members,
     change_campaign_status,
+    change_member_status,
     create_campaign,
     record_campaign_cost,
     revise_campaign,
+    touches_of_lead,
 )
 
 HTTP_SYSTEM = Actor(id="crm-api")
 T = TypeVar("T")
+# One bulk request is one transaction with one event per new member: bounded so it stays short.
+MAX_BULK_MEMBERS = 1000
 
 ExpectedVersion = Annotated[
     int | None,
@@ -110,6 +124,11 @@ class CampaignChanges(BaseModel):
     expected_revenue: Money | None = None
     expected_response: ResponsePercent | None = None
     currency: Currency | None = None
+    member_statuses: list[MemberStatusOption] | None = Field(
+        default=None,
+        description="The statuses to offer and which count as a response; one that members hold "
+        "cannot be dropped.",
+    )
     expected_version: ExpectedVersion = None
     by: Actor
 
@@ -158,6 +177,7 @@ class CampaignView(BaseModel):
     expected_revenue: Decimal | None
     expected_response: Decimal | None
     currency: str
+    member_statuses: list[MemberStatusOption]
     actual_cost: Decimal
     cost_entry_count: int
     status_history: list[StatusChange]
@@ -189,9 +209,122 @@ class CostLedger(BaseModel):
     entries: list[CostEntry]
 
 
+class MemberToAdd(BaseModel):
+    """A lead or contact to add: exactly one of ``lead_id`` and ``contact_id``. Ids are taken as
+    given (the leads and opportunities services own those records)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lead_id: Id | None = None
+    contact_id: Id | None = Field(default=None, validate_default=True)
+    status: MemberStatus | None = Field(
+        default=None, description="Defaults to the first status the campaign offers (sent by default)."
+    )
+
+    @field_validator("contact_id")
+    @classmethod
+    def _one_record(cls, contact_id: str | None, info: ValidationInfo) -> str | None:
+        lead_id = info.data.get("lead_id")
+        if (lead_id is None) == (contact_id is None) and "lead_id" in info.data:
+            raise ValueError("give either lead_id or contact_id, not both and not neither")
+        return contact_id
+
+    def new_member(self) -> NewMember:
+        if self.lead_id is not None:
+            return NewMember(member_type=MemberType.LEAD, record_id=self.lead_id, status=self.status)
+        assert self.contact_id is not None
+        return NewMember(member_type=MemberType.CONTACT, record_id=self.contact_id, status=self.status)
+
+
+class MemberRequest(MemberToAdd):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"examples": [{"contact_id": "con-42", "status": "sent", "by": {"id": "rep-7"}}]},
+    )
+
+    by: Actor
+
+
+class BulkMemberRequest(BaseModel):
+    """Up to 1,000 leads and contacts, added in one transaction (all outcomes or none)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "members": [{"lead_id": "lead-1"}, {"contact_id": "con-9", "status": "registered"}],
+                    "by": {"id": "rep-7"},
+                }
+            ]
+        },
+    )
+
+    members: list[MemberToAdd] = Field(min_length=1, max_length=MAX_BULK_MEMBERS)
+    by: Actor
+
+
+class MemberStatusRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: MemberStatus
+    expected_version: Annotated[
+        int | None,
+        Field(
+            default=None, ge=1, description="Refuse the change (409) unless the member is at this version."
+        ),
+    ] = None
+    by: Actor
+
+
+class MemberView(BaseModel):
+    """A member as the API shows it: its status, whether it has responded, and (leads) its touch."""
+
+    campaign_id: str
+    member_id: str
+    member_type: MemberType
+    lead_id: str | None
+    contact_id: str | None
+    status: MemberStatus
+    responded: bool = Field(description="Reached a status that counts as a response in this campaign.")
+    status_history: list[MemberStatusEntry]
+    joined_at: AwareDatetime
+    last_touched_at: AwareDatetime
+    touched_via: list[str]
+    first_touch: bool
+    lead_source: str | None
+    converted: bool
+    converted_at: AwareDatetime | None
+    account_id: str | None
+    opportunity_id: str | None
+    version: int
+
+    @classmethod
+    def of(cls, member: CampaignMember, campaign: Campaign) -> MemberView:
+        return cls.model_validate(
+            {**member.model_dump(), "responded": member.has_responded(campaign.response_statuses)}
+        )
+
+
 class MemberPage(BaseModel):
-    items: list[CampaignMember]
+    items: list[MemberView]
     next_cursor: str | None
+
+
+class BulkItemResult(BaseModel):
+    index: int = Field(description="Position of the item in the request.")
+    member_id: str
+    outcome: AddOutcome
+    reason: str | None = Field(default=None, description="Why it was refused.")
+
+
+class BulkResult(BaseModel):
+    campaign_id: str
+    added: int
+    already_members: int
+    refused: int
+    results: list[BulkItemResult]
 
 
 def campaigns_router(
@@ -209,6 +342,10 @@ def campaigns_router(
             return await runtime.transaction(work)
         except CampaignNotFound as exc:
             raise ApiError(404, "not_found", f"campaign {exc} does not exist", field="campaign_id") from exc
+        except MemberNotFound as exc:
+            raise ApiError(
+                404, "not_found", f"member {exc} is not in the campaign", field="member_id"
+            ) from exc
         except CampaignAlreadyExists as exc:
             raise ApiError(409, "already_exists", f"campaign {exc} exists", field="campaign_id") from exc
         except InvalidCampaign as exc:
@@ -270,6 +407,7 @@ def campaigns_router(
         async def work(uow: UnitOfWork) -> Campaign:
             return await revise_campaign(
                 campaigns,
+                members,
                 uow,
                 campaign_id,
                 body.changes(),
@@ -334,13 +472,99 @@ def campaigns_router(
     async def list_members(
         campaign_id: Id,
         converted: bool | None = None,
+        member_status: Annotated[MemberStatus | None, Query(alias="status")] = None,
+        member_type: MemberType | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
         cursor: Id | None = None,
     ) -> MemberPage:
-        await existing(campaign_id)
-        found = await members.list(campaign_id, limit=limit, after_member_id=cursor, converted=converted)
+        campaign = await existing(campaign_id)
+        found = await members.list(
+            campaign_id,
+            limit=limit,
+            after_member_id=cursor,
+            converted=converted,
+            status=member_status,
+            member_type=member_type,
+        )
         next_cursor = found[-1].member_id if len(found) == limit else None
-        return MemberPage(items=found, next_cursor=next_cursor)
+        return MemberPage(items=[MemberView.of(m, campaign) for m in found], next_cursor=next_cursor)
+
+    @router.post(
+        "/{campaign_id}/members",
+        status_code=status.HTTP_201_CREATED,
+        dependencies=write,
+        summary="Add a lead or contact to the campaign",
+        responses={200: {"description": "Already a member: returned as it is, nothing changed"}},
+    )
+    async def add_member(campaign_id: Id, body: MemberRequest, response: Response) -> MemberView:
+        async def work(uow: UnitOfWork) -> tuple[Campaign, MemberAddition]:
+            [result] = await add_members(
+                campaigns, members, opportunities, uow, campaign_id, [body.new_member()], by=body.by
+            )
+            if result.outcome is AddOutcome.REFUSED:
+                raise InvalidCampaign("status", result.reason or "refused")
+            campaign = await campaigns.get(campaign_id, uow.session)
+            assert campaign is not None
+            return campaign, result
+
+        campaign, result = await run(work)
+        if result.outcome is AddOutcome.ALREADY_MEMBER:
+            response.status_code = status.HTTP_200_OK
+        assert result.member is not None
+        return MemberView.of(result.member, campaign)
+
+    @router.post(
+        "/{campaign_id}/members/bulk",
+        dependencies=write,
+        summary="Add many leads and contacts at once, with an outcome per item",
+    )
+    async def add_members_in_bulk(campaign_id: Id, body: BulkMemberRequest) -> BulkResult:
+        async def work(uow: UnitOfWork) -> list[MemberAddition]:
+            wanted = [item.new_member() for item in body.members]
+            return await add_members(campaigns, members, opportunities, uow, campaign_id, wanted, by=body.by)
+
+        results = await run(work)
+        return BulkResult(
+            campaign_id=campaign_id,
+            added=sum(1 for r in results if r.outcome is AddOutcome.ADDED),
+            already_members=sum(1 for r in results if r.outcome is AddOutcome.ALREADY_MEMBER),
+            refused=sum(1 for r in results if r.outcome is AddOutcome.REFUSED),
+            results=[BulkItemResult.model_validate(r.model_dump(exclude={"member"})) for r in results],
+        )
+
+    @router.get("/{campaign_id}/members/{member_id}", dependencies=read, summary="One member of the campaign")
+    async def get_member(campaign_id: Id, member_id: Id) -> MemberView:
+        campaign = await existing(campaign_id)
+        member = await members.get(campaign_id, member_id)
+        if member is None:
+            raise ApiError(404, "not_found", f"member {member_id} is not in the campaign", field="member_id")
+        return MemberView.of(member, campaign)
+
+    @router.post(
+        "/{campaign_id}/members/{member_id}/status",
+        dependencies=write,
+        summary="Move a member to another status (forward, or unsubscribed)",
+    )
+    async def change_status_of_member(
+        campaign_id: Id, member_id: Id, body: MemberStatusRequest
+    ) -> MemberView:
+        async def work(uow: UnitOfWork) -> tuple[Campaign, CampaignMember]:
+            member = await change_member_status(
+                campaigns,
+                members,
+                uow,
+                campaign_id,
+                member_id,
+                body.status,
+                by=body.by,
+                expected_version=body.expected_version,
+            )
+            campaign = await campaigns.get(campaign_id, uow.session)
+            assert campaign is not None
+            return campaign, member
+
+        campaign, member = await run(work)
+        return MemberView.of(member, campaign)
 
     @router.get("/{campaign_id}/summary", dependencies=read, summary="The campaign's performance figures")
     async def summary(
@@ -356,8 +580,24 @@ def campaigns_router(
             else []
         )
         included, _ = rollup_scope(campaign, below)
-        ids = [c.id for c in included]
-        return summarize(campaign, await members.counts(ids), await opportunities.outcomes(ids), below)
+        counts = await members.counts(included)
+        return summarize(campaign, counts, await opportunities.outcomes([c.id for c in included]), below)
+
+    return router
+
+
+def attribution_router(runtime: ServiceRuntime, members: MemberRepository) -> APIRouter:
+    router = APIRouter(tags=["attribution"])
+    read = [Depends(runtime.auth.require("read"))]
+
+    @router.get(
+        "/leads/{lead_id}/touches",
+        dependencies=read,
+        summary="Every campaign that reached a lead, with when, and its first and last touch",
+    )
+    async def lead_touches(lead_id: Id) -> LeadTouches:
+        # A lead no campaign reached has no touches; the leads service owns whether it exists.
+        return await touches_of_lead(members, lead_id)
 
     return router
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from crm_runtime import ServiceRuntime, ServiceSettings
 from fastapi import FastAPI
 
-from .api import campaigns_router
+from .api import attribution_router, campaigns_router
 from .handlers import register_handlers
 from .repository import CampaignRepository, MemberRepository, OpportunityRepository
 
@@ -26,9 +26,20 @@ def create_app(settings: CampaignsSettings | None = None) -> FastAPI:
         title="CRM campaigns",
         description=(
             "Marketing campaigns that generate leads or inform: status lifecycle, cost ledger, "
-            "members joined from lead events, the opportunities and revenue they bring, and each "
-            "campaign's performance summary with cost per lead and ROI."
+            "members (leads and contacts) with configurable statuses and responses, the touches "
+            "that attribute leads to campaigns (first touch credited), the opportunities and "
+            "revenue they bring, and each campaign's performance summary with response rate, cost "
+            "per lead and ROI."
         ),
-        routers=[campaigns_router(runtime, campaigns, members, opportunities)],
-        openapi_tags=[{"name": "campaigns", "description": "Campaigns, their costs and members."}],
+        routers=[
+            campaigns_router(runtime, campaigns, members, opportunities),
+            attribution_router(runtime, members),
+        ],
+        openapi_tags=[
+            {"name": "campaigns", "description": "Campaigns, their costs, members and member statuses."},
+            {
+                "name": "attribution",
+                "description": "The campaigns that touched each lead (first touch credited).",
+            },
+        ],
     )

@@ -1,15 +1,19 @@
-"""The campaign and its rules: details, status lifecycle, cost ledger and the figures derived
-from them. No I/O here."""
+"""The campaign and its rules: details, status lifecycle, cost ledger, members and their
+statuses, the touches that attribute leads to campaigns, and the figures derived from them.
+No I/O here."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from crm_contracts.events.campaigns import (
     CampaignCostRecorded,
+    CampaignMemberAdded,
+    CampaignMemberStatusChanged,
     CampaignPurpose,
     CampaignSnapshot,
     CampaignStatus,
@@ -18,11 +22,14 @@ from crm_contracts.events.campaigns import (
     CampaignUpdated,
     CostAmount,
     CostEntry,
+    MemberStatus,
+    MemberStatusOption,
     MemberType,
     ResponsePercent,
+    default_member_statuses,
 )
 from crm_contracts.events.common import Actor, Currency, Id, Money, ShortText
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 CENT = Decimal("0.01")
 # The ledger lives inside the campaign document (one atomic, versioned aggregate); the cap keeps
@@ -36,6 +43,55 @@ ALLOWED_TRANSITIONS: dict[CampaignStatus, frozenset[CampaignStatus]] = {
     CampaignStatus.COMPLETED: frozenset(),
     CampaignStatus.ABORTED: frozenset(),
 }
+
+
+# -- member statuses --------------------------------------------------------------------------
+# Engagement grows along this order; a member only moves forward (tracking may skip a step,
+# e.g. a click without a recorded open), and may unsubscribe from any step.
+ENGAGEMENT_ORDER: tuple[MemberStatus, ...] = (
+    MemberStatus.SENT,
+    MemberStatus.OPENED,
+    MemberStatus.CLICKED,
+    MemberStatus.RESPONDED,
+    MemberStatus.REGISTERED,
+    MemberStatus.ATTENDED,
+)
+# A lead captured through a campaign answered it: that is the status it joins with.
+STATUS_ON_CAPTURE = MemberStatus.RESPONDED
+DEFAULT_MEMBER_STATUSES: tuple[MemberStatusOption, ...] = tuple(default_member_statuses())
+
+
+def _rank(status: MemberStatus) -> int:
+    return ENGAGEMENT_ORDER.index(status) if status in ENGAGEMENT_ORDER else len(ENGAGEMENT_ORDER)
+
+
+def _valid_member_statuses(options: tuple[MemberStatusOption, ...]) -> tuple[MemberStatusOption, ...]:
+    """A campaign's member statuses: each at most once, in the engagement order. ``responded``
+    must be offered and count as a response (captured leads join with it); ``unsubscribed``
+    never counts as one."""
+    seen: set[MemberStatus] = set()
+    for option in options:
+        if option.status in seen:
+            raise ValueError(f"{option.status.value} is listed twice")
+        seen.add(option.status)
+    by_status = {o.status: o for o in options}
+    responded = by_status.get(STATUS_ON_CAPTURE)
+    if responded is None or not responded.counts_as_response:
+        raise ValueError("responded must be offered and count as a response: captured leads join with it")
+    unsubscribed = by_status.get(MemberStatus.UNSUBSCRIBED)
+    if unsubscribed is not None and unsubscribed.counts_as_response:
+        raise ValueError("unsubscribed cannot count as a response")
+    return tuple(sorted(options, key=lambda o: _rank(o.status)))
+
+
+MemberStatuses = Annotated[
+    tuple[MemberStatusOption, ...],
+    AfterValidator(_valid_member_statuses),
+    Field(
+        description="The member statuses the campaign offers and which count as a response; "
+        "by default all, with responded, registered and attended counting."
+    ),
+]
 
 
 class CampaignRuleViolation(Exception):
@@ -71,6 +127,7 @@ class CampaignDetails(BaseModel):
     expected_revenue: Money | None = None
     expected_response: ResponsePercent | None = None
     currency: Currency = "EUR"
+    member_statuses: MemberStatuses = DEFAULT_MEMBER_STATUSES
 
 
 class StatusChange(BaseModel):
@@ -114,6 +171,7 @@ class Campaign(BaseModel):
     expected_revenue: Decimal | None = None
     expected_response: Decimal | None = None
     currency: str = "EUR"
+    member_statuses: tuple[MemberStatusOption, ...] = DEFAULT_MEMBER_STATUSES
     cost_entries: list[CostEntry] = Field(default_factory=list)
     status_history: list[StatusChange] = Field(default_factory=list)
     created_at: AwareDatetime
@@ -251,6 +309,25 @@ class Campaign(BaseModel):
             campaign_id=self.id, entry=entry, actual_cost=self.actual_cost, currency=self.currency
         )
 
+    # -- member statuses --------------------------------------------------------------------
+    @property
+    def offered_statuses(self) -> tuple[MemberStatus, ...]:
+        return tuple(option.status for option in self.member_statuses)
+
+    @property
+    def response_statuses(self) -> frozenset[MemberStatus]:
+        return response_statuses(self.member_statuses)
+
+    @property
+    def first_member_status(self) -> MemberStatus:
+        """What a member added without a status starts with: the earliest offered step."""
+        return self.member_statuses[0].status
+
+    def check_offers(self, status: MemberStatus, field: str = "status") -> None:
+        if status not in self.offered_statuses:
+            offered = ", ".join(s.value for s in self.offered_statuses)
+            raise InvalidCampaign(field, f"the campaign does not offer {status.value} (offers: {offered})")
+
     # -- views ------------------------------------------------------------------------------
     def snapshot(self) -> CampaignSnapshot:
         return CampaignSnapshot(
@@ -268,11 +345,23 @@ class Campaign(BaseModel):
             expected_response=self.expected_response,
             currency=self.currency,
             actual_cost=self.actual_cost,
+            member_statuses=list(self.member_statuses),
         )
 
     def _touch(self, now: datetime) -> None:
         self.version += 1
         self.updated_at = now
+
+
+def response_statuses(options: Iterable[MemberStatusOption]) -> frozenset[MemberStatus]:
+    return frozenset(option.status for option in options if option.counts_as_response)
+
+
+def removed_statuses(
+    before: Iterable[MemberStatusOption], after: Iterable[MemberStatusOption]
+) -> set[MemberStatus]:
+    """Statuses a revision stops offering (refused while a member holds one)."""
+    return {o.status for o in before} - {o.status for o in after}
 
 
 def check_hierarchy(campaign_id: str, ancestors_of_parent: list[str]) -> None:
@@ -320,9 +409,53 @@ def member_id_for(member_type: MemberType, record_id: str) -> str:
     return f"{member_type.value}:{record_id}"
 
 
+def check_member_status_change(
+    current: MemberStatus, new: MemberStatus, offered: Sequence[MemberStatus]
+) -> bool:
+    """Whether moving a member from ``current`` to ``new`` changes anything; raises if the
+    campaign does not offer ``new`` or the move goes backwards or out of ``unsubscribed``."""
+    if new not in offered:
+        listed = ", ".join(s.value for s in offered)
+        raise InvalidCampaign("status", f"the campaign does not offer {new.value} (offers: {listed})")
+    if new == current:
+        return False
+    if current is MemberStatus.UNSUBSCRIBED:
+        raise IllegalTransition("status", "an unsubscribed member stays unsubscribed")
+    if new is not MemberStatus.UNSUBSCRIBED and _rank(new) < _rank(current):
+        raise IllegalTransition(
+            "status",
+            f"a member who is {current.value} cannot go back to {new.value}: statuses only move forward "
+            f"({' > '.join(s.value for s in ENGAGEMENT_ORDER)}, or unsubscribed)",
+        )
+    return True
+
+
+class LeadConversion(BaseModel):
+    """A lead's conversion, as its memberships show it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    converted_at: AwareDatetime
+    account_id: str
+    contact_id: str
+    opportunity_id: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {"converted": True, **self.model_dump()}
+
+
+class MemberStatusEntry(BaseModel):
+    """One status a member held, since when and set by whom."""
+
+    status: MemberStatus
+    at: AwareDatetime
+    by: str
+
+
 class CampaignMember(BaseModel):
-    """A lead or contact a campaign reached. Leads join through their campaign (first touch);
-    conversion is followed from the lead's ``lead.converted``."""
+    """A lead or contact a campaign reached. A lead's membership is also a *touch*: the
+    campaign reached the lead between ``joined_at`` and ``last_touched_at``. Conversion is
+    followed from the lead's ``lead.converted``."""
 
     campaign_id: str
     member_id: str
@@ -330,17 +463,212 @@ class CampaignMember(BaseModel):
     lead_id: str | None = None
     contact_id: str | None = None
     lead_source: str | None = None
-    joined_at: AwareDatetime | None = None
+    joined_at: AwareDatetime = Field(description="The first touch: when the campaign first reached it.")
+    last_touched_at: AwareDatetime = Field(description="The latest touch of the campaign.")
+    touched_via: list[str] = Field(description="What made or renewed the membership (sorted).")
+    status: MemberStatus
+    status_history: list[MemberStatusEntry]
+    first_touch: bool = Field(
+        default=False,
+        description="Leads only: this campaign is the lead's first touch (it is attributed here).",
+    )
     converted: bool = False
     converted_at: AwareDatetime | None = None
     account_id: str | None = None
     opportunity_id: str | None = None
+    version: int = 1
+
+    @classmethod
+    def join(
+        cls,
+        campaign_id: str,
+        member_type: MemberType,
+        record_id: str,
+        *,
+        status: MemberStatus,
+        at: datetime,
+        via: str,
+        by: str,
+        lead_source: str | None = None,
+    ) -> CampaignMember:
+        return cls(
+            campaign_id=campaign_id,
+            member_id=member_id_for(member_type, record_id),
+            member_type=member_type,
+            lead_id=record_id if member_type is MemberType.LEAD else None,
+            contact_id=record_id if member_type is MemberType.CONTACT else None,
+            lead_source=lead_source,
+            joined_at=at,
+            last_touched_at=at,
+            touched_via=[via],
+            status=status,
+            status_history=[MemberStatusEntry(status=status, at=at, by=by)],
+        )
+
+    @property
+    def reached(self) -> list[MemberStatus]:
+        """Every status the member has held (the basis of response counting)."""
+        return sorted({entry.status for entry in self.status_history}, key=_rank)
+
+    def has_responded(self, responses: frozenset[MemberStatus]) -> bool:
+        """A member who reached a response status has responded, even if it unsubscribed since."""
+        return any(status in responses for status in self.reached)
+
+    def touch(self, at: datetime, *, via: str, lead_source: str | None = None) -> bool:
+        """Record another touch of the campaign. Keeps the earliest and latest time and every
+        way it came, so touches applied in any order end in the same membership. Returns
+        whether anything changed."""
+        before = (self.joined_at, self.last_touched_at, self.touched_via, self.lead_source)
+        if at < self.joined_at:
+            self.joined_at = at
+            # The source the lead had when the campaign first reached it.
+            self.lead_source = lead_source or self.lead_source
+        self.last_touched_at = max(self.last_touched_at, at)
+        self.touched_via = sorted({*self.touched_via, via})
+        return before != (self.joined_at, self.last_touched_at, self.touched_via, self.lead_source)
+
+    def respond_through_capture(self, at: datetime, *, by: str) -> MemberStatus | None:
+        """The lead was captured through the campaign: it responded. A member at an earlier
+        step moves up to ``responded``; one further on keeps its status, and an unsubscribed
+        member stays so. The response is dated by its earliest capture whatever the order the
+        captures arrive in. Returns the previous status if the status changed."""
+        for entry in self.status_history:
+            if entry.status is STATUS_ON_CAPTURE and entry.by == by and at < entry.at:
+                entry.at = at
+        if self.status is MemberStatus.UNSUBSCRIBED or _rank(self.status) >= _rank(STATUS_ON_CAPTURE):
+            return None
+        previous = self.status
+        self.status = STATUS_ON_CAPTURE
+        self.status_history.append(MemberStatusEntry(status=STATUS_ON_CAPTURE, at=at, by=by))
+        return previous
+
+    def change_status(
+        self, status: MemberStatus, *, offered: Sequence[MemberStatus], now: datetime, by: str
+    ) -> MemberStatus | None:
+        """Move the member to ``status`` (see ``check_member_status_change``). Returns the
+        previous status, or None when the member already had it."""
+        if not check_member_status_change(self.status, status, offered):
+            return None
+        previous = self.status
+        self.status = status
+        self.status_history.append(MemberStatusEntry(status=status, at=now, by=by))
+        return previous
+
+    def lead_touch(self) -> LeadTouch:
+        return LeadTouch(
+            campaign_id=self.campaign_id,
+            first_touched_at=self.joined_at,
+            last_touched_at=self.last_touched_at,
+            touched_via=self.touched_via,
+        )
+
+    def apply_conversion(self, conversion: LeadConversion) -> None:
+        for name, value in conversion.fields().items():
+            setattr(self, name, value)
+
+    def added_event(self, via: str) -> CampaignMemberAdded:
+        return CampaignMemberAdded(
+            campaign_id=self.campaign_id,
+            member_id=self.member_id,
+            member_type=self.member_type,
+            lead_id=self.lead_id,
+            contact_id=self.contact_id if self.member_type is MemberType.CONTACT else None,
+            added_at=self.joined_at,
+            added_via=via,
+            status=self.status,
+        )
+
+    def status_changed_event(
+        self, previous: MemberStatus, *, responses: frozenset[MemberStatus], at: datetime, by: Actor
+    ) -> CampaignMemberStatusChanged:
+        return CampaignMemberStatusChanged(
+            campaign_id=self.campaign_id,
+            member_id=self.member_id,
+            member_type=self.member_type,
+            lead_id=self.lead_id,
+            contact_id=self.contact_id if self.member_type is MemberType.CONTACT else None,
+            previous_status=previous,
+            status=self.status,
+            responded=self.has_responded(responses),
+            member_version=self.version,
+            changed_at=at,
+            changed_by=by,
+        )
+
+
+class NewMember(BaseModel):
+    """A lead or contact to add to a campaign by hand (status: the campaign's first step if
+    not given)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    member_type: MemberType
+    record_id: str
+    status: MemberStatus | None = None
+
+    @property
+    def member_id(self) -> str:
+        return member_id_for(self.member_type, self.record_id)
+
+
+class AddOutcome(StrEnum):
+    ADDED = "added"
+    ALREADY_MEMBER = "already_member"
+    REFUSED = "refused"
+
+
+class MemberAddition(BaseModel):
+    """What became of one member to add: added, already a member (left as it was), or
+    refused with the reason."""
+
+    index: int
+    member_id: str
+    outcome: AddOutcome
+    reason: str | None = None
+    member: CampaignMember | None = None
+
+
+# -- attribution ------------------------------------------------------------------------------
+class LeadTouch(BaseModel):
+    """One campaign that reached a lead (one of the lead's memberships)."""
+
+    campaign_id: str
+    first_touched_at: AwareDatetime
+    last_touched_at: AwareDatetime
+    touched_via: list[str]
+
+
+def first_touch(touches: Iterable[LeadTouch]) -> LeadTouch | None:
+    """The lead's first touch, which first-touch attribution credits: the earliest
+    ``first_touched_at``; a tie goes to the smaller campaign id, so every reader agrees."""
+    return min(touches, key=lambda t: (t.first_touched_at, t.campaign_id), default=None)
+
+
+def last_touch(touches: Iterable[LeadTouch]) -> LeadTouch | None:
+    """The latest ``last_touched_at``; a tie goes to the larger campaign id."""
+    return max(touches, key=lambda t: (t.last_touched_at, t.campaign_id), default=None)
+
+
+def first_touch_changes(touches: Iterable[tuple[LeadTouch, bool]]) -> tuple[str | None, dict[str, bool]]:
+    """For one lead's touches, each with whether it is marked as the first: the campaign of its
+    first touch if the mark must move there (else None), and the marks to change by campaign."""
+    touches = list(touches)
+    first = first_touch(touch for touch, _ in touches)
+    if first is None:
+        return None, {}
+    changes = {
+        touch.campaign_id: not marked
+        for touch, marked in touches
+        if marked != (touch.campaign_id == first.campaign_id)
+    }
+    return (first.campaign_id if changes else None), changes
 
 
 class MemberCounts(BaseModel):
-    members: int
-    leads: int
-    converted_leads: int
+    members: int = Field(description="Leads and contacts the campaigns reached, each counted once.")
+    responses: int = Field(description="Members who reached a status counting as a response.")
+    leads: int = Field(description="Leads whose first touch is one of the campaigns.")
+    converted_leads: int = Field(description="Of those leads, the converted ones.")
 
 
 class OpportunityState(StrEnum):
@@ -360,6 +688,7 @@ class OpportunityOutcome(BaseModel):
 
 class OpportunityFigures(BaseModel):
     opportunities: int
+    open_opportunities: int
     won_opportunities: int
     lost_opportunities: int
     won_revenue: Decimal = Field(description="Won amounts in the campaign's currency.")
@@ -380,11 +709,19 @@ def opportunity_figures(outcomes: list[OpportunityOutcome], currency: str) -> Op
             other[outcome.currency] = other.get(outcome.currency, Decimal("0.00")) + amount
     return OpportunityFigures(
         opportunities=len(outcomes),
+        open_opportunities=sum(1 for o in outcomes if o.state is OpportunityState.OPEN),
         won_opportunities=len(won),
         lost_opportunities=sum(1 for o in outcomes if o.state is OpportunityState.LOST),
         won_revenue=revenue.quantize(CENT),
         won_revenue_in_other_currencies={k: v.quantize(CENT) for k, v in sorted(other.items())},
     )
+
+
+def response_rate(responses: int, members: int) -> Decimal | None:
+    """Responses per member, in percent to two places; None without members."""
+    if members <= 0:
+        return None
+    return (Decimal(responses) * 100 / members).quantize(CENT, rounding=ROUND_HALF_UP)
 
 
 def return_on_investment(won_revenue: Decimal, actual_cost: Decimal) -> Decimal | None:
@@ -396,7 +733,8 @@ def return_on_investment(won_revenue: Decimal, actual_cost: Decimal) -> Decimal 
 
 
 class CampaignSummary(BaseModel):
-    """A campaign's performance figures: its own, or with its sub-campaigns rolled up."""
+    """A campaign's performance figures: its own, or with its sub-campaigns rolled up. The
+    definitions are the contract reporting's campaign ROI matches (see the README)."""
 
     campaign_id: str
     status: CampaignStatus
@@ -405,17 +743,25 @@ class CampaignSummary(BaseModel):
     sub_campaigns_in_other_currencies: list[str] = Field(
         description="Sub-campaigns left out: their costs and revenue are in another currency."
     )
-    members: int
-    leads: int
-    converted_leads: int
+    members: int = Field(description="Leads and contacts the campaign reached, each counted once.")
+    responses: int = Field(
+        description="Members who reached a status that counts as a response in their campaign "
+        "(even if they moved on or unsubscribed since)."
+    )
+    response_rate: Decimal | None = Field(
+        description="Responses per member, in percent; null without members."
+    )
+    leads: int = Field(description="Leads attributed to the campaign: their first touch is this campaign.")
+    converted_leads: int = Field(description="Attributed leads that converted.")
     conversion_rate: Decimal | None = Field(description="Converted leads per lead, in percent.")
-    opportunities: int
+    opportunities: int = Field(description="Opportunities attributed to the campaign (open, won and lost).")
+    open_opportunities: int
     won_opportunities: int
     lost_opportunities: int
-    won_revenue: Decimal
+    won_revenue: Decimal = Field(description="Amounts of won opportunities in the campaign's currency.")
     won_revenue_in_other_currencies: dict[str, Decimal]
     budgeted_cost: Decimal | None
-    actual_cost: Decimal
+    actual_cost: Decimal = Field(description="Sum of the cost ledger.")
     budget_remaining: Decimal | None
     cost_per_lead: Decimal | None = Field(description="Actual cost per lead; null without leads.")
     expected_revenue: Decimal | None
@@ -455,6 +801,8 @@ def summarize(
         sub_campaigns=[c.id for c in included[1:]],
         sub_campaigns_in_other_currencies=left_out,
         members=counts.members,
+        responses=counts.responses,
+        response_rate=response_rate(counts.responses, counts.members),
         leads=counts.leads,
         converted_leads=counts.converted_leads,
         conversion_rate=conversion_rate(counts.converted_leads, counts.leads),

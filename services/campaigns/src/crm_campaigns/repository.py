@@ -2,33 +2,36 @@
 
 - ``campaigns``: one document per campaign, its cost ledger inside, written with an optimistic
   version check so two concurrent changes cannot both win silently.
-- ``members``: one document per (campaign, lead or contact). Keyed by the campaign id alone,
-  without requiring the campaign to exist, so a lead naming a campaign that is created later is
-  kept and shows up once the campaign does: arrival order does not matter.
+- ``members``: one document per (campaign, lead or contact), with its status and, for a lead,
+  its touch of the campaign and whether that is the lead's first touch. Keyed by the campaign id
+  alone, without requiring the campaign to exist, so a lead naming a campaign that is created
+  later is kept and shows up once the campaign does: arrival order does not matter.
 - ``lead_conversions``: one document per converted lead, so a conversion that arrives before the
   lead's membership is still applied when the membership appears.
-- ``opportunities``: the opportunities attributed to a campaign with their outcome, guarded by
-  the opportunity's version so an older event never overwrites a newer one.
+- ``opportunities``: the opportunities attributed to a campaign with their state (open, won,
+  lost), guarded by the opportunity's version so an older event never overwrites a newer one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from crm_contracts.events.campaigns import MemberType
+from crm_contracts.events.campaigns import MemberStatus, MemberType
 from crm_contracts.events.leads import LeadConverted
 from crm_runtime.mongo import Document, from_bson, to_bson
 from crm_runtime.projection import replace_if_newer
-from pymongo import ASCENDING
+from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
 
 from .domain import (
     Campaign,
     CampaignMember,
+    LeadConversion,
+    LeadTouch,
     MemberCounts,
     OpportunityOutcome,
     OpportunityState,
@@ -39,6 +42,7 @@ CAMPAIGNS = "campaigns"
 MEMBERS = "members"
 LEAD_CONVERSIONS = "lead_conversions"
 OPPORTUNITIES = "opportunities"
+DUPLICATE_KEY = 11000
 
 
 class ConcurrentModification(Exception):
@@ -138,71 +142,139 @@ class MemberRepository:
     async def ensure_indexes(self) -> None:
         await self._members.create_index([("campaign_id", ASCENDING), ("member_id", ASCENDING)], unique=True)
         await self._members.create_index([("lead_id", ASCENDING)], sparse=True)
+        await self._members.create_index(
+            [("campaign_id", ASCENDING), ("first_touch", ASCENDING), ("converted", ASCENDING)]
+        )
 
-    async def add_lead(
-        self,
-        campaign_id: str,
-        lead_id: str,
-        *,
-        joined_at: datetime,
-        lead_source: str,
-        session: AsyncClientSession,
-    ) -> bool:
-        """Make the lead a member of the campaign (once). Returns whether it was new."""
-        conversion = await self._conversions.find_one({"_id": lead_id}, session=session)
-        update: Document = {
-            "$set": {"lead_source": lead_source},
-            "$min": {"joined_at": joined_at},
-        }
-        if conversion is None:
-            update["$setOnInsert"] = {"converted": False}
-        else:
-            update["$set"].update(_converted_fields(conversion))
-        return await self._upsert_lead_member(campaign_id, lead_id, update, session)
+    async def get(
+        self, campaign_id: str, member_id: str, session: AsyncClientSession | None = None
+    ) -> CampaignMember | None:
+        doc = await self._members.find_one({"_id": _member_key(campaign_id, member_id)}, session=session)
+        return _to_member(doc) if doc else None
 
-    async def record_conversion(self, converted: LeadConverted, session: AsyncClientSession) -> bool:
-        """Remember the lead's conversion and mark its memberships converted; a lead converted
-        with a campaign is that campaign's member even if its ``lead.created`` is still on the
-        way. Returns whether that made a new member."""
-        conversion: Document = {
-            "_id": converted.lead_id,
-            "converted_at": converted.converted_at,
-            "account_id": converted.account.account_id,
-            "contact_id": converted.contact.contact_id,
-            "opportunity_id": converted.opportunity.opportunity_id if converted.opportunity else None,
-            "campaign_id": converted.campaign_id,
-        }
+    async def get_many(
+        self, campaign_id: str, member_ids: Sequence[str], session: AsyncClientSession
+    ) -> dict[str, CampaignMember]:
+        keys = [_member_key(campaign_id, member_id) for member_id in member_ids]
+        cursor = self._members.find({"_id": {"$in": keys}}, session=session)
+        return {member.member_id: member for member in map(_to_member, await cursor.to_list())}
+
+    async def add(self, member: CampaignMember, session: AsyncClientSession) -> None:
+        await self._members.insert_one(_member_document(member), session=session)
+
+    async def add_many(self, members: Sequence[CampaignMember], session: AsyncClientSession) -> None:
+        if not members:
+            return
+        try:
+            await self._members.insert_many([_member_document(m) for m in members], session=session)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if not errors or any(error.get("code") != DUPLICATE_KEY for error in errors):
+                raise
+            # Another request added one of them since this one looked: the client may retry.
+            raise ConcurrentModification("a member was added concurrently") from exc
+
+    async def save(self, member: CampaignMember, expected_version: int, session: AsyncClientSession) -> None:
+        """Store a changed membership unless someone changed it since ``expected_version``."""
+        result = await self._members.replace_one(
+            {"_id": _member_key(member.campaign_id, member.member_id), "version": expected_version},
+            _member_document(member),
+            session=session,
+        )
+        if result.matched_count != 1:
+            raise ConcurrentModification(
+                f"member {member.member_id} changed since version {expected_version}"
+            )
+
+    async def statuses_in_use(
+        self, campaign_id: str, statuses: Iterable[MemberStatus], session: AsyncClientSession
+    ) -> list[MemberStatus]:
+        wanted = sorted(s.value for s in statuses)
+        held = await self._members.distinct(
+            "status", {"campaign_id": campaign_id, "status": {"$in": wanted}}, session=session
+        )
+        return sorted(MemberStatus(s) for s in held)
+
+    # -- conversions --------------------------------------------------------------------------
+    async def conversions(
+        self, lead_ids: Sequence[str], session: AsyncClientSession
+    ) -> dict[str, LeadConversion]:
+        cursor = self._conversions.find({"_id": {"$in": list(lead_ids)}}, session=session)
+        return {doc["_id"]: _to_conversion(doc) for doc in await cursor.to_list()}
+
+    async def record_conversion(self, converted: LeadConverted, session: AsyncClientSession) -> None:
+        """Remember the lead's conversion (a membership made later picks it up) and mark its
+        memberships converted."""
+        conversion = LeadConversion(
+            converted_at=converted.converted_at,
+            account_id=converted.account.account_id,
+            contact_id=converted.contact.contact_id,
+            opportunity_id=converted.opportunity.opportunity_id if converted.opportunity else None,
+        )
         await self._conversions.replace_one(
-            {"_id": converted.lead_id}, conversion, upsert=True, session=session
+            {"_id": converted.lead_id},
+            {**to_bson(conversion.model_dump()), "campaign_id": converted.campaign_id},
+            upsert=True,
+            session=session,
         )
-        converted_fields = _converted_fields(conversion)
         await self._members.update_many(
-            {"lead_id": converted.lead_id}, {"$set": converted_fields}, session=session
+            {"lead_id": converted.lead_id, "member_type": MemberType.LEAD.value},
+            {"$set": to_bson(conversion.fields()), "$inc": {"version": 1}},
+            session=session,
         )
-        if converted.campaign_id is None:
-            return False
-        update: Document = {"$set": {"lead_source": converted.lead_source.value, **converted_fields}}
-        if converted.captured_at is not None:
-            update["$min"] = {"joined_at": converted.captured_at}
-        return await self._upsert_lead_member(converted.campaign_id, converted.lead_id, update, session)
 
-    async def _upsert_lead_member(
-        self, campaign_id: str, lead_id: str, update: Document, session: AsyncClientSession
-    ) -> bool:
-        member_id = member_id_for(MemberType.LEAD, lead_id)
-        update["$set"].update(
+    # -- touches and attribution --------------------------------------------------------------
+    async def lead_touches(
+        self, lead_ids: Sequence[str], session: AsyncClientSession | None = None
+    ) -> dict[str, list[tuple[LeadTouch, bool]]]:
+        """Each lead's touches (its memberships), with whether each is marked as its first."""
+        cursor = self._members.find(
+            {"lead_id": {"$in": list(lead_ids)}, "member_type": MemberType.LEAD.value},
             {
-                "campaign_id": campaign_id,
-                "member_id": member_id,
-                "member_type": MemberType.LEAD.value,
-                "lead_id": lead_id,
-            }
+                "lead_id": 1,
+                "campaign_id": 1,
+                "joined_at": 1,
+                "last_touched_at": 1,
+                "touched_via": 1,
+                "first_touch": 1,
+            },
+            session=session,
         )
-        result = await self._members.update_one(
-            {"_id": _member_key(campaign_id, member_id)}, update, upsert=True, session=session
-        )
-        return result.upserted_id is not None
+        touches: dict[str, list[tuple[LeadTouch, bool]]] = {}
+        for doc in await cursor.to_list():
+            touch = LeadTouch(
+                campaign_id=doc["campaign_id"],
+                first_touched_at=doc["joined_at"],
+                last_touched_at=doc["last_touched_at"],
+                touched_via=doc["touched_via"],
+            )
+            touches.setdefault(doc["lead_id"], []).append((touch, bool(doc.get("first_touch"))))
+        return touches
 
+    async def mark_first_touches(
+        self, marks: dict[str, dict[str, bool]], session: AsyncClientSession
+    ) -> None:
+        """Set or clear the first-touch mark of memberships: ``{lead_id: {campaign_id: mark}}``."""
+        operations = [
+            UpdateOne(
+                {"_id": _member_key(campaign_id, member_id_for(MemberType.LEAD, lead_id))},
+                {"$set": {"first_touch": mark}},
+            )
+            for lead_id, by_campaign in marks.items()
+            for campaign_id, mark in by_campaign.items()
+        ]
+        if operations:
+            await self._members.bulk_write(operations, ordered=False, session=session)
+
+    async def first_touch_campaign(self, lead_id: str, session: AsyncClientSession) -> str | None:
+        doc = await self._members.find_one(
+            {"lead_id": lead_id, "member_type": MemberType.LEAD.value, "first_touch": True},
+            {"campaign_id": 1},
+            session=session,
+        )
+        return doc["campaign_id"] if doc else None
+
+    # -- reading ------------------------------------------------------------------------------
     async def list(
         self,
         campaign_id: str,
@@ -210,25 +282,45 @@ class MemberRepository:
         limit: int,
         after_member_id: str | None,
         converted: bool | None = None,
+        status: MemberStatus | None = None,
+        member_type: MemberType | None = None,
     ) -> list[CampaignMember]:
         query: Document = {"campaign_id": campaign_id}
         if after_member_id is not None:
             query["member_id"] = {"$gt": after_member_id}
         if converted is not None:
             query["converted"] = converted
+        if status is not None:
+            query["status"] = status.value
+        if member_type is not None:
+            query["member_type"] = member_type.value
         cursor = self._members.find(query, sort=[("member_id", ASCENDING)], limit=limit)
         return [_to_member(doc) for doc in await cursor.to_list()]
 
-    async def counts(self, campaign_ids: Sequence[str]) -> MemberCounts:
-        """Members of these campaigns, each lead or contact counted once however many of the
-        campaigns it belongs to."""
-        members: Document = {"campaign_id": {"$in": list(campaign_ids)}}
-        leads = {**members, "member_type": MemberType.LEAD.value}
+    async def counts(self, campaigns: Sequence[Campaign]) -> MemberCounts:
+        """The member figures of these campaigns (see ``MemberCounts``). A member of several of
+        them counts once; a lead has one first touch, so it counts once as a lead."""
+        ids = [c.id for c in campaigns]
+        members: Document = {"campaign_id": {"$in": ids}}
+        responded: Document = {
+            "$or": [
+                {"campaign_id": c.id, "reached": {"$in": sorted(s.value for s in c.response_statuses)}}
+                for c in campaigns
+            ]
+        }
+        attributed: Document = {**members, "first_touch": True}
         return MemberCounts(
-            members=len(await self._members.distinct("member_id", members)),
-            leads=len(await self._members.distinct("member_id", leads)),
-            converted_leads=len(await self._members.distinct("member_id", {**leads, "converted": True})),
+            members=await self._count_members(members, single=len(ids) == 1),
+            responses=await self._count_members(responded, single=len(ids) == 1),
+            leads=await self._members.count_documents(attributed),
+            converted_leads=await self._members.count_documents({**attributed, "converted": True}),
         )
+
+    async def _count_members(self, query: Document, *, single: bool) -> int:
+        # Within one campaign a member has one document; across several, count distinct ids.
+        if single:
+            return await self._members.count_documents(query)
+        return len(await self._members.distinct("member_id", query))
 
 
 def _member_key(campaign_id: str, member_id: str) -> str:
@@ -236,40 +328,50 @@ def _member_key(campaign_id: str, member_id: str) -> str:
     return f"{campaign_id}|{member_id}"
 
 
-def _converted_fields(conversion: Document) -> Document:
-    return {
-        "converted": True,
-        "converted_at": conversion["converted_at"],
-        "account_id": conversion["account_id"],
-        "contact_id": conversion["contact_id"],
-        "opportunity_id": conversion["opportunity_id"],
-    }
+def _member_document(member: CampaignMember) -> Document:
+    doc: Document = to_bson(member.model_dump())
+    doc["_id"] = _member_key(member.campaign_id, member.member_id)
+    # Denormalised so responses can be counted by the campaign's current response statuses.
+    doc["reached"] = [status.value for status in member.reached]
+    return doc
 
 
 def _to_member(doc: Document) -> CampaignMember:
     data = from_bson(doc)
     data.pop("_id")
+    data.pop("reached", None)
     return CampaignMember.model_validate(data)
 
 
+def _to_conversion(doc: Document) -> LeadConversion:
+    return LeadConversion.model_validate(from_bson(doc))
+
+
 class OpportunityRepository:
-    """Opportunities attributed to campaigns, as the opportunities service reports them."""
+    """Opportunities attributed to campaigns, as the opportunities service reports them. Each
+    keeps its own campaign (``own_campaign_id``, from the opportunity or its lead's conversion)
+    and the campaign it is credited to (``campaign_id``): its lead's first touch when the lead
+    has touches here, else its own."""
 
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._opportunities = db[OPPORTUNITIES]
 
     async def ensure_indexes(self) -> None:
         await self._opportunities.create_index([("campaign_id", ASCENDING)])
+        await self._opportunities.create_index([("lead_id", ASCENDING)], sparse=True)
 
-    async def attributed_campaign(self, opportunity_id: str, session: AsyncClientSession) -> str | None:
-        doc = await self._opportunities.find_one({"_id": opportunity_id}, {"campaign_id": 1}, session=session)
-        return doc.get("campaign_id") if doc else None
+    async def own_campaign(self, opportunity_id: str, session: AsyncClientSession) -> str | None:
+        doc = await self._opportunities.find_one(
+            {"_id": opportunity_id}, {"own_campaign_id": 1}, session=session
+        )
+        return doc.get("own_campaign_id") if doc else None
 
     async def record(
         self,
         opportunity_id: str,
         *,
         campaign_id: str | None,
+        own_campaign_id: str | None,
         lead_id: str | None,
         amount: Decimal | None,
         currency: str | None,
@@ -278,10 +380,11 @@ class OpportunityRepository:
         session: AsyncClientSession,
     ) -> bool:
         """Store the opportunity's outcome unless a newer version is stored. Without a campaign
-        it waits for its lead's conversion to attribute it."""
+        it waits for its lead's touches or conversion to attribute it."""
         document = to_bson(
             {
                 "campaign_id": campaign_id,
+                "own_campaign_id": own_campaign_id,
                 "lead_id": lead_id,
                 "amount": amount,
                 "currency": currency,
@@ -295,14 +398,20 @@ class OpportunityRepository:
         opportunity_id: str,
         *,
         campaign_id: str,
+        own_campaign_id: str | None,
         lead_id: str,
         amount: Decimal | None,
         currency: str,
         session: AsyncClientSession,
     ) -> None:
-        """The opportunity opened on the conversion of a lead of ``campaign_id`` is that
-        campaign's. Its outcome, if already known from the opportunities service, is kept."""
+        """The opportunity opened on the conversion of a lead of ``own_campaign_id``. Its outcome,
+        if already known from the opportunities service, is kept."""
         if await self._opportunities.find_one({"_id": opportunity_id}, {"_id": 1}, session=session):
+            await self._opportunities.update_one(
+                {"_id": opportunity_id, "own_campaign_id": None},
+                {"$set": {"own_campaign_id": own_campaign_id}},
+                session=session,
+            )
             await self._opportunities.update_one(
                 {"_id": opportunity_id, "campaign_id": None},
                 {"$set": {"campaign_id": campaign_id}},
@@ -312,6 +421,7 @@ class OpportunityRepository:
         await self.record(
             opportunity_id,
             campaign_id=campaign_id,
+            own_campaign_id=own_campaign_id,
             lead_id=lead_id,
             amount=amount,
             currency=currency,
@@ -319,6 +429,21 @@ class OpportunityRepository:
             version=None,
             session=session,
         )
+
+    async def reattribute(self, first_touch: dict[str, str], session: AsyncClientSession) -> None:
+        """Credit the opportunities of these leads to each lead's (new) first-touch campaign."""
+        if not first_touch:
+            return
+        cursor = self._opportunities.find(
+            {"lead_id": {"$in": list(first_touch)}}, {"lead_id": 1, "campaign_id": 1}, session=session
+        )
+        operations = [
+            UpdateOne({"_id": doc["_id"]}, {"$set": {"campaign_id": first_touch[doc["lead_id"]]}})
+            for doc in await cursor.to_list()
+            if doc.get("campaign_id") != first_touch[doc["lead_id"]]
+        ]
+        if operations:
+            await self._opportunities.bulk_write(operations, ordered=False, session=session)
 
     async def outcomes(self, campaign_ids: Sequence[str]) -> list[OpportunityOutcome]:
         cursor = self._opportunities.find(

@@ -14,13 +14,15 @@ from crm_contracts.events.campaigns import (
     CampaignCostRecorded,
     CampaignCreated,
     CampaignMemberAdded,
+    CampaignMemberStatusChanged,
     CampaignStatus,
     CampaignStatusChanged,
     CampaignUpdated,
+    MemberStatus,
     MemberType,
 )
 from crm_contracts.events.common import Actor
-from crm_contracts.events.leads import LeadConverted, LeadCreated
+from crm_contracts.events.leads import LeadConverted, LeadCreated, LeadUpdated
 from crm_contracts.events.opportunities import OpportunityFigures
 from crm_runtime import UnitOfWork, make_event
 from pydantic import BaseModel
@@ -28,19 +30,34 @@ from pymongo.errors import DuplicateKeyError
 
 from .domain import (
     MAX_HIERARCHY_DEPTH,
+    STATUS_ON_CAPTURE,
+    AddOutcome,
     Campaign,
     CampaignDetails,
+    CampaignMember,
     IllegalTransition,
     InvalidCampaign,
+    LeadTouch,
+    MemberAddition,
     NewCostEntry,
+    NewMember,
     OpportunityState,
     check_hierarchy,
+    first_touch,
+    first_touch_changes,
+    last_touch,
     member_id_for,
+    removed_statuses,
 )
 from .repository import CampaignRepository, MemberRepository, OpportunityRepository
 
 SOURCE = "/crm/campaigns"
-MEMBER_VIA_LEAD = "lead.campaign_id"
+VIA_API = "api"
+# Who moves a member to ``responded`` when its lead is captured through the campaign.
+CAPTURE = Actor(id="lead-capture", name="Lead captured through the campaign")
+# Every campaign counts ``responded`` as a response (a rule of its member statuses), so a
+# status change made by a capture can say whether the member responded without the campaign.
+CAPTURE_RESPONSES = frozenset({STATUS_ON_CAPTURE})
 
 # The topic each event payload travels on. A payload whose topic the catalogue does not have yet
 # (None) changes state without an event; catalogue it and fill in its spec here to emit it.
@@ -49,6 +66,7 @@ TOPICS: dict[type[BaseModel], EventSpec[Any]] = {
     CampaignStatusChanged: catalog.CAMPAIGN_STATUS_CHANGED,
     CampaignCostRecorded: catalog.CAMPAIGN_COST_RECORDED,
     CampaignMemberAdded: catalog.CAMPAIGN_MEMBER_ADDED,
+    CampaignMemberStatusChanged: catalog.CAMPAIGN_MEMBER_STATUS_CHANGED,
     CampaignUpdated: catalog.CAMPAIGN_UPDATED,
 }
 
@@ -58,6 +76,10 @@ class CampaignNotFound(Exception):
 
 
 class CampaignAlreadyExists(Exception):
+    pass
+
+
+class MemberNotFound(Exception):
     pass
 
 
@@ -123,6 +145,7 @@ async def _check_parent(repo: CampaignRepository, uow: UnitOfWork, campaign_id: 
 
 async def revise_campaign(
     repo: CampaignRepository,
+    members: MemberRepository,
     uow: UnitOfWork,
     campaign_id: str,
     changes: dict[str, Any],
@@ -136,9 +159,16 @@ async def revise_campaign(
     if parent_id is not None and parent_id != campaign.parent_campaign_id:
         await _check_parent(repo, uow, campaign.id, parent_id)
     now = _now()
+    offered_before = campaign.member_statuses
     updated = campaign.revise(changes, now=now, by=by)
     if updated is None:
         return campaign
+    dropped = removed_statuses(offered_before, campaign.member_statuses)
+    if dropped and (held := await members.statuses_in_use(campaign.id, dropped, uow.session)):
+        raise IllegalTransition(
+            "member_statuses",
+            "members hold " + ", ".join(s.value for s in held) + ": the campaign must keep offering it",
+        )
     await repo.update(campaign, version, uow.session)
     await _emit(uow, updated, subject=campaign.id, version=campaign.version, time=now)
     return campaign
@@ -185,22 +215,136 @@ async def record_campaign_cost(
     return campaign, True
 
 
-async def add_lead_member(members: MemberRepository, uow: UnitOfWork, created: LeadCreated) -> bool:
-    """A lead captured with a campaign id becomes that campaign's member (first touch).
-    Returns whether it was new."""
+# -- members ----------------------------------------------------------------------------------
+async def add_members(
+    campaigns: CampaignRepository,
+    members: MemberRepository,
+    opportunities: OpportunityRepository,
+    uow: UnitOfWork,
+    campaign_id: str,
+    wanted: list[NewMember],
+    *,
+    by: Actor,
+) -> list[MemberAddition]:
+    """Add leads and contacts by hand, in one transaction. Each is added, found to be a member
+    already (and left as it is, so a retried request changes nothing), or refused with the
+    reason; a lead added by hand is touched by the campaign now."""
+    campaign = await _load(campaigns, uow, campaign_id, None)
+    existing = await members.get_many(campaign.id, [w.member_id for w in wanted], uow.session)
+    lead_ids = [w.record_id for w in wanted if w.member_type is MemberType.LEAD]
+    conversions = await members.conversions(lead_ids, uow.session) if lead_ids else {}
+    now = _now()
+    added: dict[str, CampaignMember] = {}
+    results: list[MemberAddition] = []
+    for index, new in enumerate(wanted):
+        known = existing.get(new.member_id) or added.get(new.member_id)
+        if known is not None:
+            results.append(
+                MemberAddition(
+                    index=index, member_id=new.member_id, outcome=AddOutcome.ALREADY_MEMBER, member=known
+                )
+            )
+            continue
+        status = new.status or campaign.first_member_status
+        try:
+            campaign.check_offers(status)
+        except InvalidCampaign as exc:
+            results.append(
+                MemberAddition(
+                    index=index, member_id=new.member_id, outcome=AddOutcome.REFUSED, reason=exc.reason
+                )
+            )
+            continue
+        member = CampaignMember.join(
+            campaign.id, new.member_type, new.record_id, status=status, at=now, via=VIA_API, by=by.id
+        )
+        if (conversion := conversions.get(new.record_id)) and new.member_type is MemberType.LEAD:
+            member.apply_conversion(conversion)
+        added[new.member_id] = member
+        results.append(
+            MemberAddition(index=index, member_id=new.member_id, outcome=AddOutcome.ADDED, member=member)
+        )
+    joining = {m.lead_id: m for m in added.values() if m.lead_id is not None}
+    await _refresh_attribution(members, opportunities, uow, list(joining), joining)
+    await members.add_many(list(added.values()), uow.session)
+    for member in added.values():
+        await _emit(uow, member.added_event(VIA_API), subject=campaign.id, version=None, time=now)
+    return results
+
+
+async def change_member_status(
+    campaigns: CampaignRepository,
+    members: MemberRepository,
+    uow: UnitOfWork,
+    campaign_id: str,
+    member_id: str,
+    status: MemberStatus,
+    *,
+    by: Actor,
+    expected_version: int | None = None,
+) -> CampaignMember:
+    """Move a member to another of the campaign's statuses (forward, or to unsubscribed);
+    the same status again changes nothing."""
+    campaign = await _load(campaigns, uow, campaign_id, None)
+    member = await members.get(campaign.id, member_id, uow.session)
+    if member is None:
+        raise MemberNotFound(member_id)
+    if expected_version is not None and expected_version != member.version:
+        raise IllegalTransition(
+            "expected_version",
+            f"the member is at version {member.version}, not {expected_version}: reload and retry",
+        )
+    now = _now()
+    previous = member.change_status(status, offered=campaign.offered_statuses, now=now, by=by.id)
+    if previous is None:
+        return member
+    expected = member.version
+    member.version += 1
+    await members.save(member, expected, uow.session)
+    changed = member.status_changed_event(previous, responses=campaign.response_statuses, at=now, by=by)
+    await _emit(uow, changed, subject=campaign.id, version=None, time=now)
+    return member
+
+
+async def add_lead_member(
+    members: MemberRepository, opportunities: OpportunityRepository, uow: UnitOfWork, created: LeadCreated
+) -> bool:
+    """A lead captured with a campaign id becomes that campaign's member: a touch at its
+    capture. Returns whether the membership was new."""
     lead = created.lead
     if lead.campaign_id is None:
         return False
-    added = await members.add_lead(
+    return await _touch_lead(
+        members,
+        opportunities,
+        uow,
         lead.campaign_id,
         lead.lead_id,
-        joined_at=lead.captured_at,
+        at=lead.captured_at,
+        via=catalog.LEAD_CREATED.topic,
         lead_source=lead.lead_source.value,
-        session=uow.session,
     )
-    if added:
-        await _member_added(uow, lead.campaign_id, lead.lead_id, lead.captured_at)
-    return added
+
+
+async def follow_lead_update(
+    members: MemberRepository, opportunities: OpportunityRepository, uow: UnitOfWork, updated: LeadUpdated
+) -> bool:
+    """A lead re-captured through another campaign (or the same one again) is touched by it at
+    that capture; the snapshot's campaign and capture time say which and when. Touches are never
+    taken back: a lead whose campaign is cleared keeps the touches it had."""
+    lead = updated.lead
+    if lead.campaign_id is None:
+        return False
+    return await _touch_lead(
+        members,
+        opportunities,
+        uow,
+        lead.campaign_id,
+        lead.lead_id,
+        at=lead.captured_at,
+        via=catalog.LEAD_UPDATED.topic,
+        lead_source=lead.lead_source.value,
+    )
 
 
 async def record_lead_conversion(
@@ -210,39 +354,140 @@ async def record_lead_conversion(
     converted: LeadConverted,
 ) -> bool:
     """The lead's memberships count as converted, and an opportunity opened on conversion is
-    the campaign's; a lead converted with a campaign is its member even before its
-    ``lead.created`` arrives. Returns whether a member was new."""
-    added = await members.record_conversion(converted, uow.session)
-    opened = converted.opportunity
-    if opened is not None and converted.campaign_id is not None:
-        await opportunities.attribute(
-            opened.opportunity_id,
-            campaign_id=converted.campaign_id,
-            lead_id=converted.lead_id,
-            amount=opened.amount,
-            currency=opened.currency,
-            session=uow.session,
+    credited to the lead's first touch; a lead converted with a campaign is its member even
+    before its ``lead.created`` arrives. Returns whether a member was new."""
+    await members.record_conversion(converted, uow.session)
+    added = False
+    if converted.campaign_id is not None:
+        added = await _touch_lead(
+            members,
+            opportunities,
+            uow,
+            converted.campaign_id,
+            converted.lead_id,
+            at=converted.captured_at or converted.converted_at,
+            via=catalog.LEAD_CONVERTED.topic,
+            lead_source=converted.lead_source.value,
         )
-    if added and converted.campaign_id is not None:
-        joined = converted.captured_at or converted.converted_at
-        await _member_added(uow, converted.campaign_id, converted.lead_id, joined)
+    opened = converted.opportunity
+    if opened is not None:
+        credited = await members.first_touch_campaign(converted.lead_id, uow.session) or converted.campaign_id
+        if credited is not None:
+            await opportunities.attribute(
+                opened.opportunity_id,
+                campaign_id=credited,
+                own_campaign_id=converted.campaign_id,
+                lead_id=converted.lead_id,
+                amount=opened.amount,
+                currency=opened.currency,
+                session=uow.session,
+            )
     return added
 
 
-async def _member_added(uow: UnitOfWork, campaign_id: str, lead_id: str, at: datetime) -> None:
-    data = CampaignMemberAdded(
-        campaign_id=campaign_id,
-        member_id=member_id_for(MemberType.LEAD, lead_id),
-        member_type=MemberType.LEAD,
+async def _touch_lead(
+    members: MemberRepository,
+    opportunities: OpportunityRepository,
+    uow: UnitOfWork,
+    campaign_id: str,
+    lead_id: str,
+    *,
+    at: datetime,
+    via: str,
+    lead_source: str,
+) -> bool:
+    """The campaign reached the lead at ``at`` through a capture: make it a member (status
+    ``responded``) or widen its touch, then re-derive the lead's first touch. Every step keeps
+    minimums, maximums and sets, so the same touches in any order give the same membership."""
+    member = await members.get(campaign_id, member_id_for(MemberType.LEAD, lead_id), uow.session)
+    if member is None:
+        member = CampaignMember.join(
+            campaign_id,
+            MemberType.LEAD,
+            lead_id,
+            status=STATUS_ON_CAPTURE,
+            at=at,
+            via=via,
+            by=CAPTURE.id,
+            lead_source=lead_source,
+        )
+        if conversion := (await members.conversions([lead_id], uow.session)).get(lead_id):
+            member.apply_conversion(conversion)
+        await _refresh_attribution(members, opportunities, uow, [lead_id], {lead_id: member})
+        await members.add(member, uow.session)
+        await _emit(uow, member.added_event(via), subject=campaign_id, version=None, time=_now())
+        return True
+    before = member.model_dump()
+    member.touch(at, via=via, lead_source=lead_source)
+    previous = member.respond_through_capture(at, by=CAPTURE.id)
+    if member.model_dump() == before:
+        return False
+    expected = member.version
+    member.version += 1
+    await _refresh_attribution(members, opportunities, uow, [lead_id], {lead_id: member})
+    await members.save(member, expected, uow.session)
+    if previous is not None:
+        changed = member.status_changed_event(previous, responses=CAPTURE_RESPONSES, at=at, by=CAPTURE)
+        await _emit(uow, changed, subject=campaign_id, version=None, time=_now())
+    return False
+
+
+async def _refresh_attribution(
+    members: MemberRepository,
+    opportunities: OpportunityRepository,
+    uow: UnitOfWork,
+    lead_ids: list[str],
+    pending: dict[str, CampaignMember],
+) -> None:
+    """Re-derive the first touch of these leads from their touches; where it moved, move the
+    mark and credit the leads' opportunities to it. ``pending`` holds, per lead, a membership
+    changed in memory and written by the caller afterwards: its touch counts as it is now, and
+    its mark is set on the object, so it needs no second write."""
+    if not lead_ids:
+        return
+    stored = await members.lead_touches(lead_ids, uow.session)
+    moved: dict[str, str] = {}
+    marks: dict[str, dict[str, bool]] = {}
+    for lead_id in lead_ids:
+        touches = stored.get(lead_id, [])
+        member = pending.get(lead_id)
+        if member is not None:
+            touches = [t for t in touches if t[0].campaign_id != member.campaign_id]
+            touches.append((member.lead_touch(), member.first_touch))
+        campaign_id, changes = first_touch_changes(touches)
+        if campaign_id is not None:
+            moved[lead_id] = campaign_id
+        if member is not None and member.campaign_id in changes:
+            member.first_touch = changes.pop(member.campaign_id)
+        if changes:
+            marks[lead_id] = changes
+    await members.mark_first_touches(marks, uow.session)
+    await opportunities.reattribute(moved, uow.session)
+
+
+class LeadTouches(BaseModel):
+    """Every campaign that reached a lead, earliest first, and the first and last touch."""
+
+    lead_id: str
+    first_touch_campaign_id: str | None
+    last_touch_campaign_id: str | None
+    touches: list[LeadTouch]
+
+
+async def touches_of_lead(members: MemberRepository, lead_id: str) -> LeadTouches:
+    found = [touch for touch, _ in (await members.lead_touches([lead_id])).get(lead_id, [])]
+    first, last = first_touch(found), last_touch(found)
+    return LeadTouches(
         lead_id=lead_id,
-        added_at=at,
-        added_via=MEMBER_VIA_LEAD,
+        first_touch_campaign_id=first.campaign_id if first else None,
+        last_touch_campaign_id=last.campaign_id if last else None,
+        touches=sorted(found, key=lambda t: (t.first_touched_at, t.campaign_id)),
     )
-    # Keyed by the campaign so its events stay in order; membership has no aggregate version.
-    await _emit(uow, data, subject=campaign_id, version=None, time=_now())
 
 
+# -- opportunities ----------------------------------------------------------------------------
 async def follow_opportunity(
+    members: MemberRepository,
     opportunities: OpportunityRepository,
     uow: UnitOfWork,
     figures: OpportunityFigures,
@@ -250,17 +495,18 @@ async def follow_opportunity(
     state: OpportunityState,
     version: int | None,
 ) -> bool:
-    """Keep the outcome of an opportunity attributed to a campaign: its own campaign, else the
-    one its lead's conversion named (which may arrive later, so an opportunity with a lead is
-    kept until then). Returns whether anything changed."""
-    campaign_id = figures.campaign_id or await opportunities.attributed_campaign(
-        figures.opportunity_id, uow.session
-    )
-    if campaign_id is None and figures.lead_id is None:
+    """Keep the state of an opportunity a campaign may be credited with: its lead's first touch,
+    else its own campaign (from the event, or from its lead's conversion). One with a lead but
+    no campaign yet is kept until the lead's touches or conversion arrive. Returns whether
+    anything changed."""
+    own = figures.campaign_id or await opportunities.own_campaign(figures.opportunity_id, uow.session)
+    if own is None and figures.lead_id is None:
         return False  # nothing can ever attribute it to a campaign
+    first = await members.first_touch_campaign(figures.lead_id, uow.session) if figures.lead_id else None
     return await opportunities.record(
         figures.opportunity_id,
-        campaign_id=campaign_id,
+        campaign_id=first or own,
+        own_campaign_id=own,
         lead_id=figures.lead_id,
         amount=figures.amount,
         currency=figures.currency,

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
 
+import orjson
 from crm_contracts.envelope import utcnow
 from crm_contracts.events.common import Actor, Id
 from crm_contracts.events.leads import (
@@ -22,22 +27,64 @@ from crm_contracts.events.leads import (
     lead_captured_example,
 )
 from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
-from fastapi import APIRouter, Depends, Header, Query, status
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from crm_runtime.uploads import (
+    NDJSON_TYPES,
+    UPLOAD_TYPES,
+    RowProblem,
+    UnreadableUpload,
+    UploadRecord,
+    problems_of,
+)
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from .domain import ConversionRequest, Lead, LeadAlreadyConverted, LeadRuleViolation
-from .repository import ConcurrentModification, LeadRepository
-from .use_cases import LeadNotFound, capture_lead, convert_lead, disqualify_lead, qualify_lead
+from .domain import (
+    WORKABLE_STATUSES,
+    Conversion,
+    ConversionRequest,
+    DuplicateLink,
+    HistoryEntry,
+    Lead,
+    LeadAlreadyConverted,
+    LeadRuleViolation,
+    ManualRating,
+    search_tokens,
+)
+from .imports import ImportReport, RowOutcome, captured_from, read_lead_upload
+from .repository import ConcurrentModification, LeadQuery, LeadRepository, LeadSort
+from .scoring import ScoreContribution, ScoringRules, ScoringRuleSet, default_rules
+from .use_cases import (
+    BackgroundRescoring,
+    CaptureResult,
+    LeadNotFound,
+    RescoreReport,
+    capture_lead,
+    change_status,
+    convert_lead,
+    disqualify_lead,
+    merge_leads,
+    qualify_lead,
+    rate_lead,
+    replace_scoring_rules,
+    rescore_open_leads,
+)
 
 HTTP_SYSTEM = "crm-api"
+MAX_SEARCH_TOKENS = 5
+CAPTURE_ATTEMPTS = 3
+SourceSystem = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+T = TypeVar("T")
+
+REP_EXAMPLE: dict[str, Any] = {"id": "rep-42", "name": "Rita Rep"}
 
 
 class NewLead(BaseModel):
-    """A lead entered by a rep or posted by a system over HTTP."""
+    """A lead entered by a rep or posted by a system over HTTP. Without ``external_id`` the
+    ``Idempotency-Key`` header (or a fresh id) is the capture key; without ``captured_at``, now."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [lead_captured_example()]})
 
-    source_system: str = Field(default=HTTP_SYSTEM, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+    source_system: SourceSystem = HTTP_SYSTEM
     external_id: str | None = Field(default=None, min_length=1, max_length=128)
     person: Person = Person()
     company: Company = Company()
@@ -53,23 +100,94 @@ class NewLead(BaseModel):
     captured_at: AwareDatetime | None = None
 
 
-class QualifyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StatusChange(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"status": "working", "by": REP_EXAMPLE, "note": "Called, follow up Friday"}]
+        },
+    )
 
-    rating: LeadRating
-    score: int | None = Field(default=None, ge=0, le=100)
+    status: Literal[LeadStatus.WORKING, LeadStatus.NURTURING]
+    by: Actor
+    note: str | None = Field(default=None, max_length=500)
+
+
+class RatingChange(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"rating": "hot", "by": REP_EXAMPLE}]}
+    )
+
+    rating: LeadRating | None = Field(description="The rep's rating; null clears it so the score's applies")
+    by: Actor
+
+
+class QualifyRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"rating": "hot", "by": REP_EXAMPLE}]}
+    )
+
+    rating: LeadRating | None = Field(
+        default=None, description="The rep's rating (kept as an override); the score's rating when omitted"
+    )
     by: Actor
 
 
 class DisqualifyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"reason": "no budget this year", "by": REP_EXAMPLE}]}
+    )
 
     reason: str = Field(min_length=1, max_length=200)
     by: Actor
 
 
 class ConvertRequest(ConversionRequest):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "by": REP_EXAMPLE,
+                    "opportunity": {
+                        "name": "Analytical Engines - 50 seats",
+                        "amount": "12000.00",
+                        "currency": "EUR",
+                        "expected_close_date": "2027-03-31",
+                    },
+                }
+            ]
+        }
+    )
+
     by: Actor
+
+
+class MergeRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"duplicate_id": "0b8e3c2a-8d1e-5f0a-9a57-2f6c1d4e7b90", "by": REP_EXAMPLE}]
+        },
+    )
+
+    duplicate_id: Id = Field(description="The lead merged into this one; it ends as status merged")
+    by: Actor
+
+
+class ScoringRulesChange(ScoringRuleSet):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                default_rules().model_dump(mode="json", include={"rules", "thresholds"})
+                | {"by": {"id": "admin-1"}, "expected_version": 0}
+            ]
+        }
+    )
+
+    by: Actor
+    expected_version: int | None = Field(
+        default=None, ge=0, description="The version this change is based on; 409 if the rules moved on"
+    )
 
 
 class LeadView(BaseModel):
@@ -78,123 +196,376 @@ class LeadView(BaseModel):
     id: str
     version: int
     status: LeadStatus
-    rating: LeadRating | None
-    score: int | None
+    rating: LeadRating | None = Field(description="The rep's rating when set, else the score's")
+    manual_rating: ManualRating | None
+    score: int
+    score_rating: LeadRating | None
+    score_fit: int
+    score_engagement: int
+    score_explanation: list[ScoreContribution]
+    scored_at: AwareDatetime | None
+    scoring_rules_version: int
     source_system: str
     external_id: str
     person: Person
     company: Company
+    company_domain: str | None
     lead_source: LeadSource
+    source_detail: str | None
     origin: LeadOrigin
     campaign_id: str | None
+    utm: Utm | None
+    consent: Consent
+    engagement: Engagement
     owner_id: str | None
+    custom: dict[str, Any]
     captured_at: AwareDatetime
     created_at: AwareDatetime
     updated_at: AwareDatetime
-    company_domain: str | None
     disqualification_reason: str | None
-    conversion: dict[str, Any] | None
+    conversion: Conversion | None
+    possible_duplicates: list[DuplicateLink]
     duplicate_of: list[str]
-    history: list[dict[str, Any]]
+    merged_into: str | None
+    merged_from: list[str]
+    history: list[HistoryEntry]
 
     @classmethod
     def of(cls, lead: Lead) -> LeadView:
-        return cls.model_validate(lead.model_dump())
+        return cls.model_validate(
+            lead.model_dump(exclude={"capture_digest", "search_terms"}), from_attributes=True
+        )
 
 
 class LeadPage(BaseModel):
     items: list[LeadView]
-    next_cursor: str | None
+    next_cursor: str | None = Field(description="Pass as cursor (with the same sort) for the next page")
 
 
-def leads_router(runtime: ServiceRuntime, repo: LeadRepository) -> APIRouter:
+class DuplicateView(BaseModel):
+    lead_id: str
+    keys: list[str] = Field(examples=[["email", "phone"]])
+    captured_before: bool = Field(description="True when the other lead was captured first")
+    status: LeadStatus | None
+    person: Person | None
+    company: Company | None
+    captured_at: AwareDatetime
+
+
+class DuplicatesView(BaseModel):
+    lead_id: str
+    status: LeadStatus
+    merged_into: str | None
+    duplicates: list[DuplicateView]
+
+
+class RescoreView(BaseModel):
+    rules_version: int
+    examined: int
+    changed: int
+    remaining: int
+
+
+def encode_cursor(sort: LeadSort, lead: Lead) -> str:
+    value: Any = getattr(lead, sort.field)
+    if isinstance(value, datetime):
+        value = value.isoformat()
+    return base64.urlsafe_b64encode(orjson.dumps([sort.value, value, lead.id])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: LeadSort) -> tuple[Any, str]:
+    try:
+        raw = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        cursor_sort, value, lead_id = raw
+        if cursor_sort != sort.value or not isinstance(lead_id, str):
+            raise ValueError("cursor belongs to another sort")
+        if sort.field == "score":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError("bad score")
+            return value, lead_id
+        return datetime.fromisoformat(value), lead_id
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError) as exc:
+        raise ApiError(
+            422, "validation_failed", "cursor: not a cursor of this list and sort", field="cursor"
+        ) from exc
+
+
+def leads_router(
+    runtime: ServiceRuntime, repo: LeadRepository, rescoring: BackgroundRescoring
+) -> list[APIRouter]:
     router = APIRouter(prefix="/leads", tags=["leads"])
     read = [Depends(runtime.auth.require("read"))]
     write = [Depends(runtime.auth.require("write"))]
 
-    async def run(work: Any) -> Lead:
+    async def run(work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         try:
-            result: Lead = await runtime.transaction(work)
+            return await runtime.transaction(work)
         except LeadNotFound as exc:
-            raise ApiError(404, "not_found", f"lead {exc} does not exist") from exc
+            raise ApiError(404, "not_found", f"lead {exc} does not exist", field=exc.field) from exc
         except LeadAlreadyConverted as exc:
-            raise ApiError(409, "already_converted", str(exc), field="status") from exc
+            raise ApiError(409, "already_converted", str(exc), field=exc.field) from exc
         except LeadRuleViolation as exc:
-            raise ApiError(409, "illegal_transition", str(exc), field="status") from exc
+            error = "illegal_transition" if exc.field == "status" else "rule_violation"
+            raise ApiError(409, error, str(exc), field=exc.field) from exc
         except ConcurrentModification as exc:
             raise ApiError(409, "concurrent_modification", str(exc)) from exc
-        return result
+
+    async def capture(captured: LeadCaptured, by: str) -> CaptureResult:
+        for attempt in range(1, CAPTURE_ATTEMPTS + 1):
+            try:
+                return await runtime.transaction(lambda uow: capture_lead(repo, uow, captured, by=by))
+            except ConcurrentModification:
+                # The same lead captured at the same moment elsewhere: read it and apply again.
+                if attempt == CAPTURE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    def answer(result: CaptureResult, response: Response) -> LeadView:
+        response.status_code = status.HTTP_201_CREATED if result.outcome == "created" else status.HTTP_200_OK
+        response.headers["Capture-Outcome"] = result.outcome
+        response.headers["Location"] = f"/leads/{result.lead.id}"
+        return LeadView.of(result.lead)
+
+    captured_responses: dict[int | str, dict[str, Any]] = {
+        201: {"description": "A new lead was created"},
+        200: {
+            "description": "The capture key was known: the lead was updated or was already up to date "
+            "(header Capture-Outcome says which). A key whose lead was merged answers with the survivor."
+        },
+    }
 
     @router.post(
         "",
         status_code=status.HTTP_201_CREATED,
         dependencies=write,
-        summary="Capture a lead over HTTP (same path as the lead.captured event)",
-        responses={200: {"description": "The same lead was sent before: updated, not duplicated"}},
+        summary="Enter or post a lead (same upsert and events as lead.captured)",
+        responses=captured_responses,
     )
     async def create_lead(
         body: NewLead,
+        response: Response,
         idempotency_key: Annotated[str | None, Header(max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")] = None,
     ) -> LeadView:
         external_id = body.external_id or idempotency_key or str(uuid.uuid4())
-        captured = LeadCaptured.model_validate(
-            {
-                **body.model_dump(exclude={"external_id", "captured_at"}),
-                "external_id": external_id,
-                "captured_at": body.captured_at or utcnow(),
-            }
+        try:
+            captured = LeadCaptured.model_validate(
+                {
+                    **body.model_dump(exclude={"external_id", "captured_at"}),
+                    "external_id": external_id,
+                    "captured_at": body.captured_at or utcnow(),
+                }
+            )
+        except ValidationError as exc:
+            problem = problems_of(exc)[0]
+            raise ApiError(
+                422, "validation_failed", f"{problem.field}: {problem.reason}", field=problem.field
+            ) from exc
+        return answer(await run_capture(captured, f"api:{body.source_system}"), response)
+
+    @router.post(
+        "/capture",
+        status_code=status.HTTP_201_CREATED,
+        dependencies=write,
+        summary="Capture a lead with the exact lead.captured payload, for integrating systems",
+        responses=captured_responses,
+    )
+    async def capture_exact(
+        response: Response,
+        body: Annotated[
+            LeadCaptured, Body(openapi_examples={"web form": {"value": lead_captured_example()}})
+        ],
+    ) -> LeadView:
+        return answer(await run_capture(body, f"api:{body.source_system}"), response)
+
+    async def run_capture(captured: LeadCaptured, by: str) -> CaptureResult:
+        try:
+            return await capture(captured, by)
+        except ConcurrentModification as exc:
+            raise ApiError(409, "concurrent_modification", str(exc)) from exc
+
+    upload_body = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "text/csv": {
+                    "schema": {"type": "string"},
+                    "example": "external_id,captured_at,person.first_name,person.email,"
+                    "company.name,company.size\n"
+                    "row-1,2025-03-04T10:00:00Z,Ada,ada@engines.example,Analytical Engines,120\n",
+                },
+                **{
+                    media_type: {
+                        "schema": {"type": "string", "description": "One lead.captured payload per line"},
+                        "example": '{"external_id": "row-1", "captured_at": "2025-03-04T10:00:00Z", '
+                        '"person": {"email": "ada@engines.example"}}\n',
+                    }
+                    for media_type in NDJSON_TYPES
+                },
+            },
+        }
+    }
+
+    @router.post(
+        "/imports",
+        dependencies=write,
+        openapi_extra=upload_body,
+        summary="Import leads from CSV or NDJSON (same upsert as capture); a report per row",
+    )
+    async def import_leads(
+        request: Request,
+        source_system: Annotated[
+            SourceSystem, Query(description="Capturing system of rows that do not name one")
+        ] = "list-import",
+    ) -> ImportReport:
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() not in UPLOAD_TYPES:
+            raise ApiError(415, "unsupported_media_type", f"send one of {', '.join(UPLOAD_TYPES)}")
+        try:
+            records = read_lead_upload(await request.body(), content_type)
+        except UnreadableUpload as exc:
+            raise ApiError(422, "unreadable_upload", str(exc), field=exc.field) from exc
+        outcomes = [await import_record(record, source_system) for record in records]
+        return ImportReport.of(source_system, outcomes)
+
+    async def import_record(record: UploadRecord, source_system: str) -> RowOutcome:
+        """One row in its own unit of work: its lead and events commit together or not at all."""
+        rejected = RowOutcome(row=record.number, external_id=record.external_id, status="rejected")
+        if record.problem is not None:
+            return rejected.model_copy(update={"problems": [record.problem]})
+        try:
+            captured = captured_from(record, source_system)
+            result = await capture(captured, f"import:{source_system}")
+        except ValidationError as exc:
+            return rejected.model_copy(update={"problems": problems_of(exc)})
+        except ConcurrentModification as exc:
+            return rejected.model_copy(update={"problems": [RowProblem(field="(row)", reason=str(exc))]})
+        return RowOutcome(
+            row=record.number,
+            external_id=captured.external_id,
+            status=result.outcome,
+            lead_id=result.lead_id,
+            merged_into=result.lead.id if result.lead.id != result.lead_id else None,
+            changed_fields=result.changed_fields,
         )
 
-        async def work(uow: UnitOfWork) -> Lead:
-            lead, _ = await capture_lead(repo, uow, captured, by=HTTP_SYSTEM)
-            return lead
-
-        return LeadView.of(await run(work))
-
-    @router.get("/{lead_id}", dependencies=read, summary="One lead with its history")
+    @router.get("/{lead_id}", dependencies=read, summary="One lead with its score, duplicates and history")
     async def get_lead(lead_id: Id) -> LeadView:
+        return LeadView.of(await existing(lead_id))
+
+    async def existing(lead_id: str) -> Lead:
         lead = await repo.get(lead_id)
         if lead is None:
             raise ApiError(404, "not_found", f"lead {lead_id} does not exist", field="lead_id")
-        return LeadView.of(lead)
+        return lead
 
-    @router.get("", dependencies=read, summary="List leads with filters and cursor pagination")
+    @router.get(
+        "/{lead_id}/duplicates",
+        dependencies=read,
+        summary="The leads that are likely the same person, with the keys they share",
+    )
+    async def get_duplicates(lead_id: Id) -> DuplicatesView:
+        lead = await existing(lead_id)
+        others = {
+            other.id: other
+            for other in await repo.get_many([link.lead_id for link in lead.possible_duplicates])
+        }
+        return DuplicatesView(
+            lead_id=lead.id,
+            status=lead.status,
+            merged_into=lead.merged_into,
+            duplicates=[
+                DuplicateView(
+                    lead_id=link.lead_id,
+                    keys=link.keys,
+                    captured_before=link.lead_id in lead.duplicate_of,
+                    status=others[link.lead_id].status if link.lead_id in others else None,
+                    person=others[link.lead_id].person if link.lead_id in others else None,
+                    company=others[link.lead_id].company if link.lead_id in others else None,
+                    captured_at=link.captured_at,
+                )
+                for link in lead.possible_duplicates
+            ],
+        )
+
+    @router.get(
+        "",
+        dependencies=read,
+        summary="List and search leads with filters, sorting and cursor pagination",
+        description="Merged leads are left out unless `status=merged` is asked for. `q` finds leads whose "
+        "name, email, company name, company domain or phone starts with each of its words, ignoring "
+        "case and accents (`q=ada engines`).",
+    )
     async def list_leads(
         lead_status: Annotated[LeadStatus | None, Query(alias="status")] = None,
         rating: LeadRating | None = None,
         lead_source: LeadSource | None = None,
         campaign_id: Id | None = None,
         owner_id: Id | None = None,
+        captured_from: Annotated[
+            AwareDatetime | None, Query(description="Captured at or after (ISO 8601 with offset)")
+        ] = None,
+        captured_to: Annotated[AwareDatetime | None, Query(description="Captured before")] = None,
+        q: Annotated[str | None, Query(min_length=1, max_length=100, examples=["ada engines"])] = None,
+        sort: LeadSort = LeadSort.CAPTURED_AT_DESC,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        cursor: Id | None = None,
+        cursor: Annotated[str | None, Query(max_length=600, pattern=r"^[A-Za-z0-9_\-]+$")] = None,
     ) -> LeadPage:
-        filters: dict[str, Any] = {}
+        filters: dict[str, str] = {}
         for name, value in (
-            ("status", lead_status),
-            ("rating", rating),
-            ("lead_source", lead_source),
+            ("status", lead_status.value if lead_status else None),
+            ("rating", rating.value if rating else None),
+            ("lead_source", lead_source.value if lead_source else None),
             ("campaign_id", campaign_id),
             ("owner_id", owner_id),
         ):
             if value is not None:
-                filters[name] = value.value if hasattr(value, "value") else value
-        leads = await repo.list(filters=filters, limit=limit, after_id=cursor)
-        next_cursor = leads[-1].id if len(leads) == limit else None
+                filters[name] = value
+        terms = tuple(search_tokens(q)) if q else ()
+        if q is not None and not terms:
+            raise ApiError(422, "validation_failed", "q: give at least one word or number", field="q")
+        if len(terms) > MAX_SEARCH_TOKENS:
+            raise ApiError(422, "validation_failed", f"q: at most {MAX_SEARCH_TOKENS} words", field="q")
+        query = LeadQuery(
+            filters=filters,
+            captured_from=captured_from,
+            captured_to=captured_to,
+            terms=terms,
+            sort=sort,
+            after=decode_cursor(cursor, sort) if cursor else None,
+            limit=limit,
+        )
+        leads = await repo.search(query)
+        next_cursor = encode_cursor(sort, leads[-1]) if len(leads) == limit else None
         return LeadPage(items=[LeadView.of(lead) for lead in leads], next_cursor=next_cursor)
 
-    @router.post("/{lead_id}/qualify", dependencies=write, summary="Qualify a lead as hot, warm or cold")
-    async def qualify(lead_id: Id, body: QualifyRequest) -> LeadView:
-        async def work(uow: UnitOfWork) -> Lead:
-            return await qualify_lead(repo, uow, lead_id, body.rating, body.by, body.score)
+    @router.post(
+        "/{lead_id}/status",
+        dependencies=write,
+        summary="Work or nurture a lead (who and when go into its history)",
+    )
+    async def set_status(lead_id: Id, body: StatusChange) -> LeadView:
+        assert body.status in WORKABLE_STATUSES
+        return LeadView.of(
+            await run(lambda uow: change_status(repo, uow, lead_id, body.status, body.by, body.note))
+        )
 
-        return LeadView.of(await run(work))
+    @router.post(
+        "/{lead_id}/rating",
+        dependencies=write,
+        summary="Set the rep's rating, which overrides the score's (null clears it)",
+    )
+    async def set_rating(lead_id: Id, body: RatingChange) -> LeadView:
+        return LeadView.of(await run(lambda uow: rate_lead(repo, uow, lead_id, body.rating, body.by)))
+
+    @router.post(
+        "/{lead_id}/qualify", dependencies=write, summary="Qualify a lead, optionally rating it by hand"
+    )
+    async def qualify(lead_id: Id, body: QualifyRequest) -> LeadView:
+        return LeadView.of(await run(lambda uow: qualify_lead(repo, uow, lead_id, body.rating, body.by)))
 
     @router.post("/{lead_id}/disqualify", dependencies=write, summary="Disqualify a lead with a reason")
     async def disqualify(lead_id: Id, body: DisqualifyRequest) -> LeadView:
-        async def work(uow: UnitOfWork) -> Lead:
-            return await disqualify_lead(repo, uow, lead_id, body.reason, body.by)
-
-        return LeadView.of(await run(work))
+        return LeadView.of(await run(lambda uow: disqualify_lead(repo, uow, lead_id, body.reason, body.by)))
 
     @router.post(
         "/{lead_id}/convert",
@@ -203,10 +574,48 @@ def leads_router(runtime: ServiceRuntime, repo: LeadRepository) -> APIRouter:
     )
     async def convert(lead_id: Id, body: ConvertRequest) -> LeadView:
         request = ConversionRequest.model_validate(body.model_dump(exclude={"by"}))
+        return LeadView.of(await run(lambda uow: convert_lead(repo, uow, lead_id, request, body.by)))
 
-        async def work(uow: UnitOfWork) -> Lead:
-            return await convert_lead(repo, uow, lead_id, request, body.by)
+    @router.post(
+        "/{lead_id}/merge",
+        dependencies=write,
+        summary="Merge a duplicate into this lead, which survives with both histories",
+    )
+    async def merge(lead_id: Id, body: MergeRequest) -> LeadView:
+        return LeadView.of(await run(lambda uow: merge_leads(repo, uow, lead_id, body.duplicate_id, body.by)))
 
-        return LeadView.of(await run(work))
+    # -- scoring rules ----------------------------------------------------------------------
+    rules_router = APIRouter(prefix="/scoring-rules", tags=["scoring"])
 
-    return router
+    @rules_router.get("", dependencies=read, summary="The scoring rules in force (version 0: the defaults)")
+    async def get_rules() -> ScoringRules:
+        return await repo.scoring_rules(fresh=True)
+
+    @rules_router.put(
+        "",
+        dependencies=write,
+        summary="Replace the scoring rules; open leads are rescored in the background",
+    )
+    async def put_rules(body: ScoringRulesChange) -> ScoringRules:
+        rule_set = ScoringRuleSet(rules=body.rules, thresholds=body.thresholds)
+        try:
+            rules = await runtime.transaction(
+                lambda uow: replace_scoring_rules(
+                    repo, uow, rule_set, expected_version=body.expected_version, by=body.by
+                )
+            )
+        except ConcurrentModification as exc:
+            raise ApiError(409, "stale_version", str(exc), field="expected_version") from exc
+        rescoring.trigger()
+        return rules
+
+    @rules_router.post(
+        "/rescore",
+        dependencies=write,
+        summary="Rescore open leads scored under older rules now (up to limit); reports what remains",
+    )
+    async def rescore(limit: Annotated[int, Query(ge=1, le=5000)] = 1000) -> RescoreView:
+        report: RescoreReport = await rescore_open_leads(runtime.transaction, repo, limit=limit)
+        return RescoreView(**vars(report))
+
+    return [router, rules_router]

@@ -1,7 +1,16 @@
 """What the leads service does, shared by its HTTP routes and its Kafka handlers. Each use
-case runs inside one unit of work: the lead and the events it emits commit together."""
+case runs inside one unit of work: the leads it changes and the events it emits commit
+together."""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, TypeVar
 
 from crm_contracts import catalog
 from crm_contracts.envelope import utcnow
@@ -10,79 +19,231 @@ from crm_contracts.events.leads import (
     LeadCaptured,
     LeadCreated,
     LeadDisqualified,
+    LeadMerged,
     LeadQualified,
     LeadRating,
+    LeadStatus,
     LeadUpdated,
 )
 from crm_runtime import UnitOfWork, make_event
 
-from .domain import ConversionRequest, Lead
-from .repository import LeadRepository
+from .domain import (
+    OPEN_STATUSES,
+    ConversionRequest,
+    DuplicateLink,
+    Lead,
+    LeadRuleViolation,
+    shared_keys,
+)
+from .repository import ConcurrentModification, LeadRepository, LeadStore
+from .scoring import ScoringRules, ScoringRuleSet
+
+log = logging.getLogger(__name__)
 
 SOURCE = "/crm/leads"
+SCORING_ACTOR = "system:scoring"
+# Merges can chain (a survivor merged later into a third lead); a capture follows the chain.
+MAX_MERGE_CHAIN = 10
+
+T = TypeVar("T")
+Transact = Callable[[Callable[[UnitOfWork], Awaitable[T]]], Awaitable[T]]
 
 
 class LeadNotFound(Exception):
-    pass
+    def __init__(self, lead_id: str, field: str = "lead_id") -> None:
+        super().__init__(lead_id)
+        self.field = field
+
+
+def now_ms() -> datetime:
+    """Now at the precision MongoDB stores, so what a use case returns equals what it stored."""
+    now = utcnow()
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+# -- events -------------------------------------------------------------------------------------
+async def _created(uow: UnitOfWork, lead: Lead) -> None:
+    event = make_event(
+        catalog.LEAD_CREATED,
+        LeadCreated(lead=lead.snapshot()),
+        source=SOURCE,
+        subject=lead.id,
+        version=lead.version,
+        time=lead.captured_at,
+    )
+    await uow.emit(catalog.LEAD_CREATED, event)
+
+
+async def _updated(uow: UnitOfWork, lead: Lead, changed: list[str]) -> None:
+    event = make_event(
+        catalog.LEAD_UPDATED,
+        LeadUpdated(lead=lead.snapshot(), changed_fields=sorted(set(changed))),
+        source=SOURCE,
+        subject=lead.id,
+        version=lead.version,
+        time=lead.updated_at,
+    )
+    await uow.emit(catalog.LEAD_UPDATED, event)
+
+
+async def _save(store: LeadStore, uow: UnitOfWork, lead: Lead, expected: int, changed: list[str]) -> None:
+    await store.update(lead, expected, uow.session)
+    await _updated(uow, lead, changed)
+
+
+# -- capture -------------------------------------------------------------------------------------
+@dataclass
+class CaptureResult:
+    """``lead`` is the lead as it now stands: the survivor when the capture key's own lead
+    (``lead_id``) was merged into another one."""
+
+    lead: Lead
+    lead_id: str
+    outcome: Literal["created", "updated", "unchanged"]
+    changed_fields: list[str] = field(default_factory=list)
 
 
 async def capture_lead(
-    repo: LeadRepository, uow: UnitOfWork, captured: LeadCaptured, *, by: str
-) -> tuple[Lead, bool]:
-    """Create the lead, or update it when the capturing system sends it again.
-    Returns the lead and whether it was created."""
-    now = utcnow()
-    candidate = Lead.capture(captured, now=now, by=by)
-    existing = await repo.get(candidate.id, uow.session)
+    store: LeadStore, uow: UnitOfWork, captured: LeadCaptured, *, by: str, now: datetime | None = None
+) -> CaptureResult:
+    """Create the lead, or update it when the capturing system sends it again. The one path
+    for ``lead.captured``, the HTTP capture endpoints and bulk imports."""
+    now = now or now_ms()
+    rules = await store.scoring_rules(uow.session)
+    candidate = Lead.capture(captured, rules, now=now, by=by)
+    existing = await store.get(candidate.id, uow.session)
     if existing is None:
-        await repo.add(candidate, uow.session)
-        await uow.emit(
-            catalog.LEAD_CREATED,
-            make_event(
-                catalog.LEAD_CREATED,
-                LeadCreated(lead=candidate.snapshot()),
-                source=SOURCE,
-                subject=candidate.id,
-                version=candidate.version,
-                time=candidate.captured_at,
-            ),
-        )
-        return candidate, True
+        await _refresh_duplicates(store, uow, candidate, now=now, by=by, record=False)
+        await store.add(candidate, uow.session)
+        await _created(uow, candidate)
+        return CaptureResult(candidate, candidate.id, "created")
+
     expected = existing.version
-    changed = existing.recapture(captured, now=now, by=by)
-    if changed:
-        await repo.update(existing, expected, uow.session)
-        await uow.emit(
-            catalog.LEAD_UPDATED,
-            make_event(
-                catalog.LEAD_UPDATED,
-                LeadUpdated(lead=existing.snapshot(), changed_fields=changed),
-                source=SOURCE,
-                subject=existing.id,
-                version=existing.version,
-            ),
-        )
-    return existing, False
+    keys_before = (existing.match_keys, existing.captured_at)
+    changed = existing.recapture(captured, rules, now=now, by=by)
+    if not changed:
+        survivor = await _survivor_of(store, uow, existing)
+        return CaptureResult(survivor, existing.id, "unchanged")
+    if existing.status is LeadStatus.MERGED:
+        # The merged lead keeps its own capture record (so resends still converge on it), and
+        # the survivor takes what the capture brings.
+        await _save(store, uow, existing, expected, changed)
+        survivor = await _survivor_of(store, uow, existing)
+        survivor_expected = survivor.version
+        survivor_keys = (survivor.match_keys, survivor.captured_at)
+        absorbed = survivor.absorb_capture(captured, rules, now=now, by=by, for_lead=existing.id)
+        if absorbed:
+            if (survivor.match_keys, survivor.captured_at) != survivor_keys:
+                absorbed += await _refresh_duplicates(store, uow, survivor, now=now, by=by, record=False)
+            await _save(store, uow, survivor, survivor_expected, absorbed)
+        return CaptureResult(survivor, existing.id, "updated", absorbed)
+    if (existing.match_keys, existing.captured_at) != keys_before:
+        changed += await _refresh_duplicates(store, uow, existing, now=now, by=by, record=False)
+    await _save(store, uow, existing, expected, changed)
+    return CaptureResult(existing, existing.id, "updated", changed)
 
 
-async def _load(repo: LeadRepository, uow: UnitOfWork, lead_id: str) -> Lead:
-    lead = await repo.get(lead_id, uow.session)
+async def _survivor_of(store: LeadStore, uow: UnitOfWork, lead: Lead) -> Lead:
+    current = lead
+    for _ in range(MAX_MERGE_CHAIN):
+        if current.status is not LeadStatus.MERGED or current.merged_into is None:
+            return current
+        survivor = await store.get(current.merged_into, uow.session)
+        if survivor is None:
+            return current
+        current = survivor
+    return current
+
+
+async def _refresh_duplicates(
+    store: LeadStore,
+    uow: UnitOfWork,
+    lead: Lead,
+    *,
+    now: datetime,
+    by: str,
+    record: bool,
+    in_hand: dict[str, Lead] | None = None,
+) -> list[str]:
+    """Link ``lead`` to the stored leads sharing a duplicate key with it, and keep the other
+    side of every link in step (so each of two duplicates shows the other, whichever arrived
+    first). Leads ``in_hand`` are changed in memory only; the caller saves them. Returns the
+    fields of ``lead`` that changed."""
+    in_hand = {lead_id: held for lead_id, held in (in_hand or {}).items() if lead_id != lead.id}
+    stored = [match for match in await store.find_matches(lead, uow.session) if match.id not in in_hand]
+    others: dict[str, Lead] = {match.id: match for match in stored}
+    others.update(in_hand)
+    for link in lead.possible_duplicates:
+        if link.lead_id not in others:
+            linked = await store.get(link.lead_id, uow.session)
+            if linked is not None:
+                others[linked.id] = linked
+    keys_by_id = {other.id: shared_keys(lead.match_keys, other.match_keys) for other in others.values()}
+    relinked = lead.link_duplicates(
+        (
+            DuplicateLink(lead_id=other.id, keys=keys_by_id[other.id], captured_at=other.captured_at)
+            for other in others.values()
+            if keys_by_id[other.id]
+        ),
+        now=now,
+        by=by,
+        record=record,
+    )
+    for other in others.values():
+        links = [link for link in other.possible_duplicates if link.lead_id != lead.id]
+        if keys_by_id[other.id]:
+            links.append(
+                DuplicateLink(lead_id=lead.id, keys=keys_by_id[other.id], captured_at=lead.captured_at)
+            )
+        expected = other.version
+        if other.link_duplicates(links, now=now, by=by) and other.id not in in_hand:
+            await _save(store, uow, other, expected, ["possible_duplicates", "duplicate_of"])
+    return ["possible_duplicates", "duplicate_of"] if relinked else []
+
+
+# -- lifecycle and qualification -----------------------------------------------------------------
+async def load(store: LeadStore, uow: UnitOfWork, lead_id: str, field: str = "lead_id") -> Lead:
+    lead = await store.get(lead_id, uow.session)
     if lead is None:
-        raise LeadNotFound(lead_id)
+        raise LeadNotFound(lead_id, field)
+    return lead
+
+
+async def change_status(
+    store: LeadStore, uow: UnitOfWork, lead_id: str, status: LeadStatus, by: Actor, note: str | None
+) -> Lead:
+    """A rep works or nurtures a lead; the history records who and when."""
+    lead = await load(store, uow, lead_id)
+    expected = lead.version
+    if lead.work(status, now=now_ms(), by=by.id, note=note):
+        await _save(store, uow, lead, expected, ["status"])
+    return lead
+
+
+async def rate_lead(
+    store: LeadStore, uow: UnitOfWork, lead_id: str, rating: LeadRating | None, by: Actor
+) -> Lead:
+    """Set or clear the rep's rating, which overrides the score's."""
+    lead = await load(store, uow, lead_id)
+    expected = lead.version
+    if lead.set_manual_rating(rating, now=now_ms(), by=by.id):
+        await _save(store, uow, lead, expected, ["rating"])
     return lead
 
 
 async def qualify_lead(
-    repo: LeadRepository, uow: UnitOfWork, lead_id: str, rating: LeadRating, by: Actor, score: int | None
+    store: LeadStore, uow: UnitOfWork, lead_id: str, rating: LeadRating | None, by: Actor
 ) -> Lead:
-    lead = await _load(repo, uow, lead_id)
+    lead = await load(store, uow, lead_id)
     expected = lead.version
-    now = utcnow()
-    lead.qualify(rating, now=now, by=by.id, score=score)
-    await repo.update(lead, expected, uow.session)
+    now = now_ms()
+    if not lead.qualify(rating, now=now, by=by.id):
+        return lead
+    await store.update(lead, expected, uow.session)
+    assert lead.rating is not None  # a qualified lead always has the score's rating at least
     data = LeadQualified(
         lead_id=lead.id,
-        rating=rating,
+        rating=lead.rating,
         score=lead.score,
         lead_source=lead.lead_source,
         campaign_id=lead.campaign_id,
@@ -98,14 +259,12 @@ async def qualify_lead(
     return lead
 
 
-async def disqualify_lead(
-    repo: LeadRepository, uow: UnitOfWork, lead_id: str, reason: str, by: Actor
-) -> Lead:
-    lead = await _load(repo, uow, lead_id)
+async def disqualify_lead(store: LeadStore, uow: UnitOfWork, lead_id: str, reason: str, by: Actor) -> Lead:
+    lead = await load(store, uow, lead_id)
     expected = lead.version
-    now = utcnow()
+    now = now_ms()
     lead.disqualify(reason, now=now, by=by.id)
-    await repo.update(lead, expected, uow.session)
+    await store.update(lead, expected, uow.session)
     data = LeadDisqualified(
         lead_id=lead.id,
         reason=reason,
@@ -124,13 +283,13 @@ async def disqualify_lead(
 
 
 async def convert_lead(
-    repo: LeadRepository, uow: UnitOfWork, lead_id: str, request: ConversionRequest, by: Actor
+    store: LeadStore, uow: UnitOfWork, lead_id: str, request: ConversionRequest, by: Actor
 ) -> Lead:
-    lead = await _load(repo, uow, lead_id)
+    lead = await load(store, uow, lead_id)
     expected = lead.version
-    now = utcnow()
+    now = now_ms()
     converted = lead.convert(request, now=now, by=by)
-    await repo.update(lead, expected, uow.session)
+    await store.update(lead, expected, uow.session)
     await uow.emit(
         catalog.LEAD_CONVERTED,
         make_event(
@@ -138,3 +297,147 @@ async def convert_lead(
         ),
     )
     return lead
+
+
+# -- merge ---------------------------------------------------------------------------------------
+async def merge_leads(
+    store: LeadStore, uow: UnitOfWork, survivor_id: str, duplicate_id: str, by: Actor
+) -> Lead:
+    """Merge ``duplicate_id`` into ``survivor_id``: the survivor takes the missing fields and
+    both histories, the duplicate becomes ``merged`` pointing at it; ``lead.merged`` plus a
+    ``lead.updated`` for each of the two."""
+    if survivor_id == duplicate_id:
+        raise LeadRuleViolation("duplicate_id: a lead cannot be merged into itself", field="duplicate_id")
+    survivor = await load(store, uow, survivor_id)
+    duplicate = await load(store, uow, duplicate_id, field="duplicate_id")
+    survivor_expected, duplicate_expected = survivor.version, duplicate.version
+    now = now_ms()
+    rules = await store.scoring_rules(uow.session)
+    outcome = survivor.merge(duplicate, rules, now=now, by=by.id)
+    # The merged lead leaves every duplicate group; the survivor's keys may have grown.
+    await _refresh_duplicates(
+        store, uow, duplicate, now=now, by=by.id, record=False, in_hand={survivor.id: survivor}
+    )
+    relinked = await _refresh_duplicates(
+        store, uow, survivor, now=now, by=by.id, record=False, in_hand={duplicate.id: duplicate}
+    )
+    await _save(store, uow, duplicate, duplicate_expected, ["status", "merged_into"])
+    await _save(store, uow, survivor, survivor_expected, [*outcome.taken_fields, *relinked, "merged_from"])
+    data = LeadMerged(
+        survivor=survivor.snapshot(),
+        merged_lead_id=duplicate.id,
+        taken_fields=outcome.taken_fields,
+        matching_keys=outcome.matching_keys,
+        merged_at=now,
+        merged_by=by,
+    )
+    await uow.emit(
+        catalog.LEAD_MERGED,
+        make_event(
+            catalog.LEAD_MERGED, data, source=SOURCE, subject=survivor.id, version=survivor.version, time=now
+        ),
+    )
+    return survivor
+
+
+# -- scoring rules -------------------------------------------------------------------------------
+async def replace_scoring_rules(
+    repo: LeadRepository,
+    uow: UnitOfWork,
+    rule_set: ScoringRuleSet,
+    *,
+    expected_version: int | None,
+    by: Actor,
+) -> ScoringRules:
+    current = await repo.scoring_rules(uow.session, fresh=True)
+    if expected_version is not None and expected_version != current.version:
+        raise ConcurrentModification(
+            f"expected_version: the rules are at version {current.version}, not {expected_version}"
+        )
+    rules = ScoringRules(
+        **rule_set.model_dump(), version=current.version + 1, updated_at=now_ms(), updated_by=by.id
+    )
+    await repo.save_scoring_rules(rules, current.version, uow.session)
+    return rules
+
+
+async def rescore_lead(repo: LeadRepository, uow: UnitOfWork, lead_id: str, rules: ScoringRules) -> bool:
+    """Score one open lead again under ``rules``; the rep's rating stays. Returns whether its
+    score, rating or explanation changed."""
+    lead = await repo.get(lead_id, uow.session)
+    if lead is None or lead.status not in OPEN_STATUSES:
+        return False
+    expected = lead.version
+    changed = lead.rescore(rules, now=now_ms(), by=SCORING_ACTOR)
+    if changed:
+        await _save(repo, uow, lead, expected, changed)
+    else:
+        await repo.mark_scored(lead.id, rules.version, uow.session)
+    return bool(changed)
+
+
+@dataclass
+class RescoreReport:
+    rules_version: int
+    examined: int
+    changed: int
+    remaining: int
+
+
+async def rescore_open_leads(
+    transaction: Transact[bool], repo: LeadRepository, *, limit: int
+) -> RescoreReport:
+    """Rescore up to ``limit`` open leads scored under older rules, each in its own unit of
+    work (a lead changed meanwhile is simply picked up by the next pass)."""
+    rules = await repo.scoring_rules(fresh=True)
+    lead_ids = await repo.ids_to_rescore(rules.version, limit)
+    changed = 0
+    for lead_id in lead_ids:
+
+        async def work(uow: UnitOfWork, lead_id: str = lead_id) -> bool:
+            return await rescore_lead(repo, uow, lead_id, rules)
+
+        with contextlib.suppress(ConcurrentModification):
+            changed += await transaction(work)
+    remaining = await repo.count_to_rescore(rules.version)
+    return RescoreReport(rules.version, len(lead_ids), changed, remaining)
+
+
+class BackgroundRescoring:
+    """Rescores open leads after a rule change (and once at start, to finish a pass that a
+    restart interrupted), in batches, one lead per transaction."""
+
+    def __init__(self, transaction: Transact[bool], repo: LeadRepository, batch: int = 200) -> None:
+        self._transaction = transaction
+        self._repo = repo
+        self._batch = batch
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def trigger(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._again = True  # rules changed mid-pass: run once more afterwards
+            return
+        self._task = asyncio.create_task(self._run(), name="lead-rescoring")
+
+    async def _run(self) -> None:
+        while True:
+            self._again = False
+            try:
+                remaining = None
+                while True:
+                    report = await rescore_open_leads(self._transaction, self._repo, limit=self._batch)
+                    if not report.remaining or report.remaining == remaining:
+                        break  # done, or stuck on leads that keep changing: the next pass gets them
+                    remaining = report.remaining
+            except Exception:
+                log.exception("rescoring failed; it resumes at the next rule change or start")
+                return
+            if not self._again:
+                return
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

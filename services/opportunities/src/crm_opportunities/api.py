@@ -1,4 +1,5 @@
-"""HTTP routes of the opportunities service: pipelines, accounts, contacts, opportunities."""
+"""HTTP routes of the opportunities service: pipelines, products, sales teams, accounts,
+contacts, opportunities and bulk imports."""
 
 from __future__ import annotations
 
@@ -11,18 +12,28 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from crm_contracts.envelope import utcnow
 from crm_contracts.events.common import Actor, Currency, Id, Money, Percent, ShortText
 from crm_contracts.events.leads import LeadSource
-from crm_contracts.events.opportunities import AccountType
+from crm_contracts.events.opportunities import AccountTier, AccountType
 from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
-from fastapi import APIRouter, Depends, Query, Request, status
+from crm_runtime.uploads import (
+    UPLOAD_TYPES,
+    RowProblem,
+    UnreadableUpload,
+    UploadRecord,
+    media_type,
+    problems_of,
+    read_upload,
+)
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, ValidationError, model_validator
 
 from .domain import (
     DEFAULT_PIPELINE_ID,
     Account,
-    AccountTier,
+    AccountChanges,
     Address,
     Case,
     Contact,
+    ContactChanges,
     ContactRole,
     IllegalTransition,
     InvalidRequest,
@@ -38,17 +49,12 @@ from .domain import (
     normalise_domain,
 )
 from .imports import (
-    CSV_TYPES,
-    NDJSON_TYPES,
     AccountRow,
+    ContactRow,
     ImportReport,
     ImportRow,
     OpportunityRow,
     RowOutcome,
-    RowProblem,
-    UnreadableUpload,
-    parse_rows,
-    problems_of,
 )
 from .repository import AlreadyExists, ConcurrentModification, Repositories
 from .use_cases import (
@@ -63,15 +69,22 @@ from .use_cases import (
     create_contact,
     create_pipeline,
     create_product,
+    create_sales_team,
+    delete_sales_team,
     import_account,
+    import_contact,
     import_opportunity,
     load_case,
     move_opportunity,
+    move_opportunity_to_pipeline,
     open_opportunity,
     reopen_opportunity,
     revise_pipeline,
     revise_product,
+    revise_sales_team,
     set_line_items,
+    update_account,
+    update_contact,
     update_opportunity,
 )
 
@@ -197,6 +210,27 @@ class NewAccount(_Body):
     originating_lead_id: Id | None = None
 
 
+class AccountPatch(_Body):
+    """Only the fields present change; null clears the optional ones. A new website moves the
+    domain along when the domain was the old website's."""
+
+    name: ShortText | None = None
+    type: AccountType | None = None
+    tier: AccountTier | None = None
+    industry: str | None = Field(default=None, max_length=100)
+    employees: int | None = Field(default=None, ge=0, le=10_000_000)
+    annual_revenue: Money | None = None
+    website: str | None = Field(default=None, max_length=300)
+    domain: str | None = Field(default=None, max_length=253, pattern=r"^[A-Za-z0-9.\-]+$")
+    address: Address | None = None
+    parent_account_id: Id | None = Field(
+        default=None, description="The parent company; neither the account itself nor one below it"
+    )
+    owner_id: Id | None = None
+    by: Actor
+    expected_version: ExpectedVersion = None
+
+
 class NewContact(_Body):
     id: Id | None = Field(default=None, description="Generated when omitted")
     account_id: Id | None = None
@@ -217,6 +251,36 @@ class NewContact(_Body):
         return self
 
 
+class ContactPatch(_Body):
+    """Only the fields present change; null clears the optional ones."""
+
+    account_id: Id | None = None
+    first_name: str | None = Field(default=None, max_length=100)
+    last_name: str | None = Field(default=None, max_length=100)
+    email: EmailStr | None = None
+    phone: str | None = Field(default=None, max_length=40, pattern=r"^[0-9+()./ \-]{3,40}$")
+    job_title: str | None = Field(default=None, max_length=200)
+    role: str | None = Field(default=None, max_length=100, examples=["economic buyer"])
+    decision_maker: bool | None = None
+    influencer: bool | None = None
+    by: Actor
+    expected_version: ExpectedVersion = None
+
+
+class NewSalesTeam(_Body):
+    id: Id | None = Field(default=None, description="Generated when omitted")
+    name: ShortText
+    manager_id: Id | None = None
+    region: str | None = Field(default=None, max_length=100, examples=["DACH"])
+
+
+class SalesTeamPatch(_Body):
+    name: ShortText | None = None
+    manager_id: Id | None = None
+    region: str | None = Field(default=None, max_length=100)
+    expected_version: ExpectedVersion = None
+
+
 class NewOpportunityBody(_Body):
     id: Id | None = Field(default=None, description="Generated when omitted")
     name: ShortText
@@ -233,7 +297,7 @@ class NewOpportunityBody(_Body):
     lead_source: LeadSource | None = None
     campaign_id: Id | None = None
     contact_roles: list[ContactRole] = Field(default_factory=list, max_length=50)
-    sales_team: SalesTeam | None = None
+    sales_team_id: Id | None = None
     created_at: AwareDatetime | None = Field(
         default=None, description="When it really happened (historical imports); now when omitted"
     )
@@ -242,7 +306,7 @@ class NewOpportunityBody(_Body):
 
 class OpportunityPatch(_Body):
     """Only the fields present change; null clears expected_close_date, owner_id,
-    primary_contact_id and sales_team."""
+    primary_contact_id and sales_team_id."""
 
     name: ShortText | None = None
     amount: Money | None = None
@@ -252,7 +316,7 @@ class OpportunityPatch(_Body):
     probability: Percent | None = None
     primary_contact_id: Id | None = None
     contact_roles: list[ContactRole] | None = Field(default=None, max_length=50)
-    sales_team: SalesTeam | None = None
+    sales_team_id: Id | None = None
     by: Actor
     expected_version: ExpectedVersion = None
 
@@ -262,6 +326,17 @@ class StageMoveRequest(_Body):
     by: Actor
     expected_version: ExpectedVersion = None
     loss_reason: LossReason | None = Field(default=None, description="Required when closing as lost")
+    probability: Percent | None = Field(default=None, description="Overrides the stage's default")
+
+
+class PipelineMoveRequest(_Body):
+    pipeline_id: Id
+    stage_id: Id | None = Field(
+        default=None,
+        description="An open stage of the target pipeline; the stage of the same id when omitted",
+    )
+    by: Actor
+    expected_version: ExpectedVersion = None
     probability: Percent | None = Field(default=None, description="Overrides the stage's default")
 
 
@@ -302,6 +377,13 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
     def not_found(what: str, record_id: str, field: str) -> ApiError:
         return ApiError(404, "not_found", f"{what} {record_id} does not exist", field=field)
 
+    async def account_key(account_id: str | None) -> str | None:
+        """A filter by account also finds the company by an id that was merged into it."""
+        if account_id is None:
+            return None
+        account = await repos.accounts.find(account_id)
+        return account.id if account is not None else account_id
+
     # -- pipelines --------------------------------------------------------------------------
     pipelines = APIRouter(prefix="/pipelines", tags=["pipelines"])
 
@@ -327,7 +409,7 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
             loss_reasons=body.loss_reasons,
             created_at=utcnow(),
         )
-        return await run(lambda uow: create_pipeline(repos, uow, pipeline))
+        return await run(lambda uow: create_pipeline(repos, uow, policy, pipeline))
 
     @pipelines.put(
         "/{pipeline_id}",
@@ -339,6 +421,7 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
             lambda uow: revise_pipeline(
                 repos,
                 uow,
+                policy,
                 pipeline_id,
                 name=body.name,
                 stages=body.stages,
@@ -394,6 +477,63 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
         )
         return Page[Product].model_validate(_page(items, limit))
 
+    # -- sales teams ------------------------------------------------------------------------
+    teams = APIRouter(prefix="/sales-teams", tags=["sales teams"])
+
+    @teams.post("", status_code=status.HTTP_201_CREATED, dependencies=write, summary="Create a sales team")
+    async def post_team(body: NewSalesTeam) -> SalesTeam:
+        now = utcnow()
+        team = SalesTeam(
+            **body.model_dump(exclude={"id"}), id=body.id or str(uuid.uuid4()), created_at=now, updated_at=now
+        )
+        return await run(lambda uow: create_sales_team(repos, uow, team))
+
+    @teams.get("/{team_id}", dependencies=read, summary="One sales team with its manager and region")
+    async def get_team(team_id: Id) -> SalesTeam:
+        team = await repos.sales_teams.get(team_id)
+        if team is None:
+            raise not_found("sales team", team_id, "sales_team_id")
+        return team
+
+    @teams.get("", dependencies=read, summary="Sales teams, filtered by region or manager")
+    async def list_teams(
+        region: Annotated[str | None, Query(max_length=100)] = None,
+        manager_id: Id | None = None,
+        limit: Limit = 50,
+        cursor: Id | None = None,
+    ) -> Page[SalesTeam]:
+        items = await repos.sales_teams.list(
+            filters=_filters(region=region, manager_id=manager_id), limit=limit, after_id=cursor
+        )
+        return Page[SalesTeam].model_validate(_page(items, limit))
+
+    @teams.patch(
+        "/{team_id}", dependencies=write, summary="Rename a sales team or change its manager or region"
+    )
+    async def patch_team(team_id: Id, body: SalesTeamPatch) -> SalesTeam:
+        changes = body.model_dump(include=body.model_fields_set - {"expected_version"})
+        return await run(
+            lambda uow: revise_sales_team(
+                repos, uow, team_id, changes, expected_version=body.expected_version
+            ),
+            path_field="sales_team_id",
+        )
+
+    @teams.delete(
+        "/{team_id}",
+        status_code=status.HTTP_204_NO_CONTENT,
+        dependencies=write,
+        summary="Delete a sales team that no opportunity names",
+    )
+    async def delete_team(
+        team_id: Id, expected_version: Annotated[int | None, Query(ge=1)] = None
+    ) -> Response:
+        await run(
+            lambda uow: delete_sales_team(repos, uow, team_id, expected_version=expected_version),
+            path_field="sales_team_id",
+        )
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
     # -- accounts ---------------------------------------------------------------------------
     accounts = APIRouter(prefix="/accounts", tags=["accounts"])
 
@@ -409,6 +549,24 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
             updated_at=now,
         )
         return await run(lambda uow: create_account(repos, uow, account))
+
+    @accounts.patch(
+        "/{account_id}",
+        dependencies=write,
+        summary="Change an account: details, type, tier, domain, parent company, owner",
+    )
+    async def patch_account(account_id: Id, body: AccountPatch) -> Account:
+        changes = AccountChanges.model_validate(
+            body.model_dump(include=body.model_fields_set - {"by", "expected_version"})
+        )
+
+        async def work(uow: UnitOfWork) -> Account:
+            account, _ = await update_account(
+                repos, uow, account_id, changes, by=body.by, expected_version=body.expected_version
+            )
+            return account
+
+        return await run(work, path_field="account_id")
 
     @accounts.get("/{account_id}", dependencies=read, summary="One account (also found by a merged id)")
     async def get_account(account_id: Id) -> Account:
@@ -432,7 +590,7 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
             type=account_type,
             tier=tier,
             owner_id=owner_id,
-            parent_account_id=parent_account_id,
+            parent_account_id=await account_key(parent_account_id),
             **{"address.country": country},
             domain=normalise_domain(domain),
         )
@@ -454,6 +612,25 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
         )
         return await run(lambda uow: create_contact(repos, uow, contact))
 
+    @contacts.patch(
+        "/{contact_id}",
+        dependencies=write,
+        summary="Change a contact: details, account, role, decision-maker and influencer flags",
+    )
+    async def patch_contact(contact_id: Id, body: ContactPatch) -> Contact:
+        values = body.model_dump(include=body.model_fields_set - {"by", "expected_version"})
+        if values.get("email") is not None:
+            values["email"] = str(values["email"]).lower()
+        changes = ContactChanges.model_validate(values)
+
+        async def work(uow: UnitOfWork) -> Contact:
+            contact, _ = await update_contact(
+                repos, uow, contact_id, changes, by=body.by, expected_version=body.expected_version
+            )
+            return contact
+
+        return await run(work, path_field="contact_id")
+
     @contacts.get("/{contact_id}", dependencies=read, summary="One contact")
     async def get_contact(contact_id: Id) -> Contact:
         contact = await repos.contacts.get(contact_id)
@@ -467,14 +644,16 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
         email: Annotated[EmailStr | None, Query()] = None,
         originating_lead_id: Id | None = None,
         decision_maker: bool | None = None,
+        influencer: bool | None = None,
         limit: Limit = 50,
         cursor: Id | None = None,
     ) -> Page[Contact]:
         filters = _filters(
-            account_id=account_id,
+            account_id=await account_key(account_id),
             email=str(email).lower() if email else None,
             originating_lead_id=originating_lead_id,
             decision_maker=decision_maker,
+            influencer=influencer,
         )
         items = await repos.contacts.list(filters=filters, limit=limit, after_id=cursor)
         return Page[Contact].model_validate(_page(items, limit))
@@ -503,7 +682,7 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
             lead_source=body.lead_source,
             campaign_id=body.campaign_id,
             contact_roles=body.contact_roles,
-            sales_team=body.sales_team,
+            sales_team_id=body.sales_team_id,
             created_at=body.created_at,
         )
         return await run(lambda uow: open_opportunity(repos, uow, new))
@@ -523,6 +702,7 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
         owner_id: Id | None = None,
         pipeline_id: Id | None = None,
         stage_id: Id | None = None,
+        sales_team_id: Id | None = None,
         opportunity_status: Annotated[
             Literal["open", "won", "lost", "closed"] | None,
             Query(alias="status", description="closed means won or lost"),
@@ -534,10 +714,11 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
         if opportunity_status == "closed":
             status_filter = {"$in": ["won", "lost"]}
         filters = _filters(
-            account_id=account_id,
+            account_id=await account_key(account_id),
             owner_id=owner_id,
             pipeline_id=pipeline_id,
             stage_id=stage_id,
+            sales_team_id=sales_team_id,
             status=status_filter,
         )
         items = await repos.opportunities.list(filters=filters, limit=limit, after_id=cursor)
@@ -546,7 +727,7 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
     @opportunities.patch(
         "/{opportunity_id}",
         dependencies=write,
-        summary="Change name, amount, currency, expected close date, owner or probability",
+        summary="Change figures, owner, probability, contacts and their roles, or the sales team",
     )
     async def patch_opportunity(opportunity_id: Id, body: OpportunityPatch) -> Opportunity:
         changes = OpportunityChanges.model_validate(
@@ -609,6 +790,26 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
         )
 
     @opportunities.post(
+        "/{opportunity_id}/pipeline",
+        dependencies=write,
+        summary="Move an open opportunity into another pipeline, into an open stage of it",
+    )
+    async def move_pipeline(opportunity_id: Id, body: PipelineMoveRequest) -> Opportunity:
+        return await run(
+            lambda uow: move_opportunity_to_pipeline(
+                repos,
+                uow,
+                opportunity_id,
+                body.pipeline_id,
+                by=body.by,
+                stage_id=body.stage_id,
+                expected_version=body.expected_version,
+                probability=body.probability,
+            ),
+            path_field="opportunity_id",
+        )
+
+    @opportunities.post(
         "/{opportunity_id}/reopen", dependencies=write, summary="Reopen a won or lost opportunity"
     )
     async def reopen(opportunity_id: Id, body: ReopenRequest) -> Opportunity:
@@ -644,39 +845,33 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
         "requestBody": {
             "required": True,
             "content": {
-                media_type: {"schema": {"type": "string", "description": "One record per line / row"}}
-                for media_type in (*CSV_TYPES, *NDJSON_TYPES)
+                kind: {"schema": {"type": "string", "description": "One record per line / row"}}
+                for kind in UPLOAD_TYPES
             },
         }
     }
 
-    async def read_upload(request: Request) -> list[dict[str, Any] | str]:
+    async def read_records(request: Request) -> list[UploadRecord]:
         content_type = request.headers.get("content-type", "")
-        if content_type.split(";")[0].strip().lower() not in (*CSV_TYPES, *NDJSON_TYPES):
-            raise ApiError(
-                415, "unsupported_media_type", f"send one of {', '.join((*CSV_TYPES, *NDJSON_TYPES))}"
-            )
+        if media_type(content_type) not in UPLOAD_TYPES:
+            raise ApiError(415, "unsupported_media_type", f"send one of {', '.join(UPLOAD_TYPES)}")
         try:
-            return parse_rows(await request.body(), content_type)
+            return read_upload(await request.body(), content_type)
         except UnreadableUpload as exc:
-            raise ApiError(422, "unreadable_upload", str(exc), field="(body)") from exc
+            raise ApiError(422, "unreadable_upload", str(exc), field=exc.field) from exc
 
     async def import_row(
-        number: int,
-        record: dict[str, Any] | str,
+        record: UploadRecord,
         model: type[R],
         work: Callable[[UnitOfWork, R], Awaitable[Imported]],
     ) -> RowOutcome:
         """One row in its own unit of work: its records and events commit together or not at all."""
-        external_id = record.get("external_id") if isinstance(record, dict) else None
-        outcome = RowOutcome(
-            row=number, external_id=str(external_id) if external_id else None, status="failed"
-        )
-        if isinstance(record, str):
-            outcome.problems = [RowProblem(field="(row)", reason=record)]
+        outcome = RowOutcome(row=record.number, external_id=record.external_id, status="failed")
+        if record.fields is None:
+            outcome.problems = [record.problem] if record.problem else []
             return outcome
         try:
-            row = model.model_validate(record)
+            row = model.model_validate(record.fields)
         except ValidationError as exc:
             outcome.problems = problems_of(exc)
             return outcome
@@ -691,12 +886,26 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
             ]
             return outcome
         return RowOutcome(
-            row=number,
+            row=record.number,
             external_id=row.external_id,
             status=result.status,
             id=result.record_id,
             changed_fields=list(result.changed_fields),
         )
+
+    async def import_all(
+        request: Request,
+        source_system: str,
+        model: type[R],
+        work: Callable[[UnitOfWork, R, Actor], Awaitable[Imported]],
+    ) -> ImportReport:
+        """Every record of the upload, each in its own unit of work, into one report."""
+        by = Actor(id=f"import:{source_system}")
+        outcomes = [
+            await import_row(record, model, lambda uow, row: work(uow, row, by))
+            for record in await read_records(request)
+        ]
+        return ImportReport.of(source_system, outcomes)
 
     @imports.post(
         "/accounts",
@@ -705,14 +914,26 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
         summary="Import accounts from another CRM (CSV or NDJSON); a report per row",
     )
     async def import_accounts(request: Request, source_system: SourceSystem) -> ImportReport:
-        records = await read_upload(request)
-        outcomes = [
-            await import_row(
-                number, record, AccountRow, lambda uow, row: import_account(repos, uow, source_system, row)
-            )
-            for number, record in enumerate(records, start=1)
-        ]
-        return ImportReport.of(source_system, outcomes)
+        return await import_all(
+            request,
+            source_system,
+            AccountRow,
+            lambda uow, row, by: import_account(repos, uow, source_system, row, by=by),
+        )
+
+    @imports.post(
+        "/contacts",
+        dependencies=write,
+        openapi_extra=upload,
+        summary="Import contacts from another CRM (CSV or NDJSON); a report per row",
+    )
+    async def import_contacts(request: Request, source_system: SourceSystem) -> ImportReport:
+        return await import_all(
+            request,
+            source_system,
+            ContactRow,
+            lambda uow, row, by: import_contact(repos, uow, source_system, row, by=by),
+        )
 
     @imports.post(
         "/opportunities",
@@ -721,20 +942,14 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
         summary="Import opportunities in their original stages and dates (CSV or NDJSON); a report per row",
     )
     async def import_opportunities(request: Request, source_system: SourceSystem) -> ImportReport:
-        records = await read_upload(request)
-        by = Actor(id=f"import:{source_system}")
-        outcomes = [
-            await import_row(
-                number,
-                record,
-                OpportunityRow,
-                lambda uow, row: import_opportunity(repos, uow, policy, source_system, row, by=by),
-            )
-            for number, record in enumerate(records, start=1)
-        ]
-        return ImportReport.of(source_system, outcomes)
+        return await import_all(
+            request,
+            source_system,
+            OpportunityRow,
+            lambda uow, row, by: import_opportunity(repos, uow, policy, source_system, row, by=by),
+        )
 
-    return [pipelines, products, accounts, contacts, opportunities, imports]
+    return [pipelines, products, teams, accounts, contacts, opportunities, imports]
 
 
 def _filters(**values: Any) -> dict[str, Any]:

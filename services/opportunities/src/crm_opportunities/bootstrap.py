@@ -10,7 +10,7 @@ from .api import routers
 from .domain import DEFAULT_LOSS_REASONS, LossReason
 from .handlers import register_handlers
 from .repository import Repositories
-from .use_cases import Policy, seed_default_pipeline
+from .use_cases import DuplicateRecord, Policy, seed_default_pipeline
 
 
 class OpportunitiesSettings(ServiceSettings):
@@ -30,7 +30,10 @@ def create_app(settings: OpportunitiesSettings | None = None) -> FastAPI:
 
     async def prepare_storage() -> None:
         await repos.ensure_indexes()
-        await seed_default_pipeline(repos)
+        try:
+            await runtime.transaction(lambda uow: seed_default_pipeline(repos, uow, policy))
+        except DuplicateRecord:
+            pass  # another replica seeded it at the same moment
 
     runtime.on_startup(prepare_storage)
     register_handlers(runtime.consumer, repos)
@@ -44,8 +47,10 @@ def create_app(settings: OpportunitiesSettings | None = None) -> FastAPI:
         openapi_tags=[
             {"name": "pipelines", "description": "Pipelines and their ordered stages"},
             {"name": "products", "description": "The product catalogue line items come from"},
+            {"name": "sales teams", "description": "Teams of reps with their manager and region"},
             {"name": "accounts", "description": "Companies the business tracks"},
             {"name": "contacts", "description": "People, usually at an account"},
             {"name": "opportunities", "description": "Potential revenue, stage moves, the case"},
+            {"name": "imports", "description": "Bulk upserts from another CRM, reported per row"},
         ],
     )

@@ -3,6 +3,8 @@ through its pipeline's stages until it is won or lost. No I/O here."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,10 +17,15 @@ from crm_contracts.events.common import Actor, Id, Percent, ShortText
 from crm_contracts.events.leads import LeadSource
 from crm_contracts.events.opportunities import (
     AccountCreated,
+    AccountTier,
     AccountType,
+    AccountUpdated,
     ContactCreated,
+    ContactUpdated,
     ForecastCategory,
     OpportunityFigures,
+    PipelineDefined,
+    PipelineStage,
     StageKind,
 )
 from pydantic import (
@@ -146,6 +153,33 @@ class Pipeline(BaseModel):
     def first_stage(self) -> Stage:
         return self.stages[0]
 
+    def position(self, stage_id: str) -> int | None:
+        """0-based place of the stage in the pipeline; None for a stage it no longer has."""
+        for index, stage in enumerate(self.stages):
+            if stage.id == stage_id:
+                return index
+        return None
+
+    def defined_event(self, default_loss_reasons: Sequence[str]) -> PipelineDefined:
+        """The full definition, so readers can order stages without asking this service."""
+        return PipelineDefined(
+            pipeline_id=self.id,
+            name=self.name,
+            stages=[
+                PipelineStage(
+                    stage_id=stage.id,
+                    name=stage.name,
+                    kind=stage.kind,
+                    probability=stage.probability,
+                    forecast_category=stage.forecast_category,
+                    position=index,
+                )
+                for index, stage in enumerate(self.stages)
+            ],
+            loss_reasons=list(self.allowed_loss_reasons(default_loss_reasons)),
+            defined_at=self.updated_at or self.created_at,
+        )
+
     def allowed_loss_reasons(self, default: Sequence[str]) -> Sequence[str]:
         return self.loss_reasons if self.loss_reasons is not None else default
 
@@ -231,14 +265,6 @@ def default_pipeline(now: datetime) -> Pipeline:
 
 
 # -- accounts and contacts --------------------------------------------------------------------
-class AccountTier(StrEnum):
-    """ABC grouping of accounts by potential and the profit they bring."""
-
-    A = "A"
-    B = "B"
-    C = "C"
-
-
 class Address(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -260,6 +286,32 @@ def normalise_domain(website_or_domain: str | None) -> str | None:
     host = _SCHEME.sub("", website_or_domain.strip().lower()).split("/")[0].split(":")[0]
     host = host.removeprefix("www.").strip(".")
     return host or None
+
+
+# An account chain deeper than this is refused: real group structures are far shallower, and
+# the bound keeps the cycle check to a few reads.
+MAX_HIERARCHY_DEPTH = 20
+
+
+class AccountChanges(BaseModel):
+    """Fields of an account that may change; only the fields set are applied."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ShortText | None = None
+    type: AccountType | None = None
+    tier: AccountTier | None = None
+    industry: str | None = None
+    employees: int | None = None
+    annual_revenue: Decimal | None = None
+    website: str | None = None
+    domain: str | None = None
+    address: Address | None = None
+    parent_account_id: str | None = None
+    owner_id: str | None = None
+
+
+_ACCOUNT_REQUIRED = frozenset({"name", "type", "address"})
 
 
 class Account(BaseModel):
@@ -285,24 +337,115 @@ class Account(BaseModel):
     aliases: list[str] = Field(default_factory=list)
     created_at: AwareDatetime
     updated_at: AwareDatetime
+    updated_by: Actor | None = None
+
+    def update(
+        self, changes: AccountChanges, *, ancestry: Sequence[str], by: Actor, now: datetime
+    ) -> list[str]:
+        """Apply the fields set in ``changes``; returns the fields that really changed.
+
+        ``ancestry`` is the chain above the new parent (the parent first) when the parent
+        changes: an account can be neither its own parent nor the parent of an ancestor. A new
+        website moves the domain along when the domain was the old website's."""
+        fields = set(changes.model_fields_set)
+        for name in sorted(fields & _ACCOUNT_REQUIRED):
+            if getattr(changes, name) is None:
+                raise InvalidRequest(f"{name} cannot be cleared", field=name)
+        values = {name: getattr(changes, name) for name in fields}
+        if "domain" in values:
+            values["domain"] = normalise_domain(values["domain"])
+        elif "website" in values and self.domain == normalise_domain(self.website):
+            values["domain"] = normalise_domain(values["website"])
+        if values.get("parent_account_id") is not None:
+            check_parent(self.id, values["parent_account_id"], ancestry)
+        changed = []
+        for name, value in sorted(values.items()):
+            if getattr(self, name) != value:
+                setattr(self, name, value)
+                changed.append(name)
+        if changed:
+            self._touch(by, now)
+        return changed
+
+    def won_deal(self, *, by: Actor, now: datetime) -> list[str]:
+        """A won opportunity makes a prospect a customer. Partners, resellers and the other
+        relationship types keep theirs: buying once does not change what they are to us."""
+        if self.type is not AccountType.PROSPECT:
+            return []
+        self.type = AccountType.CUSTOMER
+        self._touch(by, max(now, self.updated_at))
+        return ["type"]
+
+    def _touch(self, by: Actor, now: datetime) -> None:
+        self.version += 1
+        self.updated_at = now
+        self.updated_by = by
 
     def created_event(self) -> AccountCreated:
-        return AccountCreated(
-            account_id=self.id,
-            name=self.name,
-            type=self.type,
-            domain=self.domain,
-            industry=self.industry,
-            employees=self.employees,
-            country=self.address.country,
-            owner_id=self.owner_id,
-            originating_lead_id=self.originating_lead_id,
-            created_at=self.created_at,
+        return AccountCreated(**self._event_fields())
+
+    def updated_event(self, changed_fields: Sequence[str]) -> AccountUpdated:
+        assert self.updated_by is not None  # set by every change
+        return AccountUpdated(
+            **self._event_fields(),
+            changed_fields=list(changed_fields),
+            updated_at=self.updated_at,
+            updated_by=self.updated_by,
+        )
+
+    def _event_fields(self) -> dict[str, Any]:
+        return {
+            "account_id": self.id,
+            "name": self.name,
+            "type": self.type,
+            "tier": self.tier,
+            "domain": self.domain,
+            "industry": self.industry,
+            "employees": self.employees,
+            "country": self.address.country,
+            "owner_id": self.owner_id,
+            "parent_account_id": self.parent_account_id,
+            "originating_lead_id": self.originating_lead_id,
+            "created_at": self.created_at,
+        }
+
+
+def check_parent(account_id: str, parent_id: str, ancestry: Sequence[str]) -> None:
+    """Refuse a parent that would make the account hierarchy a loop or too deep to walk.
+    ``ancestry`` is the parent's chain upwards, starting with the parent itself."""
+    if parent_id == account_id or account_id in ancestry:
+        raise IllegalTransition(
+            f"account {parent_id} is {account_id} or one of its subsidiaries: the hierarchy would loop",
+            field="parent_account_id",
+        )
+    if len(ancestry) > MAX_HIERARCHY_DEPTH:
+        raise IllegalTransition(
+            f"account hierarchies are at most {MAX_HIERARCHY_DEPTH} levels deep", field="parent_account_id"
         )
 
 
+class ContactChanges(BaseModel):
+    """Fields of a contact that may change; only the fields set are applied."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account_id: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    job_title: str | None = None
+    role: str | None = None
+    decision_maker: bool | None = None
+    influencer: bool | None = None
+
+
+_CONTACT_REQUIRED = frozenset({"decision_maker", "influencer"})
+
+
 class Contact(BaseModel):
-    """A person the company tracks, usually working for an account."""
+    """A person the company tracks, usually working for an account, with a role there; the
+    decision makers and influencers are the ones that matter most."""
 
     model_config = ConfigDict(validate_assignment=True)
 
@@ -320,24 +463,99 @@ class Contact(BaseModel):
     originating_lead_id: str | None = None
     created_at: AwareDatetime
     updated_at: AwareDatetime
+    updated_by: Actor | None = None
 
     @property
     def display_name(self) -> str:
         name = " ".join(part for part in (self.first_name, self.last_name) if part)
         return name or self.email or self.id
 
+    def update(self, changes: ContactChanges, *, by: Actor, now: datetime) -> list[str]:
+        """Apply the fields set in ``changes``; a contact keeps a name or an email."""
+        fields = set(changes.model_fields_set)
+        for name in sorted(fields & _CONTACT_REQUIRED):
+            if getattr(changes, name) is None:
+                raise InvalidRequest(f"{name} cannot be cleared", field=name)
+        values = {name: getattr(changes, name) for name in fields}
+        if values.get("email") is not None:
+            values["email"] = values["email"].lower()
+        after = {name: values.get(name, getattr(self, name)) for name in ("first_name", "last_name", "email")}
+        if not any(after.values()):
+            field = next((name for name in ("email", "last_name", "first_name") if name in fields), "email")
+            raise InvalidRequest("a contact needs a first name, a last name or an email", field=field)
+        changed = []
+        for name, value in sorted(values.items()):
+            if getattr(self, name) != value:
+                setattr(self, name, value)
+                changed.append(name)
+        if changed:
+            self.version += 1
+            self.updated_at = now
+            self.updated_by = by
+        return changed
+
     def created_event(self) -> ContactCreated:
-        return ContactCreated(
-            contact_id=self.id,
-            account_id=self.account_id,
-            first_name=self.first_name,
-            last_name=self.last_name,
-            email=self.email,
-            job_title=self.job_title,
-            decision_maker=self.decision_maker,
-            originating_lead_id=self.originating_lead_id,
-            created_at=self.created_at,
+        return ContactCreated(**self._event_fields())
+
+    def updated_event(self, changed_fields: Sequence[str]) -> ContactUpdated:
+        assert self.updated_by is not None  # set by every change
+        return ContactUpdated(
+            **self._event_fields(),
+            changed_fields=list(changed_fields),
+            updated_at=self.updated_at,
+            updated_by=self.updated_by,
         )
+
+    def _event_fields(self) -> dict[str, Any]:
+        return {
+            "contact_id": self.id,
+            "account_id": self.account_id,
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "email": self.email,
+            "job_title": self.job_title,
+            "role": self.role,
+            "decision_maker": self.decision_maker,
+            "influencer": self.influencer,
+            "originating_lead_id": self.originating_lead_id,
+            "created_at": self.created_at,
+        }
+
+
+class SalesTeam(BaseModel):
+    """A team of sales reps with its manager and region; opportunities name the team that
+    works them, and reporting breaks the pipeline down by team and region."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    id: str
+    version: int = 1
+    name: str
+    manager_id: str | None = None
+    region: str | None = None
+    # How many opportunities name the team: kept in the same transactions that assign it,
+    # so a team cannot be deleted while a concurrent change assigns it.
+    opportunities: int = 0
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+
+    def revise(self, changes: Mapping[str, Any], *, now: datetime) -> list[str]:
+        changed = []
+        for name, value in sorted(changes.items()):
+            if name not in _TEAM_FIELDS:
+                raise InvalidRequest(f"{name} is not a field of a sales team", field=name)
+            if name == "name" and value is None:
+                raise InvalidRequest("name cannot be cleared", field=name)
+            if getattr(self, name) != value:
+                setattr(self, name, value)
+                changed.append(name)
+        if changed:
+            self.version += 1
+            self.updated_at = now
+        return changed
+
+
+_TEAM_FIELDS = frozenset({"name", "manager_id", "region"})
 
 
 # -- opportunities ----------------------------------------------------------------------------
@@ -357,6 +575,7 @@ _STATUS_OF_KIND = {
 class StageVisit(BaseModel):
     """One stay in a stage: time in stage is ``left_at - entered_at`` exactly."""
 
+    pipeline_id: str | None = Field(default=None, description="The pipeline the stage belongs to")
     stage_id: str
     stage_name: str
     stage_kind: StageKind
@@ -386,6 +605,30 @@ class StageMove:
     current: StageVisit
     closed: bool
     reopened: bool
+    previous_pipeline_id: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoricalStage:
+    """A stage an imported opportunity entered in the CRM it comes from, and when."""
+
+    stage_id: str
+    entered_at: datetime
+
+
+@dataclass(frozen=True)
+class ImportedStep:
+    """One step of an imported opportunity's replay: its opening (no move) or one move, with
+    the opportunity as it stood right after, for the event that reports the step."""
+
+    move: StageMove | None
+    snapshot: Opportunity
+
+
+@dataclass(frozen=True)
+class ImportedOpportunity:
+    opportunity: Opportunity
+    steps: list[ImportedStep]
 
 
 class ContactRole(BaseModel):
@@ -395,17 +638,6 @@ class ContactRole(BaseModel):
 
     contact_id: Id
     role: ShortText = Field(examples=["economic buyer"])
-
-
-class SalesTeam(BaseModel):
-    """The team that works the opportunity, with its manager and region."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: Id
-    name: ShortText
-    manager_id: Id | None = None
-    region: str | None = Field(default=None, max_length=100, examples=["DACH"])
 
 
 class Product(BaseModel):
@@ -501,11 +733,11 @@ class OpportunityChanges(BaseModel):
     probability: Percent | None = None
     primary_contact_id: str | None = None
     contact_roles: list[ContactRole] | None = None
-    sales_team: SalesTeam | None = None
+    sales_team_id: str | None = None
 
 
 # Fields whose value may be cleared with an explicit null.
-_CLEARABLE = frozenset({"expected_close_date", "owner_id", "primary_contact_id", "sales_team"})
+_CLEARABLE = frozenset({"expected_close_date", "owner_id", "primary_contact_id", "sales_team_id"})
 
 
 def _text(value: Any) -> str | None:
@@ -552,7 +784,7 @@ class Opportunity(BaseModel):
     closed_by: Actor | None = None
     loss_reason: str | None = None
     contact_roles: list[ContactRole] = Field(default_factory=list)
-    sales_team: SalesTeam | None = None
+    sales_team_id: str | None = None
     line_items: list[LineItem] = Field(default_factory=list)
     stage_history: list[StageVisit] = Field(default_factory=list)
     changes: list[FieldChange] = Field(default_factory=list)
@@ -585,7 +817,7 @@ class Opportunity(BaseModel):
         lead_source: LeadSource | None = None,
         campaign_id: str | None = None,
         contact_roles: Sequence[ContactRole] = (),
-        sales_team: SalesTeam | None = None,
+        sales_team_id: str | None = None,
     ) -> Opportunity:
         """A new opportunity in ``stage_id`` (the pipeline's first stage when omitted)."""
         stage = pipeline.stage(stage_id) if stage_id is not None else pipeline.first_stage
@@ -593,7 +825,9 @@ class Opportunity(BaseModel):
             raise InvalidRequest(
                 f"a new opportunity starts in an open stage, not {stage.id!r}", field="stage_id"
             )
-        visit = _visit(stage, probability if probability is not None else stage.probability, now, by)
+        visit = _visit(
+            pipeline.id, stage, probability if probability is not None else stage.probability, now, by
+        )
         return cls(
             id=opportunity_id,
             version=1,
@@ -615,7 +849,7 @@ class Opportunity(BaseModel):
             lead_source=lead_source,
             campaign_id=campaign_id,
             contact_roles=list(contact_roles),
-            sales_team=sales_team,
+            sales_team_id=sales_team_id,
             created_at=now,
             created_by=by,
             updated_at=now,
@@ -627,40 +861,59 @@ class Opportunity(BaseModel):
         cls,
         *,
         pipeline: Pipeline,
-        stage_id: str,
-        created_at: datetime,
+        stage_id: str | None,
+        created_at: datetime | None,
         closed_at: datetime | None,
         loss_reason: str | None,
         default_loss_reasons: Sequence[str],
         by: Actor,
+        now: datetime,
+        history: Sequence[HistoricalStage] = (),
         **fields: Any,
-    ) -> Opportunity:
-        """An opportunity brought over from another CRM in its original stage, open or closed,
-        with the dates it really had. Closed ones follow the closing rules (a lost one needs a
-        loss reason from the list); their history starts at the close."""
-        stage = pipeline.stage(stage_id)
-        if not stage.is_closed:
-            if closed_at is not None or loss_reason is not None:
-                field = "closed_at" if closed_at is not None else "loss_reason"
-                raise InvalidRequest(f"{field} only applies to a closed stage", field=field)
-            return cls.open(pipeline=pipeline, stage_id=stage_id, now=created_at, by=by, **fields)
-        opportunity = cls.open(pipeline=pipeline, now=created_at, by=by, **fields)
-        closed = closed_at or created_at
-        if closed < created_at:
-            raise InvalidRequest("closed_at lies before created_at", field="closed_at")
-        opportunity.move_to_stage(
-            pipeline,
-            stage_id,
-            by=by,
-            now=closed,
-            loss_reason=loss_reason,
-            default_loss_reasons=default_loss_reasons,
-        )
-        # Only the outcome is known, not the path to it: the history is the close alone.
-        opportunity.stage_history = opportunity.stage_history[-1:]
-        opportunity.version = 1
-        opportunity.updated_at = created_at
-        return opportunity
+    ) -> ImportedOpportunity:
+        """An opportunity brought over from another CRM, replayed through its original stages
+        at their original dates: opened in the first, moved through the others, so its stage
+        history, its version and the events of each step are those of a live opportunity.
+
+        Without a ``history`` only the current stage is known: an open one is entered at
+        ``created_at``; a closed one is reached from the pipeline's first stage at ``closed_at``
+        (the path in between is unknown, the dates are not)."""
+        path = _import_path(pipeline, stage_id, created_at, closed_at, loss_reason, history, now)
+        first_at, first_stage = path[0]
+        # The row's probability is the current one: it applies to the last stage, if open.
+        probability = fields.pop("probability", None)
+        last_is_open = not pipeline.stage(path[-1][1]).is_closed
+        try:
+            opportunity = cls.open(
+                pipeline=pipeline,
+                stage_id=first_stage,
+                now=first_at,
+                by=by,
+                probability=probability if len(path) == 1 else None,
+                **fields,
+            )
+        except OpportunityRuleViolation as exc:
+            raise type(exc)(str(exc), field="stage_history.0.stage_id" if history else exc.field) from exc
+        steps = [ImportedStep(move=None, snapshot=opportunity.model_copy(deep=True))]
+        for index, (entered_at, next_stage) in enumerate(path[1:], start=1):
+            last = index == len(path) - 1
+            try:
+                move = opportunity.move_to_stage(
+                    pipeline,
+                    next_stage,
+                    by=by,
+                    now=entered_at,
+                    loss_reason=loss_reason if last else None,
+                    probability=probability if last and last_is_open else None,
+                    default_loss_reasons=default_loss_reasons,
+                )
+            except OpportunityRuleViolation as exc:
+                field = (
+                    f"stage_history.{index}.stage_id" if history and exc.field == "stage_id" else exc.field
+                )
+                raise type(exc)(str(exc), field=field) from exc
+            steps.append(ImportedStep(move=move, snapshot=opportunity.model_copy(deep=True)))
+        return ImportedOpportunity(opportunity=opportunity, steps=steps)
 
     # -- stage moves ------------------------------------------------------------------------
     @property
@@ -739,10 +992,51 @@ class Opportunity(BaseModel):
             raise InvalidRequest(f"reopen into an open stage, not {target.id!r}", field="stage_id")
         return self._enter(target, probability, by=by, now=now, loss_reason=None)
 
+    def move_to_pipeline(
+        self,
+        source: Pipeline,
+        target: Pipeline,
+        stage_id: str | None,
+        *,
+        by: Actor,
+        now: datetime,
+        probability: int | None = None,
+    ) -> StageMove:
+        """Take an open opportunity into another pipeline, into ``stage_id`` of it; when no
+        stage is named, the target's open stage with the same id as the current one."""
+        self._check_pipeline(source)
+        if self.is_closed:
+            raise IllegalTransition(
+                f"opportunity {self.id} is closed ({self.status.value}); reopen it before moving it",
+                field="pipeline_id",
+            )
+        if target.id == self.pipeline_id:
+            raise IllegalTransition(
+                f"opportunity {self.id} is already in pipeline {target.id!r}", field="pipeline_id"
+            )
+        if stage_id is None:
+            if target.position(self.stage_id) is None:
+                raise InvalidRequest(
+                    f"pipeline {target.id!r} has no stage {self.stage_id!r}: name the stage_id to move into",
+                    field="stage_id",
+                )
+            stage_id = self.stage_id
+        stage = target.stage(stage_id)
+        if stage.is_closed:
+            raise InvalidRequest(
+                f"move into an open stage; close it there with a stage move, not {stage.id!r}",
+                field="stage_id",
+            )
+        previous_pipeline_id = self.pipeline_id
+        self.pipeline_id = target.id
+        move = self._enter(stage, probability, by=by, now=now, loss_reason=None)
+        return dataclasses.replace(move, previous_pipeline_id=previous_pipeline_id)
+
     def _last_open_stage(self, pipeline: Pipeline) -> Stage:
         known = {stage.id for stage in pipeline.stages}
         for visit in reversed(self.stage_history):
-            if visit.stage_kind is StageKind.OPEN and visit.stage_id in known:
+            in_pipeline = visit.pipeline_id in (None, pipeline.id)
+            if in_pipeline and visit.stage_kind is StageKind.OPEN and visit.stage_id in known:
                 return pipeline.stage(visit.stage_id)
         return pipeline.first_stage
 
@@ -752,7 +1046,9 @@ class Opportunity(BaseModel):
         was_closed = self.is_closed
         previous = self.stage_history[-1].model_copy(update={"left_at": now, "left_by": by})
         self.stage_history[-1] = previous
-        visit = _visit(target, probability if probability is not None else target.probability, now, by)
+        visit = _visit(
+            self.pipeline_id, target, probability if probability is not None else target.probability, now, by
+        )
         self.stage_history.append(visit)
         self.stage_id = target.id
         self.stage_name = target.name
@@ -835,7 +1131,20 @@ class Opportunity(BaseModel):
             self._touch(now)
         return sorted(changed + amount_changed)
 
-    def figures(self) -> OpportunityFigures:
+    def figures(
+        self,
+        *,
+        pipeline: Pipeline | None = None,
+        team: SalesTeam | None = None,
+        account: Account | None = None,
+    ) -> OpportunityFigures:
+        """What reporting places the opportunity by. The stage's position comes from the
+        pipeline as it is defined now, the region from the team, the industry from the account:
+        each as it stands when the event is written."""
+        if pipeline is not None and pipeline.id != self.pipeline_id:
+            pipeline = None
+        if team is not None and team.id != self.sales_team_id:
+            team = None
         return OpportunityFigures(
             opportunity_id=self.id,
             name=self.name,
@@ -855,6 +1164,11 @@ class Opportunity(BaseModel):
             lead_source=self.lead_source,
             campaign_id=self.campaign_id,
             created_at=self.created_at,
+            stage_order=pipeline.position(self.stage_id) if pipeline is not None else None,
+            sales_team_id=self.sales_team_id,
+            sales_region=team.region if team is not None else None,
+            account_industry=account.industry if account is not None else None,
+            product_ids=list(dict.fromkeys(item.product_id for item in self.line_items)),
         )
 
     def _touch(self, now: datetime) -> None:
@@ -862,8 +1176,61 @@ class Opportunity(BaseModel):
         self.updated_at = now
 
 
-def _visit(stage: Stage, probability: int, now: datetime, by: Actor) -> StageVisit:
+def _import_path(
+    pipeline: Pipeline,
+    stage_id: str | None,
+    created_at: datetime | None,
+    closed_at: datetime | None,
+    loss_reason: str | None,
+    history: Sequence[HistoricalStage],
+    now: datetime,
+) -> list[tuple[datetime, str]]:
+    """The (when, stage) steps an imported opportunity is replayed through, checked against
+    the row's other dates so history, creation and close tell one story."""
+    if not history:
+        stage = pipeline.stage(stage_id) if stage_id is not None else pipeline.first_stage
+        opened = created_at or now
+        if not stage.is_closed:
+            if closed_at is not None or loss_reason is not None:
+                field = "closed_at" if closed_at is not None else "loss_reason"
+                raise InvalidRequest(f"{field} only applies to a closed stage", field=field)
+            return [(opened, stage.id)]
+        closed = closed_at or opened
+        if closed < opened:
+            raise InvalidRequest("closed_at lies before created_at", field="closed_at")
+        return [(opened, pipeline.first_stage.id), (closed, stage.id)]
+    path = [(visit.entered_at, visit.stage_id) for visit in history]
+    if created_at is not None and created_at != path[0][0]:
+        raise InvalidRequest(
+            "the first stage is entered when the opportunity was created (created_at)",
+            field="stage_history.0.entered_at",
+        )
+    for index, ((before, _), (after, _)) in enumerate(itertools.pairwise(path), start=1):
+        if after < before:
+            raise InvalidRequest(
+                "stages are listed in the order they were entered", field=f"stage_history.{index}.entered_at"
+            )
+    for index, (_, visited) in enumerate(path):
+        where = f"stage_history.{index}.stage_id"
+        try:
+            is_closed = pipeline.stage(visited).is_closed
+        except InvalidRequest as exc:
+            raise InvalidRequest(str(exc), field=where) from exc
+        if is_closed and index < len(path) - 1:
+            raise InvalidRequest("only the last stage of the history can be a closed one", field=where)
+    last_at, last_stage = path[-1]
+    if stage_id is not None and stage_id != last_stage:
+        raise InvalidRequest("the history's last stage is the current stage", field="stage_id")
+    if closed_at is not None and (not pipeline.stage(last_stage).is_closed or closed_at != last_at):
+        raise InvalidRequest(
+            "closed_at is when the history's closed last stage was entered", field="closed_at"
+        )
+    return path
+
+
+def _visit(pipeline_id: str, stage: Stage, probability: int, now: datetime, by: Actor) -> StageVisit:
     return StageVisit(
+        pipeline_id=pipeline_id,
         stage_id=stage.id,
         stage_name=stage.name,
         stage_kind=stage.kind,
@@ -887,6 +1254,7 @@ class Case(BaseModel):
     cycle_days: float = Field(description="Days from creation to close")
     account: Account | None
     contacts: list[Contact]
+    sales_team: SalesTeam | None = Field(description="The team that worked it, as the team stands now")
     lead_id: str | None
     lead_source: LeadSource | None
     campaign_id: str | None
@@ -897,7 +1265,12 @@ class Case(BaseModel):
     changes: list[FieldChange]
 
 
-def build_case(opportunity: Opportunity, account: Account | None, contacts: Sequence[Contact]) -> Case:
+def build_case(
+    opportunity: Opportunity,
+    account: Account | None,
+    contacts: Sequence[Contact],
+    team: SalesTeam | None = None,
+) -> Case:
     if not opportunity.is_closed or opportunity.closed_at is None:
         raise IllegalTransition(
             f"opportunity {opportunity.id} is still open: only closed opportunities are cases",
@@ -914,6 +1287,7 @@ def build_case(opportunity: Opportunity, account: Account | None, contacts: Sequ
         cycle_days=round((opportunity.closed_at - opportunity.created_at).total_seconds() / 86400, 3),
         account=account,
         contacts=ordered,
+        sales_team=team,
         lead_id=opportunity.lead_id,
         lead_source=opportunity.lead_source,
         campaign_id=opportunity.campaign_id,

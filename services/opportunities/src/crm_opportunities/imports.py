@@ -1,30 +1,32 @@
-"""Bulk import from another CRM: the rows of an NDJSON or CSV upload, each validated on its own,
-so one bad row is reported and the others still go in."""
+"""Bulk import from another CRM: the rows of an NDJSON or CSV upload (accounts, contacts,
+opportunities), each validated on its own, so one bad row is reported and the others still go in."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import uuid
 from datetime import date
 from typing import Any, Literal
 
 from crm_contracts.events.common import Currency, Id, Money, Percent, ShortText
 from crm_contracts.events.leads import LeadSource
-from crm_contracts.events.opportunities import AccountType
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from crm_contracts.events.opportunities import AccountTier, AccountType
+from crm_runtime.uploads import RowProblem, count_statuses
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    field_validator,
+    model_validator,
+)
 
-from .domain import DEFAULT_PIPELINE_ID, AccountTier, LossReason
+from .domain import DEFAULT_PIPELINE_ID, LossReason
 
 # Ids derived from (system, kind, external id): importing the same export again updates the
 # same records instead of duplicating them.
 IMPORT_NAMESPACE = uuid.UUID("0f6d3f5e-2b9a-4c1e-8d47-3a5e9c1b7d20")
 ExternalId = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")
-MAX_ROWS = 5000
-
-NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-seq")
-CSV_TYPES = ("text/csv",)
 
 
 def imported_id(kind: str, system: str, external_id: str) -> str:
@@ -58,6 +60,35 @@ class AccountRow(ImportRow):
     created_at: AwareDatetime | None = None
 
 
+class ContactRow(ImportRow):
+    first_name: str | None = Field(default=None, max_length=100)
+    last_name: str | None = Field(default=None, max_length=100)
+    email: EmailStr | None = None
+    phone: str | None = Field(default=None, max_length=40, pattern=r"^[0-9+()./ \-]{3,40}$")
+    job_title: str | None = Field(default=None, max_length=200)
+    role: str | None = Field(default=None, max_length=100, description="Role at the account")
+    decision_maker: bool = False
+    influencer: bool = False
+    account_external_id: str | None = Field(default=None, min_length=1, max_length=128)
+    account_id: Id | None = Field(default=None, description="An account of this service, instead")
+    created_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _identifiable(self) -> ContactRow:
+        if not (self.first_name or self.last_name or self.email):
+            raise ValueError("a contact needs a first name, a last name or an email")
+        if self.account_external_id is not None and self.account_id is not None:
+            raise ValueError("give at most one of account_external_id and account_id")
+        return self
+
+
+class HistoryEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stage_id: Id
+    entered_at: AwareDatetime
+
+
 class OpportunityRow(ImportRow):
     name: ShortText
     account_external_id: str | None = Field(default=None, min_length=1, max_length=128)
@@ -74,6 +105,28 @@ class OpportunityRow(ImportRow):
     created_at: AwareDatetime | None = Field(default=None, description="The original creation time")
     closed_at: AwareDatetime | None = None
     loss_reason: LossReason | None = None
+    stage_history: list[HistoryEntry] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description=(
+            "The stages it went through, oldest first, ending with the current one. NDJSON: a "
+            "list of {stage_id, entered_at}; CSV: stage@timestamp entries separated by '|'"
+        ),
+    )
+
+    @field_validator("stage_history", mode="before")
+    @classmethod
+    def _history_from_csv(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        entries = []
+        for entry in value.split("|"):
+            stage_id, separator, at = entry.strip().partition("@")
+            if not (stage_id and separator and at):
+                raise ValueError("write each entry as stage_id@timestamp, entries separated by |")
+            entries.append({"stage_id": stage_id.strip(), "entered_at": at.strip()})
+        return entries
 
     @model_validator(mode="after")
     def _one_account(self) -> OpportunityRow:
@@ -82,13 +135,8 @@ class OpportunityRow(ImportRow):
         return self
 
 
-class RowProblem(BaseModel):
-    field: str
-    reason: str
-
-
 class RowOutcome(BaseModel):
-    row: int = Field(description="1-based position of the record in the upload (CSV: after the header)")
+    row: int = Field(description="NDJSON: line number; CSV: record number after the header (1 = first)")
     external_id: str | None = None
     status: Literal["created", "updated", "matched", "unchanged", "failed"]
     id: str | None = None
@@ -103,58 +151,4 @@ class ImportReport(BaseModel):
 
     @classmethod
     def of(cls, source_system: str, rows: list[RowOutcome]) -> ImportReport:
-        counts: dict[str, int] = {}
-        for row in rows:
-            counts[row.status] = counts.get(row.status, 0) + 1
-        return cls(source_system=source_system, counts=counts, rows=rows)
-
-
-class UnreadableUpload(ValueError):
-    """The upload as a whole cannot be read (wrong type, no header, too many rows)."""
-
-
-def parse_rows(body: bytes, content_type: str) -> list[dict[str, Any] | str]:
-    """The upload's records as dicts; a record that is not even an object becomes the text of
-    its problem, so it can be reported against its row number."""
-    media_type = content_type.split(";")[0].strip().lower()
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UnreadableUpload(f"the upload is not UTF-8: {exc}") from exc
-    rows: list[dict[str, Any] | str]
-    if media_type in NDJSON_TYPES:
-        rows = [_json_record(line) for line in text.splitlines() if line.strip()]
-    elif media_type in CSV_TYPES:
-        reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames:
-            raise UnreadableUpload("the CSV has no header row")
-        rows = [_csv_record(record) for record in reader]
-    else:
-        raise UnreadableUpload(
-            f"send {', '.join(CSV_TYPES + NDJSON_TYPES)}, not {media_type or 'no content type'}"
-        )
-    if len(rows) > MAX_ROWS:
-        raise UnreadableUpload(f"at most {MAX_ROWS} rows per upload, got {len(rows)}")
-    return rows
-
-
-def _json_record(line: str) -> dict[str, Any] | str:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        return f"not JSON: {exc}"
-    return record if isinstance(record, dict) else "not a JSON object"
-
-
-def _csv_record(record: dict[str | Any, str | Any]) -> dict[str, Any] | str:
-    if None in record:
-        return "more values than header columns"
-    # Empty cells mean "not given", so defaults apply as they would for a missing JSON key.
-    return {key: value for key, value in record.items() if value not in (None, "")}
-
-
-def problems_of(exc: ValidationError) -> list[RowProblem]:
-    return [
-        RowProblem(field=".".join(str(part) for part in err["loc"]) or "(row)", reason=err["msg"])
-        for err in exc.errors(include_url=False)
-    ]
+        return cls(source_system=source_system, counts=count_statuses(row.status for row in rows), rows=rows)

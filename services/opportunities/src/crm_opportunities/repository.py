@@ -1,6 +1,7 @@
 """Where the service keeps its records: ``pipelines``, ``accounts`` (with ``account_domains``,
-the claim that makes a company's domain unique), ``contacts`` and ``opportunities``. Changes
-are written with an optimistic version check so two concurrent changes cannot both win."""
+the claim that makes a company's domain unique), ``contacts``, ``opportunities``, ``products``
+and ``sales_teams``. Changes are written with an optimistic version check so two concurrent
+changes cannot both win."""
 
 from __future__ import annotations
 
@@ -16,7 +17,16 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from .domain import Account, Contact, Opportunity, OpportunityStatus, Pipeline, Product
+from .domain import (
+    MAX_HIERARCHY_DEPTH,
+    Account,
+    Contact,
+    Opportunity,
+    OpportunityStatus,
+    Pipeline,
+    Product,
+    SalesTeam,
+)
 
 PIPELINES = "pipelines"
 ACCOUNTS = "accounts"
@@ -24,6 +34,7 @@ ACCOUNT_DOMAINS = "account_domains"
 CONTACTS = "contacts"
 OPPORTUNITIES = "opportunities"
 PRODUCTS = "products"
+SALES_TEAMS = "sales_teams"
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -111,10 +122,11 @@ class AccountRepository(_Records[Account]):
         await self.collection.create_index([("parent_account_id", ASCENDING)])
 
     async def find(self, account_id: str, session: AsyncClientSession | None = None) -> Account | None:
-        """The account by its id or by an id it was also known by."""
-        doc = await self.collection.find_one(
-            {"$or": [{"_id": account_id}, {"aliases": account_id}]}, session=session
-        )
+        """The account by its id or by an id it was also known by. Two indexed lookups, not
+        one ``$or``: SecantusDB answers an ``$or`` with a collection scan."""
+        doc = await self.collection.find_one({"_id": account_id}, session=session)
+        if doc is None:
+            doc = await self.collection.find_one({"aliases": account_id}, session=session)
         return self._to_record(doc) if doc else None
 
     async def holder_of_domain(self, domain: str, session: AsyncClientSession) -> str | None:
@@ -128,6 +140,20 @@ class AccountRepository(_Records[Account]):
             await self._domains.insert_one({"_id": domain, "account_id": account_id}, session=session)
         except DuplicateKeyError as exc:
             raise AlreadyExists(f"domain {domain} belongs to another account") from exc
+
+    async def release_domain(self, domain: str, account_id: str, session: AsyncClientSession) -> None:
+        await self._domains.delete_one({"_id": domain, "account_id": account_id}, session=session)
+
+    async def ancestry(self, parent_id: str, session: AsyncClientSession) -> list[str]:
+        """``parent_id`` and the accounts above it, nearest first; stops one past the deepest
+        allowed hierarchy so a too-deep (or looping, from before the check) chain still ends."""
+        chain: list[str] = []
+        current: str | None = parent_id
+        while current is not None and len(chain) <= MAX_HIERARCHY_DEPTH:
+            doc = await self.collection.find_one({"_id": current}, {"parent_account_id": 1}, session=session)
+            chain.append(current)
+            current = doc.get("parent_account_id") if doc else None
+        return chain
 
     async def add_alias(self, account_id: str, alias: str, session: AsyncClientSession) -> None:
         # Aliases are lookup keys, not business data: no version bump, no event.
@@ -144,6 +170,10 @@ class ContactRepository(_Records[Contact]):
         await self.collection.create_index([("email", ASCENDING)])
         await self.collection.create_index([("originating_lead_id", ASCENDING)])
 
+    async def with_email(self, email: str, session: AsyncClientSession) -> Contact | None:
+        doc = await self.collection.find_one({"email": email}, sort=[("_id", ASCENDING)], session=session)
+        return self._to_record(doc) if doc else None
+
     async def of_account(self, account_id: str, limit: int = 200) -> list[Contact]:
         cursor = self.collection.find({"account_id": account_id}, sort=[("_id", ASCENDING)], limit=limit)
         return [self._to_record(doc) for doc in await cursor.to_list()]
@@ -157,6 +187,7 @@ class OpportunityRepository(_Records[Opportunity]):
         await self.collection.create_index([("owner_id", ASCENDING)])
         await self.collection.create_index([("pipeline_id", ASCENDING), ("stage_id", ASCENDING)])
         await self.collection.create_index([("status", ASCENDING)])
+        await self.collection.create_index([("sales_team_id", ASCENDING)])
 
     async def open_by_stage(self, pipeline_id: str, session: AsyncClientSession) -> dict[str, int]:
         """How many open opportunities each stage of the pipeline holds."""
@@ -182,6 +213,30 @@ class ProductRepository(_Records[Product]):
         return {str(doc["_id"]): self._to_record(doc) for doc in await cursor.to_list()}
 
 
+class SalesTeamRepository(_Records[SalesTeam]):
+    model = SalesTeam
+
+    async def ensure_indexes(self) -> None:
+        await self.collection.create_index([("region", ASCENDING)])
+        await self.collection.create_index([("manager_id", ASCENDING)])
+
+    async def count_assignment(self, team_id: str, delta: int, session: AsyncClientSession) -> bool:
+        """Count an opportunity joining (+1) or leaving (-1) the team; False if there is no
+        such team. Writing the team document makes a concurrent delete of it conflict."""
+        result = await self.collection.update_one(
+            {"_id": team_id}, {"$inc": {"opportunities": delta}}, session=session
+        )
+        return result.matched_count == 1
+
+    async def delete_unassigned(
+        self, team_id: str, expected_version: int, session: AsyncClientSession
+    ) -> bool:
+        result = await self.collection.delete_one(
+            {"_id": team_id, "version": expected_version, "opportunities": {"$lte": 0}}, session=session
+        )
+        return result.deleted_count == 1
+
+
 @dataclass(frozen=True)
 class Repositories:
     pipelines: PipelineRepository
@@ -189,6 +244,7 @@ class Repositories:
     contacts: ContactRepository
     opportunities: OpportunityRepository
     products: ProductRepository
+    sales_teams: SalesTeamRepository
 
     @classmethod
     def of(cls, db: AsyncDatabase[Document]) -> Repositories:
@@ -198,6 +254,7 @@ class Repositories:
             contacts=ContactRepository(db[CONTACTS]),
             opportunities=OpportunityRepository(db[OPPORTUNITIES]),
             products=ProductRepository(db[PRODUCTS]),
+            sales_teams=SalesTeamRepository(db[SALES_TEAMS]),
         )
 
     async def ensure_indexes(self) -> None:
@@ -205,6 +262,7 @@ class Repositories:
         await self.contacts.ensure_indexes()
         await self.opportunities.ensure_indexes()
         await self.products.ensure_indexes()
+        await self.sales_teams.ensure_indexes()
 
 
 def _to_document(record: BaseModel) -> Document:

@@ -11,34 +11,41 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from crm_contracts import catalog
+from crm_contracts.catalog import EventSpec
 from crm_contracts.envelope import utcnow
 from crm_contracts.events.common import Actor
 from crm_contracts.events.leads import LeadConverted, LeadSource
 from crm_contracts.events.opportunities import (
     OpportunityClosed,
     OpportunityCreated,
+    OpportunityFigures,
     OpportunityStageChanged,
     OpportunityUpdated,
     StageKind,
 )
 from crm_runtime import UnitOfWork, make_event
+from pydantic import BaseModel
 
 from .domain import (
     DEFAULT_LOSS_REASONS,
     DEFAULT_PIPELINE_ID,
     Account,
+    AccountChanges,
     Address,
     Case,
     Contact,
+    ContactChanges,
     ContactRole,
+    HistoricalStage,
     IllegalTransition,
     InvalidRequest,
     LineItem,
     Opportunity,
     OpportunityChanges,
+    OpportunityStatus,
     Pipeline,
     Product,
     SalesTeam,
@@ -48,10 +55,11 @@ from .domain import (
     default_pipeline,
     normalise_domain,
 )
-from .imports import AccountRow, OpportunityRow, imported_id
-from .repository import AlreadyExists, Repositories
+from .imports import AccountRow, ContactRow, OpportunityRow, imported_id
+from .repository import AlreadyExists, ConcurrentModification, Repositories
 
 SOURCE = "/crm/opportunities"
+M = TypeVar("M", bound=BaseModel)
 
 
 class NotFound(Exception):
@@ -77,23 +85,42 @@ class Policy:
     default_loss_reasons: Sequence[str] = DEFAULT_LOSS_REASONS
 
 
+async def _emit(
+    uow: UnitOfWork, spec: EventSpec[M], data: M, *, subject: str, version: int, time: datetime
+) -> None:
+    await uow.emit(spec, make_event(spec, data, source=SOURCE, subject=subject, version=version, time=time))
+
+
+def _check_version(what: str, record_id: str, current: int, expected: int | None) -> None:
+    if expected is not None and expected != current:
+        raise StaleVersion(f"{what} {record_id} is at version {current}, not {expected}")
+
+
 # -- pipelines --------------------------------------------------------------------------------
-async def seed_default_pipeline(repos: Repositories) -> bool:
-    """Create the default pipeline unless it exists; never touches a customised one."""
-    return await repos.pipelines.add_if_absent(default_pipeline(utcnow()))
+async def seed_default_pipeline(repos: Repositories, uow: UnitOfWork, policy: Policy) -> bool:
+    """Create the default pipeline unless it exists; never touches a customised one. Replicas
+    starting together race on its id: the loser's transaction fails and finds it next time."""
+    if await repos.pipelines.get(DEFAULT_PIPELINE_ID, uow.session) is not None:
+        return False
+    await create_pipeline(repos, uow, policy, default_pipeline(utcnow()))
+    return True
 
 
-async def create_pipeline(repos: Repositories, uow: UnitOfWork, pipeline: Pipeline) -> Pipeline:
+async def create_pipeline(
+    repos: Repositories, uow: UnitOfWork, policy: Policy, pipeline: Pipeline
+) -> Pipeline:
     try:
         await repos.pipelines.add(pipeline, uow.session)
     except AlreadyExists as exc:
         raise DuplicateRecord(f"pipeline {pipeline.id} exists already", field="id") from exc
+    await _emit_pipeline(uow, catalog.PIPELINE_CREATED, pipeline, policy)
     return pipeline
 
 
 async def revise_pipeline(
     repos: Repositories,
     uow: UnitOfWork,
+    policy: Policy,
     pipeline_id: str,
     *,
     name: str,
@@ -103,15 +130,20 @@ async def revise_pipeline(
 ) -> Pipeline:
     """Redefine a pipeline without stranding the open opportunities in it."""
     pipeline = await _pipeline(repos, uow, pipeline_id)
-    if expected_version is not None and expected_version != pipeline.version:
-        raise StaleVersion(f"pipeline {pipeline_id} is at version {pipeline.version}, not {expected_version}")
+    _check_version("pipeline", pipeline_id, pipeline.version, expected_version)
     read_version = pipeline.version
     in_use = await repos.opportunities.open_by_stage(pipeline_id, uow.session)
     if pipeline.revise(
         name=name, stages=stages, loss_reasons=loss_reasons, stages_in_use=in_use, now=utcnow()
     ):
         await repos.pipelines.update(pipeline, read_version, uow.session)
+        await _emit_pipeline(uow, catalog.PIPELINE_UPDATED, pipeline, policy)
     return pipeline
+
+
+async def _emit_pipeline(uow: UnitOfWork, spec: EventSpec[Any], pipeline: Pipeline, policy: Policy) -> None:
+    defined = pipeline.defined_event(policy.default_loss_reasons)
+    await _emit(uow, spec, defined, subject=pipeline.id, version=pipeline.version, time=defined.defined_at)
 
 
 async def _pipeline(repos: Repositories, uow: UnitOfWork, pipeline_id: str) -> Pipeline:
@@ -121,7 +153,7 @@ async def _pipeline(repos: Repositories, uow: UnitOfWork, pipeline_id: str) -> P
     return pipeline
 
 
-# -- accounts and contacts --------------------------------------------------------------------
+# -- accounts ---------------------------------------------------------------------------------
 async def create_account(repos: Repositories, uow: UnitOfWork, account: Account) -> Account:
     """Store a new account; its domain must not belong to another account (one company, one
     account), and its parent must exist."""
@@ -138,44 +170,138 @@ async def create_account(repos: Repositories, uow: UnitOfWork, account: Account)
             raise DuplicateRecord(f"account {holder} already has domain {account.domain}", field="domain")
         await repos.accounts.claim_domain(account.domain, account.id, uow.session)
     await repos.accounts.add(account, uow.session)
-    await uow.emit(
+    await _emit(
+        uow,
         catalog.ACCOUNT_CREATED,
-        make_event(
-            catalog.ACCOUNT_CREATED,
-            account.created_event(),
-            source=SOURCE,
-            subject=account.id,
-            version=account.version,
-            time=account.created_at,
-        ),
+        account.created_event(),
+        subject=account.id,
+        version=account.version,
+        time=account.created_at,
     )
     return account
 
 
+async def _account(repos: Repositories, uow: UnitOfWork, account_id: str, *, field: str) -> Account:
+    account = await repos.accounts.find(account_id, uow.session)
+    if account is None:
+        raise NotFound("account", account_id, field=field)
+    return account
+
+
+async def update_account(
+    repos: Repositories,
+    uow: UnitOfWork,
+    account_id: str,
+    changes: AccountChanges,
+    *,
+    by: Actor,
+    expected_version: int | None = None,
+    when: datetime | None = None,
+) -> tuple[Account, list[str]]:
+    """Change an account (found by its id or an alias). A new parent must exist and must not
+    sit below the account; a new domain must not be another account's."""
+    account = await _account(repos, uow, account_id, field="account_id")
+    _check_version("account", account.id, account.version, expected_version)
+    read_version = account.version
+    ancestry: list[str] = []
+    if changes.parent_account_id is not None:
+        parent = await _account(repos, uow, changes.parent_account_id, field="parent_account_id")
+        changes = changes.model_copy(update={"parent_account_id": parent.id})
+        ancestry = await repos.accounts.ancestry(parent.id, uow.session)
+    old_domain = account.domain
+    changed = account.update(changes, ancestry=ancestry, by=by, now=when or utcnow())
+    if not changed:
+        return account, changed
+    if "domain" in changed:
+        if account.domain is not None:
+            holder = await repos.accounts.holder_of_domain(account.domain, uow.session)
+            if holder is not None:
+                raise DuplicateRecord(f"account {holder} already has domain {account.domain}", field="domain")
+            await repos.accounts.claim_domain(account.domain, account.id, uow.session)
+        if old_domain is not None:
+            await repos.accounts.release_domain(old_domain, account.id, uow.session)
+    await repos.accounts.update(account, read_version, uow.session)
+    await _emit_account_updated(uow, account, changed)
+    return account, changed
+
+
+async def _emit_account_updated(uow: UnitOfWork, account: Account, changed: list[str]) -> None:
+    await _emit(
+        uow,
+        catalog.ACCOUNT_UPDATED,
+        account.updated_event(changed),
+        subject=account.id,
+        version=account.version,
+        time=account.updated_at,
+    )
+
+
+async def _account_won_a_deal(
+    repos: Repositories, uow: UnitOfWork, account_id: str, *, by: Actor, when: datetime
+) -> None:
+    """A won opportunity turns its prospect account into a customer, in the same transaction."""
+    account = await repos.accounts.get(account_id, uow.session)
+    if account is None:
+        return
+    read_version = account.version
+    changed = account.won_deal(by=by, now=when)
+    if changed:
+        await repos.accounts.update(account, read_version, uow.session)
+        await _emit_account_updated(uow, account, changed)
+
+
+# -- contacts ---------------------------------------------------------------------------------
 async def create_contact(repos: Repositories, uow: UnitOfWork, contact: Contact) -> Contact:
     if await repos.contacts.get(contact.id, uow.session) is not None:
         raise DuplicateRecord(f"contact {contact.id} exists already", field="id")
     if contact.account_id is not None:
-        account = await repos.accounts.find(contact.account_id, uow.session)
-        if account is None:
-            raise NotFound("account", contact.account_id, field="account_id")
+        account = await _account(repos, uow, contact.account_id, field="account_id")
         contact.account_id = account.id
     await repos.contacts.add(contact, uow.session)
-    await uow.emit(
+    await _emit(
+        uow,
         catalog.CONTACT_CREATED,
-        make_event(
-            catalog.CONTACT_CREATED,
-            contact.created_event(),
-            source=SOURCE,
-            subject=contact.id,
-            version=contact.version,
-            time=contact.created_at,
-        ),
+        contact.created_event(),
+        subject=contact.id,
+        version=contact.version,
+        time=contact.created_at,
     )
     return contact
 
 
-# -- products ---------------------------------------------------------------------------------
+async def update_contact(
+    repos: Repositories,
+    uow: UnitOfWork,
+    contact_id: str,
+    changes: ContactChanges,
+    *,
+    by: Actor,
+    expected_version: int | None = None,
+) -> tuple[Contact, list[str]]:
+    """Change a contact's details, account, role or decision-maker / influencer flags."""
+    contact = await repos.contacts.get(contact_id, uow.session)
+    if contact is None:
+        raise NotFound("contact", contact_id, field="contact_id")
+    _check_version("contact", contact_id, contact.version, expected_version)
+    read_version = contact.version
+    if changes.account_id is not None:
+        account = await _account(repos, uow, changes.account_id, field="account_id")
+        changes = changes.model_copy(update={"account_id": account.id})
+    changed = contact.update(changes, by=by, now=utcnow())
+    if changed:
+        await repos.contacts.update(contact, read_version, uow.session)
+        await _emit(
+            uow,
+            catalog.CONTACT_UPDATED,
+            contact.updated_event(changed),
+            subject=contact.id,
+            version=contact.version,
+            time=contact.updated_at,
+        )
+    return contact, changed
+
+
+# -- products and sales teams -----------------------------------------------------------------
 async def create_product(repos: Repositories, uow: UnitOfWork, product: Product) -> Product:
     try:
         await repos.products.add(product, uow.session)
@@ -195,12 +321,66 @@ async def revise_product(
     product = await repos.products.get(product_id, uow.session)
     if product is None:
         raise NotFound("product", product_id, field="product_id")
-    if expected_version is not None and expected_version != product.version:
-        raise StaleVersion(f"product {product_id} is at version {product.version}, not {expected_version}")
+    _check_version("product", product_id, product.version, expected_version)
     read_version = product.version
     if product.revise(changes, now=utcnow()):
         await repos.products.update(product, read_version, uow.session)
     return product
+
+
+async def create_sales_team(repos: Repositories, uow: UnitOfWork, team: SalesTeam) -> SalesTeam:
+    try:
+        await repos.sales_teams.add(team, uow.session)
+    except AlreadyExists as exc:
+        raise DuplicateRecord(f"sales team {team.id} exists already", field="id") from exc
+    return team
+
+
+async def _sales_team(
+    repos: Repositories, uow: UnitOfWork, team_id: str, expected_version: int | None
+) -> SalesTeam:
+    team = await repos.sales_teams.get(team_id, uow.session)
+    if team is None:
+        raise NotFound("sales team", team_id, field="sales_team_id")
+    _check_version("sales team", team_id, team.version, expected_version)
+    return team
+
+
+async def revise_sales_team(
+    repos: Repositories,
+    uow: UnitOfWork,
+    team_id: str,
+    changes: dict[str, Any],
+    *,
+    expected_version: int | None = None,
+) -> SalesTeam:
+    """Rename a team or change its manager or region; opportunities name the team by id, so
+    their next events carry the new region."""
+    team = await _sales_team(repos, uow, team_id, expected_version)
+    read_version = team.version
+    if team.revise(changes, now=utcnow()):
+        await repos.sales_teams.update(team, read_version, uow.session)
+    return team
+
+
+async def delete_sales_team(
+    repos: Repositories, uow: UnitOfWork, team_id: str, *, expected_version: int | None = None
+) -> None:
+    """Remove a team no opportunity names. Closed opportunities keep their team (their case and
+    the win/loss figures refer to it), so a team that closed deals stays."""
+    team = await _sales_team(repos, uow, team_id, expected_version)
+    if team.opportunities > 0:
+        raise IllegalTransition(
+            f"sales team {team_id} works {team.opportunities} opportunities: assign them to another first",
+            field="sales_team_id",
+        )
+    if not await repos.sales_teams.delete_unassigned(team_id, team.version, uow.session):
+        raise ConcurrentModification(f"sales team {team_id} changed while being deleted")
+
+
+async def _assign_team(repos: Repositories, uow: UnitOfWork, team_id: str, delta: int) -> None:
+    if not await repos.sales_teams.count_assignment(team_id, delta, uow.session) and delta > 0:
+        raise NotFound("sales team", team_id, field="sales_team_id")
 
 
 # -- opportunities ----------------------------------------------------------------------------
@@ -212,6 +392,26 @@ async def _check_contacts(
     for index, role in enumerate(roles):
         if await repos.contacts.get(role.contact_id, uow.session) is None:
             raise NotFound("contact", role.contact_id, field=f"contact_roles.{index}.contact_id")
+
+
+async def _figures(
+    repos: Repositories,
+    uow: UnitOfWork,
+    opportunity: Opportunity,
+    *,
+    pipeline: Pipeline | None = None,
+    account: Account | None = None,
+) -> OpportunityFigures:
+    """The figures with what reporting breaks them down by, read as they stand now: the
+    stage's position in the pipeline, the team's region, the account's industry."""
+    if pipeline is None or pipeline.id != opportunity.pipeline_id:
+        pipeline = await repos.pipelines.get(opportunity.pipeline_id, uow.session)
+    if account is None or account.id != opportunity.account_id:
+        account = await repos.accounts.get(opportunity.account_id, uow.session)
+    team = None
+    if opportunity.sales_team_id is not None:
+        team = await repos.sales_teams.get(opportunity.sales_team_id, uow.session)
+    return opportunity.figures(pipeline=pipeline, team=team, account=account)
 
 
 @dataclass(frozen=True)
@@ -232,22 +432,18 @@ class NewOpportunity:
     lead_source: LeadSource | None = None
     campaign_id: str | None = None
     contact_roles: Sequence[ContactRole] = ()
-    sales_team: SalesTeam | None = None
+    sales_team_id: str | None = None
     created_at: datetime | None = None
 
 
 async def open_opportunity(repos: Repositories, uow: UnitOfWork, new: NewOpportunity) -> Opportunity:
     if await repos.opportunities.get(new.opportunity_id, uow.session) is not None:
         raise DuplicateRecord(f"opportunity {new.opportunity_id} exists already", field="id")
-    account = await repos.accounts.find(new.account_id, uow.session)
-    if account is None:
-        raise NotFound("account", new.account_id, field="account_id")
-    if (
-        new.primary_contact_id is not None
-        and await repos.contacts.get(new.primary_contact_id, uow.session) is None
-    ):
-        raise NotFound("contact", new.primary_contact_id, field="primary_contact_id")
+    account = await _account(repos, uow, new.account_id, field="account_id")
+    await _check_contacts(repos, uow, new.primary_contact_id, new.contact_roles)
     pipeline = await _pipeline(repos, uow, new.pipeline_id)
+    if new.sales_team_id is not None:
+        await _assign_team(repos, uow, new.sales_team_id, +1)
     opportunity = Opportunity.open(
         opportunity_id=new.opportunity_id,
         name=new.name,
@@ -266,21 +462,25 @@ async def open_opportunity(repos: Repositories, uow: UnitOfWork, new: NewOpportu
         lead_source=new.lead_source,
         campaign_id=new.campaign_id,
         contact_roles=new.contact_roles,
-        sales_team=new.sales_team,
+        sales_team_id=new.sales_team_id,
     )
     await repos.opportunities.add(opportunity, uow.session)
-    await uow.emit(
-        catalog.OPPORTUNITY_CREATED,
-        make_event(
-            catalog.OPPORTUNITY_CREATED,
-            OpportunityCreated(opportunity=opportunity.figures(), created_by=new.by),
-            source=SOURCE,
-            subject=opportunity.id,
-            version=opportunity.version,
-            time=opportunity.created_at,
-        ),
-    )
+    figures = await _figures(repos, uow, opportunity, pipeline=pipeline, account=account)
+    await _emit_created(uow, opportunity, figures, by=new.by)
     return opportunity
+
+
+async def _emit_created(
+    uow: UnitOfWork, opportunity: Opportunity, figures: OpportunityFigures, *, by: Actor
+) -> None:
+    await _emit(
+        uow,
+        catalog.OPPORTUNITY_CREATED,
+        OpportunityCreated(opportunity=figures, created_by=by),
+        subject=opportunity.id,
+        version=opportunity.version,
+        time=opportunity.created_at,
+    )
 
 
 async def _opportunity(
@@ -289,10 +489,7 @@ async def _opportunity(
     opportunity = await repos.opportunities.get(opportunity_id, uow.session)
     if opportunity is None:
         raise NotFound("opportunity", opportunity_id, field="opportunity_id")
-    if expected_version is not None and expected_version != opportunity.version:
-        raise StaleVersion(
-            f"opportunity {opportunity_id} is at version {opportunity.version}, not {expected_version}"
-        )
+    _check_version("opportunity", opportunity_id, opportunity.version, expected_version)
     return opportunity
 
 
@@ -322,7 +519,32 @@ async def move_opportunity(
         default_loss_reasons=policy.default_loss_reasons,
     )
     await repos.opportunities.update(opportunity, read_version, uow.session)
-    await _emit_move(uow, opportunity, move, by=by, now=now)
+    await _record_move(repos, uow, opportunity, move, pipeline=pipeline, by=by)
+    return opportunity
+
+
+async def move_opportunity_to_pipeline(
+    repos: Repositories,
+    uow: UnitOfWork,
+    opportunity_id: str,
+    pipeline_id: str,
+    *,
+    by: Actor,
+    stage_id: str | None = None,
+    expected_version: int | None = None,
+    probability: int | None = None,
+) -> Opportunity:
+    """Take an open opportunity into another pipeline, into the stage named (or the stage of
+    the same id there); reported as a stage change with the previous pipeline."""
+    opportunity = await _opportunity(repos, uow, opportunity_id, expected_version)
+    read_version = opportunity.version
+    source = await _pipeline(repos, uow, opportunity.pipeline_id)
+    target = await _pipeline(repos, uow, pipeline_id)
+    move = opportunity.move_to_pipeline(
+        source, target, stage_id, by=by, now=utcnow(), probability=probability
+    )
+    await repos.opportunities.update(opportunity, read_version, uow.session)
+    await _record_move(repos, uow, opportunity, move, pipeline=target, by=by)
     return opportunity
 
 
@@ -339,20 +561,37 @@ async def reopen_opportunity(
     opportunity = await _opportunity(repos, uow, opportunity_id, expected_version)
     read_version = opportunity.version
     pipeline = await _pipeline(repos, uow, opportunity.pipeline_id)
-    now = utcnow()
-    move = opportunity.reopen(pipeline, by=by, now=now, stage_id=stage_id, probability=probability)
+    move = opportunity.reopen(pipeline, by=by, now=utcnow(), stage_id=stage_id, probability=probability)
     await repos.opportunities.update(opportunity, read_version, uow.session)
-    await _emit_move(uow, opportunity, move, by=by, now=now)
+    await _record_move(repos, uow, opportunity, move, pipeline=pipeline, by=by)
     return opportunity
 
 
-async def _emit_move(
-    uow: UnitOfWork, opportunity: Opportunity, move: StageMove, *, by: Actor, now: datetime
+async def _record_move(
+    repos: Repositories,
+    uow: UnitOfWork,
+    opportunity: Opportunity,
+    move: StageMove,
+    *,
+    pipeline: Pipeline,
+    by: Actor,
 ) -> None:
-    figures = opportunity.figures()
+    """The events of one move, and a won deal's effect on its account."""
+    figures = await _figures(repos, uow, opportunity, pipeline=pipeline)
+    await _emit_move(uow, opportunity, move, figures, by=by)
+    if move.closed and opportunity.status is OpportunityStatus.WON:
+        await _account_won_a_deal(repos, uow, opportunity.account_id, by=by, when=move.current.entered_at)
+
+
+async def _emit_move(
+    uow: UnitOfWork, opportunity: Opportunity, move: StageMove, figures: OpportunityFigures, *, by: Actor
+) -> None:
+    """``opportunity`` as it stood right after ``move`` (a replayed import passes snapshots)."""
+    now = move.current.entered_at
     changed = OpportunityStageChanged(
         opportunity_id=opportunity.id,
         pipeline_id=opportunity.pipeline_id,
+        previous_pipeline_id=move.previous_pipeline_id,
         previous_stage_id=move.previous.stage_id,
         previous_stage_name=move.previous.stage_name,
         previous_stage_kind=move.previous.stage_kind,
@@ -368,12 +607,13 @@ async def _emit_move(
         changed_by=by,
         opportunity=figures,
     )
-    spec = catalog.OPPORTUNITY_STAGE_CHANGED
-    await uow.emit(
-        spec,
-        make_event(
-            spec, changed, source=SOURCE, subject=opportunity.id, version=opportunity.version, time=now
-        ),
+    await _emit(
+        uow,
+        catalog.OPPORTUNITY_STAGE_CHANGED,
+        changed,
+        subject=opportunity.id,
+        version=opportunity.version,
+        time=now,
     )
     if move.closed:
         closed = OpportunityClosed(
@@ -386,17 +626,13 @@ async def _emit_move(
             closed_by=by,
             opportunity=figures,
         )
-        spec_closed = catalog.OPPORTUNITY_CLOSED
-        await uow.emit(
-            spec_closed,
-            make_event(
-                spec_closed,
-                closed,
-                source=SOURCE,
-                subject=opportunity.id,
-                version=opportunity.version,
-                time=now,
-            ),
+        await _emit(
+            uow,
+            catalog.OPPORTUNITY_CLOSED,
+            closed,
+            subject=opportunity.id,
+            version=opportunity.version,
+            time=now,
         )
 
 
@@ -412,11 +648,17 @@ async def update_opportunity(
     opportunity = await _opportunity(repos, uow, opportunity_id, expected_version)
     read_version = opportunity.version
     await _check_contacts(repos, uow, changes.primary_contact_id, changes.contact_roles or ())
+    previous_team = opportunity.sales_team_id
     now = utcnow()
     changed = opportunity.update(changes, by=by, now=now)
+    if "sales_team_id" in changed:
+        if opportunity.sales_team_id is not None:
+            await _assign_team(repos, uow, opportunity.sales_team_id, +1)
+        if previous_team is not None:
+            await _assign_team(repos, uow, previous_team, -1)
     if changed:
         await repos.opportunities.update(opportunity, read_version, uow.session)
-        await _emit_updated(uow, opportunity, changed, by=by, now=now)
+        await _emit_updated(repos, uow, opportunity, changed, by=by, now=now)
     return opportunity
 
 
@@ -469,20 +711,27 @@ async def set_line_items(
     changed = opportunity.set_line_items(items, derive_amount=derive_amount, by=by, now=now)
     if changed:
         await repos.opportunities.update(opportunity, read_version, uow.session)
-        await _emit_updated(uow, opportunity, changed, by=by, now=now)
+        await _emit_updated(repos, uow, opportunity, changed, by=by, now=now)
     return opportunity
 
 
 async def _emit_updated(
-    uow: UnitOfWork, opportunity: Opportunity, changed: list[str], *, by: Actor, now: datetime
+    repos: Repositories,
+    uow: UnitOfWork,
+    opportunity: Opportunity,
+    changed: list[str],
+    *,
+    by: Actor,
+    now: datetime,
 ) -> None:
     data = OpportunityUpdated(
-        opportunity=opportunity.figures(), changed_fields=changed, updated_at=now, updated_by=by
+        opportunity=await _figures(repos, uow, opportunity),
+        changed_fields=changed,
+        updated_at=now,
+        updated_by=by,
     )
-    spec = catalog.OPPORTUNITY_UPDATED
-    await uow.emit(
-        spec,
-        make_event(spec, data, source=SOURCE, subject=opportunity.id, version=opportunity.version, time=now),
+    await _emit(
+        uow, catalog.OPPORTUNITY_UPDATED, data, subject=opportunity.id, version=opportunity.version, time=now
     )
 
 
@@ -580,7 +829,7 @@ async def _conversion_contact(
         account_id=outcome.account_id,
         first_name=spec.first_name,
         last_name=spec.last_name,
-        email=str(spec.email) if spec.email else None,
+        email=str(spec.email).lower() if spec.email else None,
         phone=spec.phone,
         job_title=spec.job_title,
         originating_lead_id=converted.lead_id,
@@ -610,7 +859,8 @@ async def load_case(repos: Repositories, opportunity_id: str) -> Case:
         contact = await repos.contacts.get(contact_id)
         if contact is not None:
             contacts.append(contact)
-    return build_case(opportunity, account, contacts)
+    team = await repos.sales_teams.get(opportunity.sales_team_id) if opportunity.sales_team_id else None
+    return build_case(opportunity, account, contacts, team)
 
 
 # -- bulk import ------------------------------------------------------------------------------
@@ -621,19 +871,31 @@ class Imported:
     changed_fields: Sequence[str] = ()
 
 
-async def import_account(repos: Repositories, uow: UnitOfWork, system: str, row: AccountRow) -> Imported:
-    """Create the account unless it was imported before or its domain is already a company
-    here; an existing account is matched, not overwritten."""
+def _outcome(record_id: str, changed: Sequence[str]) -> Imported:
+    return Imported("updated", record_id, changed) if changed else Imported("unchanged", record_id)
+
+
+_ACCOUNT_ROW_FIELDS = (
+    "name",
+    "type",
+    "tier",
+    "industry",
+    "employees",
+    "annual_revenue",
+    "website",
+    "owner_id",
+)
+_ADDRESS_ROW_FIELDS = ("street", "postal_code", "city", "region", "country")
+
+
+async def import_account(
+    repos: Repositories, uow: UnitOfWork, system: str, row: AccountRow, *, by: Actor
+) -> Imported:
+    """Create the account, or bring the one this export created before up to date with the
+    fields the row gives. An account the row only matches (by domain, or an id merged into
+    another company) belongs to another origin and is not overwritten."""
     account_id = imported_id("account", system, row.external_id)
-    existing = await repos.accounts.find(account_id, uow.session)
-    if existing is not None:
-        return Imported("matched", existing.id)
-    domain = normalise_domain(row.domain or row.website)
-    if domain is not None:
-        holder = await repos.accounts.holder_of_domain(domain, uow.session)
-        if holder is not None:
-            await repos.accounts.add_alias(holder, account_id, uow.session)
-            return Imported("matched", holder)
+    given = row.model_fields_set
     parent_id = None
     if row.parent_external_id is not None:
         parent = await repos.accounts.find(
@@ -642,6 +904,28 @@ async def import_account(repos: Repositories, uow: UnitOfWork, system: str, row:
         if parent is None:
             raise NotFound("parent account", row.parent_external_id, field="parent_external_id")
         parent_id = parent.id
+    existing = await repos.accounts.find(account_id, uow.session)
+    if existing is not None:
+        if existing.id != account_id:
+            return Imported("matched", existing.id)
+        values: dict[str, Any] = {name: getattr(row, name) for name in _ACCOUNT_ROW_FIELDS if name in given}
+        if "domain" in given:
+            values["domain"] = row.domain
+        if given & set(_ADDRESS_ROW_FIELDS):
+            parts = {name: getattr(row, name) for name in _ADDRESS_ROW_FIELDS if name in given}
+            values["address"] = existing.address.model_copy(update=parts)
+        if "parent_external_id" in given:
+            values["parent_account_id"] = parent_id
+        _, changed = await update_account(
+            repos, uow, existing.id, AccountChanges.model_validate(values), by=by
+        )
+        return _outcome(existing.id, changed)
+    domain = normalise_domain(row.domain or row.website)
+    if domain is not None:
+        holder = await repos.accounts.holder_of_domain(domain, uow.session)
+        if holder is not None:
+            await repos.accounts.add_alias(holder, account_id, uow.session)
+            return Imported("matched", holder)
     created_at = row.created_at or utcnow()
     account = Account(
         id=account_id,
@@ -653,13 +937,7 @@ async def import_account(repos: Repositories, uow: UnitOfWork, system: str, row:
         annual_revenue=row.annual_revenue,
         website=row.website,
         domain=domain,
-        address=Address(
-            street=row.street,
-            postal_code=row.postal_code,
-            city=row.city,
-            region=row.region,
-            country=row.country,
-        ),
+        address=Address(**{name: getattr(row, name) for name in _ADDRESS_ROW_FIELDS}),
         parent_account_id=parent_id,
         owner_id=row.owner_id,
         created_at=created_at,
@@ -669,42 +947,94 @@ async def import_account(repos: Repositories, uow: UnitOfWork, system: str, row:
     return Imported("created", account.id)
 
 
+_CONTACT_ROW_FIELDS = (
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "job_title",
+    "role",
+    "decision_maker",
+    "influencer",
+)
+
+
+async def _row_account(
+    repos: Repositories, uow: UnitOfWork, system: str, account_id: str | None, account_external_id: str | None
+) -> Account | None:
+    if account_id is not None:
+        return await _account(repos, uow, account_id, field="account_id")
+    if account_external_id is not None:
+        account = await repos.accounts.find(imported_id("account", system, account_external_id), uow.session)
+        if account is None:
+            raise NotFound("account", account_external_id, field="account_external_id")
+        return account
+    return None
+
+
+async def import_contact(
+    repos: Repositories, uow: UnitOfWork, system: str, row: ContactRow, *, by: Actor
+) -> Imported:
+    """Create the contact, update the one this export created before with the fields the row
+    gives, or match a contact already here with the same email (one person, one contact)."""
+    contact_id = imported_id("contact", system, row.external_id)
+    account = await _row_account(repos, uow, system, row.account_id, row.account_external_id)
+    given = row.model_fields_set
+    existing = await repos.contacts.get(contact_id, uow.session)
+    if existing is not None:
+        values: dict[str, Any] = {name: getattr(row, name) for name in _CONTACT_ROW_FIELDS if name in given}
+        if account is not None:
+            values["account_id"] = account.id
+        _, changed = await update_contact(
+            repos, uow, existing.id, ContactChanges.model_validate(values), by=by
+        )
+        return _outcome(existing.id, changed)
+    email = str(row.email).lower() if row.email else None
+    if email is not None:
+        twin = await repos.contacts.with_email(email, uow.session)
+        if twin is not None:
+            return Imported("matched", twin.id)
+    created_at = row.created_at or utcnow()
+    contact = Contact(
+        id=contact_id,
+        account_id=account.id if account is not None else None,
+        first_name=row.first_name,
+        last_name=row.last_name,
+        email=email,
+        phone=row.phone,
+        job_title=row.job_title,
+        role=row.role,
+        decision_maker=row.decision_maker,
+        influencer=row.influencer,
+        created_at=created_at,
+        updated_at=created_at,
+    )
+    await create_contact(repos, uow, contact)
+    return Imported("created", contact.id)
+
+
 _IMPORTED_FIGURES = ("name", "amount", "currency", "expected_close_date", "owner_id", "probability")
 
 
 async def import_opportunity(
     repos: Repositories, uow: UnitOfWork, policy: Policy, system: str, row: OpportunityRow, *, by: Actor
 ) -> Imported:
-    """Create the opportunity in its original stage with its original dates, or bring one
-    imported before up to date (figures, then stage) with the usual events."""
+    """Create the opportunity replayed through its original stages and dates, or bring one
+    imported before up to date (figures, pipeline, then stage) with the usual events."""
     opportunity_id = imported_id("opportunity", system, row.external_id)
-    if row.account_id is not None:
-        account = await repos.accounts.find(row.account_id, uow.session)
-        reference, field_name = row.account_id, "account_id"
-    else:
-        assert row.account_external_id is not None  # the row model demands one of the two
-        account = await repos.accounts.find(
-            imported_id("account", system, row.account_external_id), uow.session
-        )
-        reference, field_name = row.account_external_id, "account_external_id"
-    if account is None:
-        raise NotFound("account", reference, field=field_name)
+    account = await _row_account(repos, uow, system, row.account_id, row.account_external_id)
+    assert account is not None  # the row model demands one of the two references
     pipeline = await _pipeline(repos, uow, row.pipeline_id)
     existing = await repos.opportunities.get(opportunity_id, uow.session)
     if existing is None:
-        return await _import_new_opportunity(
-            repos, uow, policy, row, opportunity_id, account.id, pipeline, by
-        )
-    if existing.pipeline_id != pipeline.id:
-        raise InvalidRequest(
-            f"imported before into pipeline {existing.pipeline_id}; moving pipelines is not supported",
-            field="pipeline_id",
-        )
+        return await _import_new_opportunity(repos, uow, policy, row, opportunity_id, account, pipeline, by)
     given = row.model_fields_set & set(_IMPORTED_FIGURES)
     changes = OpportunityChanges.model_validate({name: getattr(row, name) for name in given})
+    other_pipeline = existing.pipeline_id != pipeline.id
     target_stage = row.stage_id if row.stage_id not in (None, existing.stage_id) else None
     if existing.is_closed:
-        if target_stage is None and all(getattr(existing, name) == getattr(changes, name) for name in given):
+        same = all(getattr(existing, name) == getattr(changes, name) for name in given)
+        if same and target_stage is None and not other_pipeline:
             return Imported("unchanged", existing.id)
         raise IllegalTransition(
             f"opportunity {existing.id} is closed here; reopen it before importing changes", field="stage_id"
@@ -713,8 +1043,13 @@ async def import_opportunity(
     now = utcnow()
     changed = existing.update(changes, by=by, now=now)
     if changed:
-        await _emit_updated(uow, existing, changed, by=by, now=now)
-    if target_stage is not None:
+        await _emit_updated(repos, uow, existing, changed, by=by, now=now)
+    if other_pipeline:
+        source = await _pipeline(repos, uow, existing.pipeline_id)
+        move = existing.move_to_pipeline(source, pipeline, row.stage_id, by=by, now=now)
+        await _record_move(repos, uow, existing, move, pipeline=pipeline, by=by)
+        changed = [*changed, "pipeline_id", "stage_id"]
+    elif target_stage is not None:
         move = existing.move_to_stage(
             pipeline,
             target_stage,
@@ -723,7 +1058,7 @@ async def import_opportunity(
             loss_reason=row.loss_reason,
             default_loss_reasons=policy.default_loss_reasons,
         )
-        await _emit_move(uow, existing, move, by=by, now=now)
+        await _record_move(repos, uow, existing, move, pipeline=pipeline, by=by)
         changed = [*changed, "stage_id"]
     if not changed:
         return Imported("unchanged", existing.id)
@@ -737,22 +1072,27 @@ async def _import_new_opportunity(
     policy: Policy,
     row: OpportunityRow,
     opportunity_id: str,
-    account_id: str,
+    account: Account,
     pipeline: Pipeline,
     by: Actor,
 ) -> Imported:
-    created_at = row.created_at or utcnow()
-    opportunity = Opportunity.imported(
+    """Replayed step by step, each step's events at the time it really happened, so reporting
+    sees the stages and their durations as the other CRM recorded them."""
+    imported = Opportunity.imported(
         pipeline=pipeline,
-        stage_id=row.stage_id or pipeline.first_stage.id,
-        created_at=created_at,
+        stage_id=row.stage_id,
+        created_at=row.created_at,
         closed_at=row.closed_at,
         loss_reason=row.loss_reason,
         default_loss_reasons=policy.default_loss_reasons,
         by=by,
+        now=utcnow(),
+        history=[
+            HistoricalStage(stage_id=h.stage_id, entered_at=h.entered_at) for h in row.stage_history or ()
+        ],
         opportunity_id=opportunity_id,
         name=row.name,
-        account_id=account_id,
+        account_id=account.id,
         probability=row.probability,
         amount=row.amount,
         currency=row.currency,
@@ -761,41 +1101,14 @@ async def _import_new_opportunity(
         lead_source=row.lead_source,
         campaign_id=row.campaign_id,
     )
+    opportunity = imported.opportunity
     await repos.opportunities.add(opportunity, uow.session)
-    figures = opportunity.figures()
-    created = catalog.OPPORTUNITY_CREATED
-    await uow.emit(
-        created,
-        make_event(
-            created,
-            OpportunityCreated(opportunity=figures, created_by=by),
-            source=SOURCE,
-            subject=opportunity.id,
-            version=opportunity.version,
-            time=created_at,
-        ),
-    )
-    if opportunity.closed_at is not None:
-        closed = catalog.OPPORTUNITY_CLOSED
-        data = OpportunityClosed(
-            opportunity_id=opportunity.id,
-            won=opportunity.stage_kind is StageKind.CLOSED_WON,
-            amount=opportunity.amount,
-            currency=opportunity.currency,
-            loss_reason=opportunity.loss_reason,
-            closed_at=opportunity.closed_at,
-            closed_by=by,
-            opportunity=figures,
-        )
-        await uow.emit(
-            closed,
-            make_event(
-                closed,
-                data,
-                source=SOURCE,
-                subject=opportunity.id,
-                version=opportunity.version,
-                time=opportunity.closed_at,
-            ),
-        )
+    for step in imported.steps:
+        figures = await _figures(repos, uow, step.snapshot, pipeline=pipeline, account=account)
+        if step.move is None:
+            await _emit_created(uow, step.snapshot, figures, by=by)
+        else:
+            await _emit_move(uow, step.snapshot, step.move, figures, by=by)
+    if opportunity.status is OpportunityStatus.WON and opportunity.closed_at is not None:
+        await _account_won_a_deal(repos, uow, account.id, by=by, when=opportunity.closed_at)
     return Imported("created", opportunity.id)

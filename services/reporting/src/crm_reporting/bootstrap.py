@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from .api import reports_router
 from .handlers import register_handlers
-from .repository import ReportingRepository
+from .repository import Merger, ReportingRepository
 
 
 class ReportingSettings(ServiceSettings):
@@ -16,15 +16,27 @@ class ReportingSettings(ServiceSettings):
 
 def create_app(settings: ReportingSettings | None = None) -> FastAPI:
     runtime = ServiceRuntime(settings or ReportingSettings())
-    repo = ReportingRepository(runtime.db)
-    runtime.on_startup(repo.ensure_indexes)
+    repo = ReportingRepository(runtime.client, runtime.db)
+    merger = Merger(repo)
+
+    async def start_merging() -> None:
+        merger.start()
+
+    runtime.on_startup(repo.setup)
+    runtime.on_startup(start_merging)
+    runtime.on_shutdown(merger.stop)
     register_handlers(runtime.consumer, repo)
-    return runtime.create_app(
+    app = runtime.create_app(
         title="CRM reporting",
         description=(
-            "Read models for BI tools, built from the suite's events: the lead-to-won funnel and "
-            "the open pipeline, as JSON or CSV, each stamped with the time of the newest event applied."
+            "Read models for BI tools, built from the suite's events: funnel, pipeline, forecast, "
+            "win/loss, stage velocity and conversion, lead sources, campaign ROI and pipeline "
+            "history, as JSON or CSV, each stamped with the time of the newest event applied and "
+            "the events still to apply."
         ),
         routers=[reports_router(runtime, repo)],
         openapi_tags=[{"name": "reports", "description": "Views for BI tools (read scope)."}],
     )
+    app.state.repository = repo
+    app.state.merger = merger
+    return app

@@ -1,32 +1,38 @@
-"""What reporting knows and what it shows, without I/O.
-
-**Facts** (one per lead, opportunity and campaign) are folded from other services' events so
-that any order and any number of repetitions end in the same facts:
+"""What reporting knows, without I/O: one *fact* per lead, opportunity and campaign, folded
+from other services' events so that any order and any number of repetitions end in the same
+facts:
 
 - a field stating a current value (status, rating, stage, amount, ...) is a *register*: it
   keeps the value from the event with the highest stamp (aggregate version, then event time,
   then event id) among the events that carry it, and each field remembers its own stamp;
 - a milestone that counts once (first qualification, conversion) keeps the earliest time;
+- an opportunity's *revisions* (its figures after each of its events) form a set ordered by
+  stamp, from which its stage history and its place in the pipeline on any past day follow;
 - ``as_of`` keeps the newest event time.
 
 Each rule is commutative, associative and idempotent, which is what makes the projection
-order-independent; a fact that one event leaves unchanged is not rewritten.
-
-**Views** (funnel, pipeline) are functions from facts, or from counts the database aggregated
-the same way, to rows.
+order-independent; a fact that one event leaves unchanged is not rewritten. How facts count
+in the views is ``aggregates``; how views read the counts is ``views``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import date, datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from crm_contracts.envelope import CloudEvent
-from crm_contracts.events.campaigns import CampaignCreated, CampaignPurpose, CampaignStatus, CampaignType
+from crm_contracts.events.campaigns import (
+    CampaignCostRecorded,
+    CampaignCreated,
+    CampaignPurpose,
+    CampaignStatus,
+    CampaignStatusChanged,
+    CampaignType,
+    CampaignUpdated,
+)
 from crm_contracts.events.leads import (
     LeadConverted,
     LeadCreated,
@@ -56,9 +62,8 @@ UNVERSIONED = -1
 
 LeadEvent = LeadCreated | LeadUpdated | LeadQualified | LeadDisqualified | LeadConverted
 OpportunityEvent = OpportunityCreated | OpportunityUpdated | OpportunityStageChanged | OpportunityClosed
+CampaignEvent = CampaignCreated | CampaignUpdated | CampaignStatusChanged | CampaignCostRecorded
 
-RATE_QUANTUM = Decimal("0.0001")
-AMOUNT_QUANTUM = Decimal("0.01")
 WEIGHTED_QUANTUM = Decimal("0.0001")
 
 
@@ -81,6 +86,13 @@ def earliest(*moments: datetime | None) -> datetime | None:
 def latest(*moments: datetime | None) -> datetime | None:
     known = [moment for moment in moments if moment is not None]
     return max(known) if known else None
+
+
+def value_of(value: Any) -> str | None:
+    """A dimension value as stored and shown: enums by their value, None stays None."""
+    if value is None:
+        return None
+    return str(value.value if isinstance(value, StrEnum) else value)
 
 
 FactT = TypeVar("FactT", bound="Fact")
@@ -253,6 +265,55 @@ def note_opportunity(lead: LeadFacts | None, lead_id: str, opportunity: Opportun
 
 
 # -- opportunities ----------------------------------------------------------------------------
+class Revision(BaseModel):
+    """An opportunity's figures right after one of its events, and when that happened in the
+    business (creation, update, stage change or closing time)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stamp: Stamp
+    at: datetime
+    pipeline_id: str
+    stage_id: str
+    stage_name: str
+    stage_kind: StageKind
+    stage_order: int | None = None
+    previous_stage_id: str | None = None
+    previous_stage_name: str | None = None
+    previous_stage_kind: StageKind | None = None
+    probability: int
+    amount: Decimal
+    currency: str
+
+    @property
+    def is_open(self) -> bool:
+        return self.stage_kind == StageKind.OPEN
+
+    @property
+    def weighted_amount(self) -> Decimal:
+        return weighted_amount(self.amount, self.probability)
+
+
+class StageStay(BaseModel):
+    """A time an opportunity spent in one stage: from entering it until the next move (None
+    while it is still there)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pipeline_id: str
+    stage_id: str
+    stage_kind: StageKind
+    entered_at: datetime
+    left_at: datetime | None = None
+    moved_to: str | None = None
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.left_at is None:
+            return None
+        return max(self.left_at - self.entered_at, timedelta(0))
+
+
 class OpportunityFacts(Fact):
     opportunity_id: str
     name: str | None = None
@@ -271,6 +332,10 @@ class OpportunityFacts(Fact):
     lead_id: str | None = None
     lead_source: LeadSource | None = None
     campaign_id: str | None = None
+    sales_team_id: str | None = None
+    sales_region: str | None = None
+    account_industry: str | None = None
+    product_ids: tuple[str, ...] = ()
     created_at: datetime | None = None
     stage_entered_at: datetime | None = None
     won: bool | None = None
@@ -279,14 +344,26 @@ class OpportunityFacts(Fact):
     converted_from_lead_id: str | None = Field(
         default=None, description="The lead whose conversion opened it (from lead.converted)."
     )
+    converted_lead_source: LeadSource | None = Field(default=None, description="From lead.converted.")
+    converted_campaign_id: str | None = Field(default=None, description="From lead.converted.")
+    revisions: tuple[Revision, ...] = Field(default=(), description="One per event, ordered by stamp.")
 
     @property
     def source_lead_id(self) -> str | None:
         return self.lead_id or self.converted_from_lead_id
 
     @property
+    def attributed_campaign_id(self) -> str | None:
+        """Its own campaign, else the one its lead's conversion named (as campaigns does)."""
+        return self.campaign_id or self.converted_campaign_id
+
+    @property
+    def attributed_lead_source(self) -> LeadSource | None:
+        return self.lead_source or self.converted_lead_source
+
+    @property
     def won_at(self) -> datetime | None:
-        if self.won and self.stage_kind == StageKind.CLOSED_WON:
+        if self.stage_kind == StageKind.CLOSED_WON:
             return self.closed_at
         return None
 
@@ -294,11 +371,64 @@ class OpportunityFacts(Fact):
     def is_open(self) -> bool:
         return self.stage_kind == StageKind.OPEN
 
+    @property
+    def is_closed(self) -> bool:
+        return self.stage_kind in (StageKind.CLOSED_WON, StageKind.CLOSED_LOST)
+
     def with_weighted_amount(self) -> OpportunityFacts:
         weighted = None
         if self.amount is not None and self.probability is not None:
             weighted = weighted_amount(self.amount, self.probability)
         return self.model_copy(update={"weighted_amount": weighted})
+
+    def with_revision(self, revision: Revision) -> OpportunityFacts:
+        if any(held.stamp == revision.stamp for held in self.revisions):
+            return self
+        revisions = tuple(sorted([*self.revisions, revision], key=lambda r: r.stamp))
+        return self.model_copy(update={"revisions": revisions})
+
+    def state_at(self, moment: datetime) -> Revision | None:
+        """The figures in force at ``moment``: of the revisions that had happened by then, the
+        newest by stamp (so a late-arriving older event never rewrites the past)."""
+        best: Revision | None = None
+        for revision in self.revisions:
+            if revision.at < moment and (best is None or revision.stamp > best.stamp):
+                best = revision
+        return best
+
+    def stays(self) -> list[StageStay]:
+        """The stages it went through, in version order: it entered its first stage when it
+        was created and each later one when it moved there."""
+        if not self.revisions or self.created_at is None:
+            return []
+        first = self.revisions[0]
+        if first.previous_stage_id is not None:
+            stage, kind = first.previous_stage_id, first.previous_stage_kind or StageKind.OPEN
+        else:
+            stage, kind = first.stage_id, first.stage_kind
+        pipeline, entered = first.pipeline_id, self.created_at
+        stays: list[StageStay] = []
+        for revision in self.revisions:
+            if revision.stage_id == stage:
+                continue
+            stays.append(
+                StageStay(
+                    pipeline_id=pipeline,
+                    stage_id=stage,
+                    stage_kind=kind,
+                    entered_at=entered,
+                    left_at=revision.at,
+                    moved_to=revision.stage_id,
+                )
+            )
+            stage, kind, pipeline, entered = (
+                revision.stage_id,
+                revision.stage_kind,
+                revision.pipeline_id,
+                revision.at,
+            )
+        stays.append(StageStay(pipeline_id=pipeline, stage_id=stage, stage_kind=kind, entered_at=entered))
+        return stays
 
 
 def weighted_amount(amount: Decimal, probability: int) -> Decimal:
@@ -329,8 +459,39 @@ def _figures(figures: OpportunityFigures) -> dict[str, Any]:
         "lead_id": figures.lead_id,
         "lead_source": figures.lead_source,
         "campaign_id": figures.campaign_id,
+        "sales_team_id": figures.sales_team_id,
+        "sales_region": figures.sales_region,
+        "account_industry": figures.account_industry,
+        "product_ids": tuple(figures.product_ids),
         "created_at": to_millis(figures.created_at),
     }
+
+
+def _revision(event: CloudEvent[Any], data: OpportunityEvent, registers: Mapping[str, Any]) -> Revision:
+    if isinstance(data, OpportunityCreated):
+        at = data.opportunity.created_at
+    elif isinstance(data, OpportunityUpdated):
+        at = data.updated_at
+    elif isinstance(data, OpportunityStageChanged):
+        at = data.changed_at
+    else:
+        at = data.closed_at
+    move = data if isinstance(data, OpportunityStageChanged) else None
+    return Revision(
+        stamp=stamp_of(event),
+        at=to_millis(at),
+        pipeline_id=registers["pipeline_id"],
+        stage_id=registers["stage_id"],
+        stage_name=registers["stage_name"],
+        stage_kind=registers["stage_kind"],
+        stage_order=data.opportunity.stage_order,
+        previous_stage_id=move.previous_stage_id if move else None,
+        previous_stage_name=move.previous_stage_name if move else None,
+        previous_stage_kind=move.previous_stage_kind if move else None,
+        probability=registers["probability"],
+        amount=registers["amount"],
+        currency=registers["currency"],
+    )
 
 
 def apply_opportunity_event(opportunity: OpportunityFacts | None, event: CloudEvent[Any]) -> OpportunityFacts:
@@ -350,17 +511,34 @@ def apply_opportunity_event(opportunity: OpportunityFacts | None, event: CloudEv
         if not closed:
             registers["loss_reason"] = None
     elif isinstance(data, OpportunityClosed):
-        registers.update(won=data.won, closed_at=to_millis(data.closed_at), loss_reason=data.loss_reason)
+        # The closing amount is the one that counts (campaigns takes the same).
+        registers.update(
+            won=data.won,
+            closed_at=to_millis(data.closed_at),
+            loss_reason=data.loss_reason,
+            amount=data.amount,
+            currency=data.currency,
+        )
     folded = fact.folded(at=event.time, stamp=stamp_of(event), registers=registers)
-    return folded.with_weighted_amount()
+    return folded.with_revision(_revision(event, data, registers)).with_weighted_amount()
 
 
 def link_conversion(
-    opportunity: OpportunityFacts | None, opportunity_id: str, lead_id: str, event: CloudEvent[Any]
+    opportunity: OpportunityFacts | None,
+    opportunity_id: str,
+    converted: LeadConverted,
+    event: CloudEvent[Any],
 ) -> OpportunityFacts:
-    """Record on the opportunity that ``lead.converted`` opened it, whichever arrives first."""
+    """Record on the opportunity that ``lead.converted`` opened it, whichever arrives first,
+    with the source and campaign the conversion names (the campaign it is attributed to when
+    its own figures name none)."""
     fact = opportunity or OpportunityFacts(opportunity_id=opportunity_id)
-    return fact.folded(at=event.time, stamp=stamp_of(event), registers={"converted_from_lead_id": lead_id})
+    registers = {
+        "converted_from_lead_id": converted.lead_id,
+        "converted_lead_source": converted.lead_source,
+        "converted_campaign_id": converted.campaign_id,
+    }
+    return fact.folded(at=event.time, stamp=stamp_of(event), registers=registers)
 
 
 # -- campaigns --------------------------------------------------------------------------------
@@ -373,248 +551,44 @@ class CampaignFacts(Fact):
     start_date: date | None = None
     end_date: date | None = None
     owner_id: str | None = None
+    parent_campaign_id: str | None = None
     budgeted_cost: Decimal | None = None
     expected_revenue: Decimal | None = None
+    actual_cost: Decimal | None = Field(default=None, description="Sum of the cost ledger.")
     currency: str | None = None
     created_at: datetime | None = None
 
 
+def campaign_id_of(data: CampaignEvent) -> str:
+    if isinstance(data, CampaignCreated | CampaignUpdated):
+        return data.campaign.campaign_id
+    return data.campaign_id
+
+
 def apply_campaign_event(campaign: CampaignFacts | None, event: CloudEvent[Any]) -> CampaignFacts:
-    data: CampaignCreated = event.data
-    snapshot = data.campaign
-    fact = campaign or CampaignFacts(campaign_id=snapshot.campaign_id)
-    registers = {
-        "name": snapshot.name,
-        "type": snapshot.type,
-        "purpose": snapshot.purpose,
-        "status": snapshot.status,
-        "start_date": snapshot.start_date,
-        "end_date": snapshot.end_date,
-        "owner_id": snapshot.owner_id,
-        "budgeted_cost": snapshot.budgeted_cost,
-        "expected_revenue": snapshot.expected_revenue,
-        "currency": snapshot.currency,
-        "created_at": to_millis(data.created_at),
-    }
+    data: CampaignEvent = event.data
+    fact = campaign or CampaignFacts(campaign_id=campaign_id_of(data))
+    registers: dict[str, Any]
+    if isinstance(data, CampaignCreated | CampaignUpdated):
+        snapshot = data.campaign
+        registers = {
+            "name": snapshot.name,
+            "type": snapshot.type,
+            "purpose": snapshot.purpose,
+            "status": snapshot.status,
+            "start_date": snapshot.start_date,
+            "end_date": snapshot.end_date,
+            "owner_id": snapshot.owner_id,
+            "parent_campaign_id": snapshot.parent_campaign_id,
+            "budgeted_cost": snapshot.budgeted_cost,
+            "expected_revenue": snapshot.expected_revenue,
+            "actual_cost": snapshot.actual_cost,
+            "currency": snapshot.currency,
+        }
+        if isinstance(data, CampaignCreated):
+            registers["created_at"] = to_millis(data.created_at)
+    elif isinstance(data, CampaignStatusChanged):
+        registers = {"status": data.status}
+    else:
+        registers = {"actual_cost": data.actual_cost, "currency": data.currency}
     return fact.folded(at=event.time, stamp=stamp_of(event), registers=registers)
-
-
-# -- funnel view ------------------------------------------------------------------------------
-class FunnelDimension(StrEnum):
-    """What the funnel can be broken down by (a field of the lead's facts)."""
-
-    LEAD_SOURCE = "lead_source"
-    CAMPAIGN = "campaign_id"
-    RATING = "rating"
-
-
-class PeriodBasis(StrEnum):
-    """How the period filters the funnel.
-
-    ``activity``: each step counts the leads that reached it within the period (what happened
-    in March). ``cohort``: the leads captured within the period, with every step they reached
-    so far (what became of March's leads)."""
-
-    ACTIVITY = "activity"
-    COHORT = "cohort"
-
-
-class FunnelQuery(BaseModel):
-    model_config = ConfigDict(frozen=True, populate_by_name=True)
-
-    lead_source: LeadSource | None = None
-    campaign_id: str | None = None
-    rating: LeadRating | None = None
-    period_from: datetime | None = Field(default=None, alias="from", description="Inclusive.")
-    period_to: datetime | None = Field(default=None, alias="to", description="Exclusive.")
-    basis: PeriodBasis = PeriodBasis.ACTIVITY
-    group_by: FunnelDimension | None = None
-
-    def in_period(self, moment: datetime) -> bool:
-        if self.period_from is not None and moment < self.period_from:
-            return False
-        return self.period_to is None or moment < self.period_to
-
-    def selects(self, lead: LeadFacts) -> bool:
-        return (
-            (self.lead_source is None or lead.lead_source == self.lead_source)
-            and (self.campaign_id is None or lead.campaign_id == self.campaign_id)
-            and (self.rating is None or lead.rating == self.rating)
-        )
-
-
-@dataclass(frozen=True)
-class FunnelCounts:
-    captured: int = 0
-    qualified: int = 0
-    converted: int = 0
-    opportunity: int = 0
-    won: int = 0
-
-    def __add__(self, other: FunnelCounts) -> FunnelCounts:
-        return FunnelCounts(*(getattr(self, s) + getattr(other, s) for s in FUNNEL_STEPS))
-
-    def __bool__(self) -> bool:
-        return any(getattr(self, s) for s in FUNNEL_STEPS)
-
-
-def group_key(value: Any) -> str | None:
-    if value is None:
-        return None
-    return str(value.value if isinstance(value, StrEnum) else value)
-
-
-def funnel_counts_of(lead: LeadFacts, query: FunnelQuery) -> FunnelCounts:
-    """Which steps one lead counts in under ``query``."""
-    steps = lead.funnel
-    if query.basis == PeriodBasis.COHORT:
-        if steps.captured is None or not query.in_period(steps.captured):
-            return FunnelCounts()
-        return FunnelCounts(*(int(getattr(steps, s) is not None) for s in FUNNEL_STEPS))
-    reached = [getattr(steps, s) for s in FUNNEL_STEPS]
-    return FunnelCounts(*(int(m is not None and query.in_period(m)) for m in reached))
-
-
-def count_funnel(leads: Iterable[LeadFacts], query: FunnelQuery) -> dict[str | None, FunnelCounts]:
-    """The funnel's counts per group, straight from the facts. The repository aggregates the
-    same counts in the database; this is the definition it must agree with."""
-    totals: dict[str | None, FunnelCounts] = {}
-    for lead in leads:
-        if not query.selects(lead):
-            continue
-        counts = funnel_counts_of(lead, query)
-        if not counts:
-            continue
-        key = group_key(getattr(lead, query.group_by.value)) if query.group_by else None
-        totals[key] = totals.get(key, FunnelCounts()) + counts
-    return totals
-
-
-def conversion_rate(reached: int, entered: int) -> Decimal | None:
-    """reached / entered as a fraction with four decimals; None when nobody entered."""
-    if entered == 0:
-        return None
-    return (Decimal(reached) / Decimal(entered)).quantize(RATE_QUANTUM, rounding=ROUND_HALF_EVEN)
-
-
-class FunnelRow(BaseModel):
-    group: str | None = Field(description="The value of group_by, null for none/unknown.")
-    group_name: str | None = Field(description="Display name of the group (campaign name).")
-    captured: int
-    qualified: int
-    converted: int
-    opportunities: int
-    won: int
-    qualified_rate: Decimal | None = Field(description="qualified / captured")
-    converted_rate: Decimal | None = Field(description="converted / qualified")
-    opportunity_rate: Decimal | None = Field(description="opportunities / converted")
-    won_rate: Decimal | None = Field(description="won / opportunities")
-    overall_rate: Decimal | None = Field(description="won / captured")
-
-    @classmethod
-    def of(cls, group: str | None, counts: FunnelCounts, group_name: str | None = None) -> FunnelRow:
-        return cls(
-            group=group,
-            group_name=group_name,
-            captured=counts.captured,
-            qualified=counts.qualified,
-            converted=counts.converted,
-            opportunities=counts.opportunity,
-            won=counts.won,
-            qualified_rate=conversion_rate(counts.qualified, counts.captured),
-            converted_rate=conversion_rate(counts.converted, counts.qualified),
-            opportunity_rate=conversion_rate(counts.opportunity, counts.converted),
-            won_rate=conversion_rate(counts.won, counts.opportunity),
-            overall_rate=conversion_rate(counts.won, counts.captured),
-        )
-
-
-def funnel_rows(
-    counts: Mapping[str | None, FunnelCounts],
-    query: FunnelQuery,
-    group_names: Mapping[str, str] | None = None,
-) -> list[FunnelRow]:
-    """One row per group (sorted, unknown last), or a single total row when ungrouped."""
-    if query.group_by is None:
-        total = sum(counts.values(), FunnelCounts())
-        return [FunnelRow.of(None, total)]
-    names = group_names or {}
-    keys = sorted(counts, key=lambda key: (key is None, key or ""))
-    return [FunnelRow.of(key, counts[key], names.get(key) if key else None) for key in keys]
-
-
-# -- pipeline view ----------------------------------------------------------------------------
-class PipelineQuery(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    pipeline_id: str | None = None
-    owner_id: str | None = None
-
-    def selects(self, opportunity: OpportunityFacts) -> bool:
-        return (
-            opportunity.is_open
-            and (self.pipeline_id is None or opportunity.pipeline_id == self.pipeline_id)
-            and (self.owner_id is None or opportunity.owner_id == self.owner_id)
-        )
-
-
-# (pipeline_id, stage_id, currency): amounts in different currencies are never added up.
-PipelineKey = tuple[str, str, str]
-
-
-@dataclass(frozen=True)
-class PipelineCell:
-    stage_name: str
-    count: int
-    amount: Decimal
-    weighted_amount: Decimal
-
-
-def sum_pipeline(
-    opportunities: Iterable[OpportunityFacts], query: PipelineQuery
-) -> dict[PipelineKey, PipelineCell]:
-    """Open opportunities summed per pipeline, stage and currency, straight from the facts
-    (the definition the repository's aggregation must agree with). A stage shows the name
-    carried by its most recently changed opportunity, so a renamed stage shows its new name."""
-    cells: dict[PipelineKey, PipelineCell] = {}
-    named_by: dict[PipelineKey, tuple[datetime, str]] = {}
-    for opp in opportunities:
-        if not query.selects(opp):
-            continue
-        assert opp.pipeline_id and opp.stage_id and opp.stage_name and opp.currency and opp.as_of
-        assert opp.amount is not None and opp.weighted_amount is not None
-        key = (opp.pipeline_id, opp.stage_id, opp.currency)
-        named_by[key] = max(named_by.get(key, (opp.as_of, opp.stage_name)), (opp.as_of, opp.stage_name))
-        held = cells.get(key, PipelineCell("", 0, Decimal(0), Decimal(0)))
-        cells[key] = PipelineCell(
-            named_by[key][1],
-            held.count + 1,
-            held.amount + opp.amount,
-            held.weighted_amount + opp.weighted_amount,
-        )
-    return cells
-
-
-class PipelineRow(BaseModel):
-    pipeline_id: str
-    stage_id: str
-    stage_name: str
-    currency: str
-    count: int
-    amount: Decimal = Field(description="Sum of the open opportunities' amounts.")
-    weighted_amount: Decimal = Field(description="Sum of amount * probability / 100.")
-
-
-def pipeline_rows(cells: Mapping[PipelineKey, PipelineCell]) -> list[PipelineRow]:
-    return [
-        PipelineRow(
-            pipeline_id=pipeline_id,
-            stage_id=stage_id,
-            stage_name=cell.stage_name,
-            currency=currency,
-            count=cell.count,
-            amount=cell.amount.quantize(AMOUNT_QUANTUM),
-            weighted_amount=cell.weighted_amount.quantize(WEIGHTED_QUANTUM),
-        )
-        for (pipeline_id, stage_id, currency), cell in sorted(cells.items())
-    ]

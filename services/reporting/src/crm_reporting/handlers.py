@@ -23,15 +23,23 @@ PROJECTED_EVENTS: tuple[EventSpec[Any], ...] = (
     catalog.OPPORTUNITY_STAGE_CHANGED,
     catalog.OPPORTUNITY_CLOSED,
     catalog.CAMPAIGN_CREATED,
+    catalog.CAMPAIGN_UPDATED,
+    catalog.CAMPAIGN_STATUS_CHANGED,
+    catalog.CAMPAIGN_COST_RECORDED,
+    catalog.CAMPAIGN_MEMBER_ADDED,
 )
 
 
 def register_handlers(consumer: EventConsumer, repo: ReportingRepository) -> None:
     """Every projected event type goes through the same fold, inside the consumer's
-    transaction (inbox de-duplication and the facts commit together)."""
+    transaction: the inbox entry, the changed facts and their counter differences commit
+    together, into whichever generation is live at that moment."""
 
     async def fold(event: CloudEvent[Any], uow: UnitOfWork) -> None:
-        await project(event, repo.facts(uow.session))
+        generation = await repo.live(uow.session)
+        store = generation.facts(uow.session)
+        await project(event, store)
+        await store.flush()
 
     for spec in PROJECTED_EVENTS:
         consumer.subscribe(spec, fold)

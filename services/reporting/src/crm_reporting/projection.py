@@ -1,25 +1,28 @@
 """Folding one event into reporting's facts: which facts an event touches, in which order.
 
 The folding rules are the pure functions of ``domain``; this module only loads the facts an
-event concerns from a ``FactStore`` and saves those that changed. The Kafka handlers run it
-inside the consumer's transaction (so the inbox entry and the facts commit together); tests
-run it against an in-memory store.
+event concerns from a ``FactStore`` and saves those that changed. The store turns every saved
+change into the counter differences it makes (``aggregates``), in the same transaction. The
+Kafka handlers run it inside the consumer's transaction (so the inbox entry, the facts and the
+differences commit together); the rebuild runs it over replayed topics; tests run it in memory.
 
-An opportunity's funnel milestones are copied into its lead's facts, so the funnel is one
-aggregation over leads. Every write of such a copy happens in a transaction that also writes
-the opportunity's facts (or reads them unchanged), so concurrent handlers conflict on the
-opportunity's document and retry instead of leaving a stale copy behind.
+An opportunity's funnel milestones are copied into its lead's facts, so the funnel counts
+leads. Every write of such a copy happens in a transaction that also writes the opportunity's
+facts (or reads them unchanged), so concurrent handlers conflict on the opportunity's document
+and retry instead of leaving a stale copy behind.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Protocol
 
 from crm_contracts.envelope import CloudEvent
-from crm_contracts.events.campaigns import CampaignCreated
+from crm_contracts.events.campaigns import CampaignMemberAdded
 from crm_contracts.events.leads import LeadConverted
 
 from .domain import (
+    CampaignEvent,
     CampaignFacts,
     LeadEvent,
     LeadFacts,
@@ -28,10 +31,12 @@ from .domain import (
     apply_campaign_event,
     apply_lead_event,
     apply_opportunity_event,
+    campaign_id_of,
     lead_id_of,
     link_conversion,
     note_opportunity,
     opportunity_id_of,
+    to_millis,
 )
 
 
@@ -44,6 +49,9 @@ class FactStore(Protocol):
     async def save_opportunity(self, opportunity: OpportunityFacts) -> None: ...
     async def campaign(self, campaign_id: str) -> CampaignFacts | None: ...
     async def save_campaign(self, campaign: CampaignFacts) -> None: ...
+    async def add_member(self, campaign_id: str, member_id: str, at: datetime) -> bool:
+        """Record a campaign membership; False if it was known already."""
+        ...
 
 
 async def project(event: CloudEvent[Any], store: FactStore) -> None:
@@ -53,13 +61,35 @@ async def project(event: CloudEvent[Any], store: FactStore) -> None:
         await _project_lead_event(event, data, store)
     elif isinstance(data, OpportunityEvent):
         await _project_opportunity_event(event, data, store)
-    elif isinstance(data, CampaignCreated):
-        before = await store.campaign(data.campaign.campaign_id)
+    elif isinstance(data, CampaignEvent):
+        before = await store.campaign(campaign_id_of(data))
         after = apply_campaign_event(before, event)
         if after != before:
             await store.save_campaign(after)
+    elif isinstance(data, CampaignMemberAdded):
+        await store.add_member(data.campaign_id, data.member_id, to_millis(event.time))
     else:
         raise TypeError(f"reporting does not project {type(data).__name__}")
+
+
+def ids_of(event: CloudEvent[Any]) -> tuple[set[str], set[str], set[str]]:
+    """The lead, opportunity and campaign ids an event certainly touches (to fetch them ahead
+    in bulk; the projection loads anything else it needs itself)."""
+    data = event.data
+    leads: set[str] = set()
+    opportunities: set[str] = set()
+    campaigns: set[str] = set()
+    if isinstance(data, LeadEvent):
+        leads.add(lead_id_of(data))
+        if isinstance(data, LeadConverted) and data.opportunity is not None:
+            opportunities.add(data.opportunity.opportunity_id)
+    elif isinstance(data, OpportunityEvent):
+        opportunities.add(opportunity_id_of(data))
+        if data.opportunity.lead_id:
+            leads.add(data.opportunity.lead_id)
+    elif isinstance(data, CampaignEvent):
+        campaigns.add(campaign_id_of(data))
+    return leads, opportunities, campaigns
 
 
 async def _project_lead_event(event: CloudEvent[Any], data: LeadEvent, store: FactStore) -> None:
@@ -69,7 +99,7 @@ async def _project_lead_event(event: CloudEvent[Any], data: LeadEvent, store: Fa
     if isinstance(data, LeadConverted) and data.opportunity is not None:
         opportunity_id = data.opportunity.opportunity_id
         opportunity_before = await store.opportunity(opportunity_id)
-        opportunity = link_conversion(opportunity_before, opportunity_id, lead_id, event)
+        opportunity = link_conversion(opportunity_before, opportunity_id, data, event)
         if opportunity != opportunity_before:
             await store.save_opportunity(opportunity)
         if opportunity.source_lead_id == lead_id:

@@ -1,48 +1,60 @@
-"""Reporting's storage: one document per lead, opportunity and campaign (the facts), and the
-aggregations that turn them into the funnel and the pipeline at read time.
+"""Reporting's storage: facts, counter documents and the log of counter differences, grouped
+in *generations*; a pointer document names the live one.
 
-The aggregations use only ``$match``, ``$sort``, ``$group`` with ``$sum``/``$first``/``$cond``
-and comparison operators, which MongoDB 7+ and SecantusDB both implement. Decimal128 sums are
-exact on both.
+- A projection's transaction saves the changed facts and appends one *delta* document (the
+  counter differences the change makes, ``aggregates.Changes.tally``) to ``view_deltas``.
+- The *merger* folds deltas into the counter collections: in one transaction it reads a batch,
+  adds the differences up per counter document, applies them with ``$inc`` (names with
+  ``$max``), advances the freshness marks and deletes the batch. Deltas of many events that
+  hit the same documents (today's, this month's) become one update, which keeps ingest close
+  to the consumer's own transaction rate.
+- A rebuild fills a new generation from the topics and swaps the pointer (``rebuild``).
+
+Collections of generation N are named ``g<N>.<name>``. Queries use only equality, ``$in``,
+range and ``$or`` on indexed fields, which MongoDB 7+ and SecantusDB both serve from indexes.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from crm_runtime.mongo import Document, from_bson, to_bson
-from pymongo import ASCENDING, DESCENDING
+from crm_runtime.mongo import Document, from_bson, in_transaction, to_bson
+from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from .domain import (
-    FUNNEL_STEPS,
-    CampaignFacts,
-    Fact,
-    FunnelCounts,
-    FunnelQuery,
-    LeadFacts,
-    OpportunityFacts,
-    PeriodBasis,
-    PipelineCell,
-    PipelineKey,
-    PipelineQuery,
-    group_key,
-)
+from .aggregates import COUNTER_VIEWS, EVERYTHING, Changes, CounterKey, Number, Tally, tag
+from .domain import CampaignFacts, Fact, LeadFacts, OpportunityFacts
+from .views import CounterDoc, Selector, matches_values
 
+log = logging.getLogger(__name__)
+
+GENERATIONS = "generations"
+LIVE = "live"
 LEAD_FACTS = "lead_facts"
 OPPORTUNITY_FACTS = "opportunity_facts"
 CAMPAIGN_FACTS = "campaign_facts"
+CAMPAIGN_MEMBERS = "campaign_members"
+DELTAS = "view_deltas"
+FRESHNESS = "freshness"
+FACT_KINDS = ("leads", "opportunities", "campaigns")
+# A delta document stays far below MongoDB's 16 MB limit.
+MAX_CHANGES_PER_DELTA = 4000
+MERGE_BATCH = 500
+MERGE_MAX_KEYS = 10_000
 
 F = TypeVar("F", bound=Fact)
+T = TypeVar("T")
 
 
 def _to_document(fact: Fact, key_field: str) -> Document:
-    data = fact.model_dump()
-    document: Document = to_bson(data)
+    document: Document = to_bson(fact.model_dump())
     document["_id"] = document.pop(key_field)
     return document
 
@@ -53,165 +65,469 @@ def _to_fact(document: Document, model: type[F], key_field: str) -> F:
     return model.model_validate(data)
 
 
-class MongoFactStore:
-    """The ``FactStore`` of one transaction: every read and write goes through its session."""
+class Generation:
+    """The collections of one generation of reporting's read models."""
 
-    def __init__(self, repo: ReportingRepository, session: AsyncClientSession) -> None:
-        self._repo = repo
-        self._session = session
-
-    async def _get(self, collection: AsyncCollection[Document], key: str) -> Document | None:
-        return await collection.find_one({"_id": key}, session=self._session)
-
-    async def _put(self, collection: AsyncCollection[Document], document: Document) -> None:
-        await collection.replace_one({"_id": document["_id"]}, document, upsert=True, session=self._session)
-
-    async def lead(self, lead_id: str) -> LeadFacts | None:
-        document = await self._get(self._repo.leads, lead_id)
-        return _to_fact(document, LeadFacts, "lead_id") if document else None
-
-    async def save_lead(self, lead: LeadFacts) -> None:
-        await self._put(self._repo.leads, _to_document(lead, "lead_id"))
-
-    async def opportunity(self, opportunity_id: str) -> OpportunityFacts | None:
-        document = await self._get(self._repo.opportunities, opportunity_id)
-        return _to_fact(document, OpportunityFacts, "opportunity_id") if document else None
-
-    async def save_opportunity(self, opportunity: OpportunityFacts) -> None:
-        await self._put(self._repo.opportunities, _to_document(opportunity, "opportunity_id"))
-
-    async def campaign(self, campaign_id: str) -> CampaignFacts | None:
-        document = await self._get(self._repo.campaigns, campaign_id)
-        return _to_fact(document, CampaignFacts, "campaign_id") if document else None
-
-    async def save_campaign(self, campaign: CampaignFacts) -> None:
-        await self._put(self._repo.campaigns, _to_document(campaign, "campaign_id"))
-
-
-def _funnel_pipeline(query: FunnelQuery) -> list[Document]:
-    match: Document = {}
-    for field in ("lead_source", "campaign_id", "rating"):
-        value = group_key(getattr(query, field))
-        if value is not None:
-            match[field] = value
-    period: Document = {}
-    if query.period_from is not None:
-        period["$gte"] = query.period_from
-    if query.period_to is not None:
-        period["$lt"] = query.period_to
-
-    def reached(step: str) -> Document:
-        field = f"$funnel.{step}"
-        conditions: list[Document] = [{"$gt": [field, None]}]
-        if query.basis == PeriodBasis.ACTIVITY:
-            if query.period_from is not None:
-                conditions.append({"$gte": [field, query.period_from]})
-            if query.period_to is not None:
-                conditions.append({"$lt": [field, query.period_to]})
-        return {"$sum": {"$cond": [{"$and": conditions}, 1, 0]}}
-
-    if period and query.basis == PeriodBasis.COHORT:
-        match["funnel.captured"] = period
-    elif period:
-        # Only leads with some step in the period can count; lets an index narrow the scan.
-        match["$or"] = [{f"funnel.{step}": period} for step in FUNNEL_STEPS]
-    group: Document = {"_id": f"${query.group_by.value}" if query.group_by else None}
-    group.update({step: reached(step) for step in FUNNEL_STEPS})
-    return [{"$match": match}, {"$group": group}]
-
-
-def _pipeline_pipeline(query: PipelineQuery) -> list[Document]:
-    match: Document = {"stage_kind": "open"}
-    if query.pipeline_id is not None:
-        match["pipeline_id"] = query.pipeline_id
-    if query.owner_id is not None:
-        match["owner_id"] = query.owner_id
-    return [
-        {"$match": match},
-        # $first after this sort: the stage's name as its most recently changed opportunity says.
-        {"$sort": {"as_of": DESCENDING, "stage_name": DESCENDING}},
-        {
-            "$group": {
-                "_id": {"pipeline_id": "$pipeline_id", "stage_id": "$stage_id", "currency": "$currency"},
-                "stage_name": {"$first": "$stage_name"},
-                "count": {"$sum": 1},
-                "amount": {"$sum": "$amount"},
-                "weighted_amount": {"$sum": "$weighted_amount"},
-            }
-        },
-    ]
-
-
-class ReportingRepository:
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
-        self.leads: AsyncCollection[Document] = db[LEAD_FACTS]
-        self.opportunities: AsyncCollection[Document] = db[OPPORTUNITY_FACTS]
-        self.campaigns: AsyncCollection[Document] = db[CAMPAIGN_FACTS]
+    def __init__(self, db: AsyncDatabase[Document], number: int) -> None:
+        self.number = number
+        self.prefix = f"g{number}."
+        self.leads: AsyncCollection[Document] = db[self.prefix + LEAD_FACTS]
+        self.opportunities: AsyncCollection[Document] = db[self.prefix + OPPORTUNITY_FACTS]
+        self.campaigns: AsyncCollection[Document] = db[self.prefix + CAMPAIGN_FACTS]
+        self.members: AsyncCollection[Document] = db[self.prefix + CAMPAIGN_MEMBERS]
+        self.deltas: AsyncCollection[Document] = db[self.prefix + DELTAS]
+        self.freshness: AsyncCollection[Document] = db[self.prefix + FRESHNESS]
+        self.counters: dict[str, AsyncCollection[Document]] = {
+            view: db[self.prefix + view] for view in COUNTER_VIEWS
+        }
+        self._db = db
 
     async def ensure_indexes(self) -> None:
-        for field in ("lead_source", "campaign_id", "rating"):
-            await self.leads.create_index([(field, ASCENDING), ("funnel.captured", ASCENDING)])
-        for step in FUNNEL_STEPS:
-            await self.leads.create_index([(f"funnel.{step}", ASCENDING)])
-        await self.leads.create_index([("as_of", DESCENDING)])
-        await self.opportunities.create_index(
-            [("stage_kind", ASCENDING), ("pipeline_id", ASCENDING), ("owner_id", ASCENDING)]
-        )
-        await self.opportunities.create_index([("as_of", DESCENDING)])
+        # One index per view: every index costs on each write (SecantusDB rewrites them even on
+        # $inc); the multikey tags serve a filter on any dimension, and "*" no filter.
+        for collection in self.counters.values():
+            await collection.create_index(
+                [("k.cuboid", ASCENDING), ("k.tags", ASCENDING), ("k.period", ASCENDING)]
+            )
+        await self.campaigns.create_index([("status", ASCENDING)])
+
+    async def drop(self) -> None:
+        for name in await self._db.list_collection_names():
+            if name.startswith(self.prefix):
+                await self._db.drop_collection(name)
 
     def facts(self, session: AsyncClientSession) -> MongoFactStore:
         return MongoFactStore(self, session)
 
-    # -- views ------------------------------------------------------------------------------
-    async def funnel_counts(self, query: FunnelQuery) -> dict[str | None, FunnelCounts]:
-        """The same counts as ``domain.count_funnel``, aggregated by the database."""
-        cursor = await self.leads.aggregate(_funnel_pipeline(query))
-        counts: dict[str | None, FunnelCounts] = {}
-        async for group in cursor:
-            row = FunnelCounts(*(int(group[step]) for step in FUNNEL_STEPS))
-            if row:
-                counts[group_key(group["_id"])] = row
-        return counts
+    # -- freshness --------------------------------------------------------------------------
+    async def as_of(self) -> dict[str, datetime]:
+        """Per kind of fact, the newest event time merged into the counters."""
+        document = await self.freshness.find_one({"_id": "as_of"})
+        return {kind: document[kind] for kind in FACT_KINDS if document and document.get(kind)}
 
-    async def pipeline_cells(self, query: PipelineQuery) -> dict[PipelineKey, PipelineCell]:
-        """The same sums as ``domain.sum_pipeline``, aggregated by the database."""
-        cursor = await self.opportunities.aggregate(_pipeline_pipeline(query))
-        cells: dict[PipelineKey, PipelineCell] = {}
-        async for group in cursor:
-            key = group["_id"]
-            cells[(key["pipeline_id"], key["stage_id"], key["currency"])] = PipelineCell(
-                stage_name=group["stage_name"],
-                count=int(group["count"]),
-                amount=from_bson(group["amount"]),
-                weighted_amount=from_bson(group["weighted_amount"]),
+    async def year_span(self) -> tuple[int, int] | None:
+        """The first and last year any dated counter has (never narrows)."""
+        document = await self.freshness.find_one({"_id": "as_of"}, {"first_year": 1, "last_year": 1})
+        if not document or "first_year" not in document:
+            return None
+        return int(document["first_year"]), int(document["last_year"])
+
+    async def pending(self, limit: int = 100_000) -> int:
+        """Deltas not merged yet (events applied to facts, not yet in the views)."""
+        return await self.deltas.count_documents({}, limit=limit)
+
+    # -- merging ----------------------------------------------------------------------------
+    async def merge(self, client: AsyncMongoClient[Document], batch: int = MERGE_BATCH) -> int:
+        """Fold one batch of deltas into the counters; returns how many deltas it merged."""
+
+        async def work(session: AsyncClientSession) -> int:
+            cursor = self.deltas.find({}, sort=[("_id", ASCENDING)], limit=batch, session=session)
+            deltas = await cursor.to_list()
+            if not deltas:
+                return 0
+            taken: list[Any] = []
+            counts: dict[tuple[str, str], tuple[Document, dict[str, Number]]] = {}
+            names: dict[tuple[str, str], tuple[Document, dict[str, str]]] = {}
+            newest: dict[str, datetime] = {}
+            for delta in deltas:
+                if taken and len(counts) + len(names) > MERGE_MAX_KEYS:
+                    break  # keep one transaction bounded; the rest comes next round
+                taken.append(delta["_id"])
+                for view, doc_id, labels, pairs in delta.get("counts", ()):
+                    held = counts.setdefault((view, doc_id), (labels, {}))[1]
+                    for path, value in pairs:
+                        held[path] = held.get(path, 0) + from_bson(value)
+                for view, doc_id, labels, pairs in delta.get("names", ()):
+                    kept = names.setdefault((view, doc_id), (labels, {}))[1]
+                    for name, seen in pairs:
+                        kept[name] = max(kept.get(name, ""), seen)
+                for kind, moment in delta.get("as_of", {}).items():
+                    newest[kind] = max(newest.get(kind, moment), moment)
+            operations: dict[str, list[UpdateOne]] = {}
+            for (view, doc_id), (labels, increments) in counts.items():
+                nonzero = {path: to_bson(value) for path, value in increments.items() if value}
+                if nonzero:
+                    update = {"$inc": nonzero, "$setOnInsert": {"k": labels}}
+                    operations.setdefault(view, []).append(UpdateOne({"_id": doc_id}, update, upsert=True))
+            for (view, doc_id), (labels, maxima) in names.items():
+                update = {"$max": maxima, "$setOnInsert": {"k": labels}}
+                operations.setdefault(view, []).append(UpdateOne({"_id": doc_id}, update, upsert=True))
+            for view, ops in operations.items():
+                await self.counters[view].bulk_write(ops, ordered=False, session=session)
+            years = [int(labels["period"]) for labels, _ in counts.values() if labels.get("grain") == "year"]
+            marks: Document = {}
+            if newest:
+                marks["$max"] = dict(newest)
+            if years:
+                marks.setdefault("$max", {})["last_year"] = max(years)
+                marks["$min"] = {"first_year": min(years)}
+            if marks:
+                await self.freshness.update_one({"_id": "as_of"}, marks, upsert=True, session=session)
+            await self.deltas.delete_many({"_id": {"$in": taken}}, session=session)
+            return len(taken)
+
+        return await in_transaction(client, work)
+
+    async def merge_all(self, client: AsyncMongoClient[Document]) -> int:
+        merged = 0
+        while done := await self.merge(client):
+            merged += done
+        return merged
+
+    # -- reading ----------------------------------------------------------------------------
+    async def counters_for(self, selector: Selector, span: tuple[int, int] | None = None) -> list[CounterDoc]:
+        """The selected counter documents. Open ranges of years become the list of years that
+        have data (``span``): SecantusDB serves a tag with a list of periods from the index,
+        but scans the collection for a tag with a range."""
+        query: Document = {"k.cuboid": "+".join(selector.cuboid) or "total"}
+        # One dimension goes to the index (its tag, or the tag every document has); any others
+        # are checked on the documents found: SecantusDB scans the collection for two tags, or
+        # for a list of them.
+        indexed = next(iter(selector.match), None)
+        query["k.tags"] = tag(indexed, selector.match[indexed]) if indexed else EVERYTHING
+        periods = list(selector.periods)
+        if selector.years is not None and span is not None:
+            low, high = selector.years
+            first = span[0] if low is None else max(low, span[0])
+            last = span[1] if high is None else min(high - 1, span[1])
+            periods += [f"{year:04d}" for year in range(first, last + 1)]
+        if not periods:
+            return []
+        query["k.period"] = {"$in": sorted(set(periods))}
+        projection = {"_id": 0, "k": 1, **dict.fromkeys(selector.parts, 1)}
+        documents = await self.counters[selector.view].find(query, projection).to_list()
+        result = []
+        for document in documents:
+            labels = document.pop("k")
+            values = {name: labels.get(name) for name in selector.cuboid}
+            if not matches_values(selector, values):
+                continue
+            result.append(
+                CounterDoc(
+                    values=values,
+                    period=labels["period"],
+                    measures=from_bson(document),
+                )
             )
-        return cells
+        return result
 
-    async def campaign_names(self, campaign_ids: Iterable[str | None]) -> dict[str, str]:
-        wanted = sorted({c for c in campaign_ids if c is not None})
-        if not wanted:
-            return {}
-        cursor = self.campaigns.find({"_id": {"$in": wanted}}, {"name": 1})
-        return {doc["_id"]: doc["name"] async for doc in cursor if doc.get("name")}
+    async def counters_by_id(self, keys: Collection[CounterKey]) -> list[CounterDoc]:
+        by_view: dict[str, list[CounterKey]] = {}
+        for key in keys:
+            by_view.setdefault(key.view, []).append(key)
+        result = []
+        for view, wanted in by_view.items():
+            cuboids = {key.doc_id: key.cuboid for key in wanted}
+            async for document in self.counters[view].find({"_id": {"$in": sorted(cuboids)}}):
+                labels = document.pop("k")
+                cuboid = cuboids[document.pop("_id")]
+                values = {name: labels.get(name) for name in cuboid}
+                result.append(
+                    CounterDoc(values=values, period=labels["period"], measures=from_bson(document))
+                )
+        return result
 
-    async def funnel_as_of(self) -> datetime | None:
-        return await _newest(self.leads)
-
-    async def pipeline_as_of(self) -> datetime | None:
-        return await _newest(self.opportunities)
+    async def campaign_facts(self, campaign_ids: Collection[str] | None) -> list[CampaignFacts]:
+        query: Document = {"_id": {"$in": list(campaign_ids)}} if campaign_ids is not None else {}
+        documents = await self.campaigns.find(query).to_list()
+        return [_to_fact(document, CampaignFacts, "campaign_id") for document in documents]
 
     # -- whole collections (rebuild checks, tests) ------------------------------------------
-    async def all_leads(self) -> AsyncIterator[LeadFacts]:
-        async for document in self.leads.find({}, sort=[("_id", ASCENDING)]):
-            yield _to_fact(document, LeadFacts, "lead_id")
+    async def all_leads(self) -> list[LeadFacts]:
+        documents = await self.leads.find({}, sort=[("_id", ASCENDING)]).to_list()
+        return [_to_fact(document, LeadFacts, "lead_id") for document in documents]
 
-    async def all_opportunities(self) -> AsyncIterator[OpportunityFacts]:
-        async for document in self.opportunities.find({}, sort=[("_id", ASCENDING)]):
-            yield _to_fact(document, OpportunityFacts, "opportunity_id")
+    async def all_opportunities(self) -> list[OpportunityFacts]:
+        documents = await self.opportunities.find({}, sort=[("_id", ASCENDING)]).to_list()
+        return [_to_fact(document, OpportunityFacts, "opportunity_id") for document in documents]
+
+    async def all_counters(self, view: str) -> dict[str, Document]:
+        """Every non-empty counter document of ``view`` by id, without zero fields."""
+        documents = await self.counters[view].find({}).to_list()
+        return {doc["_id"]: kept for doc in documents if (kept := _without_zeros(from_bson(doc)))}
 
 
-async def _newest(collection: AsyncCollection[Document]) -> datetime | None:
-    document: Any = await collection.find_one(
-        {"as_of": {"$ne": None}}, {"as_of": 1}, sort=[("as_of", DESCENDING)]
-    )
-    return document["as_of"] if document else None
+def _without_zeros(document: Document) -> Document:
+    kept: Document = {}
+    for name, value in document.items():
+        if isinstance(value, dict):
+            inner = _without_zeros(value)
+            if inner:
+                kept[name] = inner
+        elif value != 0 or isinstance(value, str | bool) or value is None:
+            kept[name] = value
+    measures = {k: v for k, v in kept.items() if k not in ("_id", "k")}
+    return kept if measures else {}
+
+
+class GenerationSource:
+    """The views' ``ViewSource`` over one generation."""
+
+    def __init__(self, generation: Generation) -> None:
+        self.generation = generation
+        self._span: tuple[int, int] | None = None
+        self._span_read = False
+
+    async def counters(self, selector: Selector) -> list[CounterDoc]:
+        if selector.years is not None and not self._span_read:
+            self._span, self._span_read = await self.generation.year_span(), True
+        return await self.generation.counters_for(selector, self._span)
+
+    async def counters_by_key(self, keys: Collection[CounterKey]) -> list[CounterDoc]:
+        return await self.generation.counters_by_id(keys)
+
+    async def campaigns(self, campaign_ids: Collection[str] | None) -> list[CampaignFacts]:
+        return await self.generation.campaign_facts(campaign_ids)
+
+
+class MongoFactStore:
+    """The ``FactStore`` of one transaction: facts are read once through its session, changes
+    are kept until ``flush`` writes them together with their delta document."""
+
+    def __init__(self, generation: Generation, session: AsyncClientSession) -> None:
+        self._generation = generation
+        self._session = session
+        self._leads: dict[str, LeadFacts | None] = {}
+        self._opportunities: dict[str, OpportunityFacts | None] = {}
+        self._campaigns: dict[str, CampaignFacts | None] = {}
+        self._members: dict[str, bool] = {}
+        self.changes = Changes()
+
+    async def prefetch(
+        self, leads: Iterable[str], opportunities: Iterable[str], campaigns: Iterable[str]
+    ) -> None:
+        """Load many facts in three queries (the rebuild projects events in batches)."""
+        g = self._generation
+        self._leads.update(await self._fetch(g.leads, LeadFacts, "lead_id", set(leads) - set(self._leads)))
+        self._opportunities.update(
+            await self._fetch(
+                g.opportunities,
+                OpportunityFacts,
+                "opportunity_id",
+                set(opportunities) - set(self._opportunities),
+            )
+        )
+        self._campaigns.update(
+            await self._fetch(
+                g.campaigns, CampaignFacts, "campaign_id", set(campaigns) - set(self._campaigns)
+            )
+        )
+
+    async def _fetch(
+        self, collection: AsyncCollection[Document], model: type[F], key: str, wanted: set[str]
+    ) -> dict[str, F | None]:
+        if not wanted:
+            return {}
+        cursor = collection.find({"_id": {"$in": sorted(wanted)}}, session=self._session)
+        found = {doc["_id"]: _to_fact(doc, model, key) async for doc in cursor}
+        return {fact_id: found.get(fact_id) for fact_id in wanted}
+
+    async def _load(
+        self,
+        cache: dict[str, Any],
+        collection: AsyncCollection[Document],
+        key: str,
+        model: type[F],
+        fact_id: str,
+    ) -> F | None:
+        if fact_id not in cache:
+            document = await collection.find_one({"_id": fact_id}, session=self._session)
+            cache[fact_id] = _to_fact(document, model, key) if document else None
+        fact: F | None = cache[fact_id]
+        return fact
+
+    async def lead(self, lead_id: str) -> LeadFacts | None:
+        return await self._load(self._leads, self._generation.leads, "lead_id", LeadFacts, lead_id)
+
+    async def save_lead(self, lead: LeadFacts) -> None:
+        self.changes.lead(self._leads.get(lead.lead_id), lead)
+        self._leads[lead.lead_id] = lead
+
+    async def opportunity(self, opportunity_id: str) -> OpportunityFacts | None:
+        return await self._load(
+            self._opportunities,
+            self._generation.opportunities,
+            "opportunity_id",
+            OpportunityFacts,
+            opportunity_id,
+        )
+
+    async def save_opportunity(self, opportunity: OpportunityFacts) -> None:
+        self.changes.opportunity(self._opportunities.get(opportunity.opportunity_id), opportunity)
+        self._opportunities[opportunity.opportunity_id] = opportunity
+
+    async def campaign(self, campaign_id: str) -> CampaignFacts | None:
+        return await self._load(
+            self._campaigns, self._generation.campaigns, "campaign_id", CampaignFacts, campaign_id
+        )
+
+    async def save_campaign(self, campaign: CampaignFacts) -> None:
+        self.changes.campaign(self._campaigns.get(campaign.campaign_id), campaign)
+        self._campaigns[campaign.campaign_id] = campaign
+
+    async def add_member(self, campaign_id: str, member_id: str, at: datetime) -> bool:
+        key = f"{campaign_id}|{member_id}"  # '|' cannot occur in an id
+        if key not in self._members:
+            found = await self._generation.members.find_one({"_id": key}, {"_id": 1}, session=self._session)
+            self._members[key] = found is not None
+        if self._members[key]:
+            return False
+        self._members[key] = True
+        self.changes.new_members.append((campaign_id, at))
+        await self._generation.members.insert_one({"_id": key, "added_at": at}, session=self._session)
+        return True
+
+    async def flush(self) -> None:
+        """Write the changed facts and the delta document of their counter differences."""
+        changes, session = self.changes, self._session
+        if not changes:
+            return
+        for collection, documents in (
+            (self._generation.leads, [_to_document(c, "lead_id") for _, c in changes.leads.values()]),
+            (
+                self._generation.opportunities,
+                [_to_document(c, "opportunity_id") for _, c in changes.opportunities.values()],
+            ),
+            (
+                self._generation.campaigns,
+                [_to_document(c, "campaign_id") for _, c in changes.campaigns.values()],
+            ),
+        ):
+            if len(documents) == 1:
+                await collection.replace_one(
+                    {"_id": documents[0]["_id"]}, documents[0], upsert=True, session=session
+                )
+            elif documents:
+                ops = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in documents]
+                await collection.bulk_write(ops, ordered=False, session=session)
+        for delta in delta_documents(changes.tally(), changes.as_of()):
+            await self._generation.deltas.insert_one(delta, session=session)
+        self.changes = Changes()
+
+
+def delta_documents(tally: Tally, as_of: dict[str, datetime]) -> list[Document]:
+    """The tally as delta documents (split when large); paths travel as pairs because field
+    names with dots do not belong in stored documents."""
+    entries: list[tuple[str, list[Any]]] = [
+        ("counts", [key.view, key.doc_id, key.labels(), [[p, to_bson(v)] for p, v in sorted(fields.items())]])
+        for key, fields in tally.counts.items()
+    ]
+    entries += [
+        ("names", [key.view, key.doc_id, key.labels(), sorted([n, t] for n, t in names.items())])
+        for key, names in tally.names.items()
+    ]
+    documents: list[Document] = []
+    for start in range(0, max(len(entries), 1), MAX_CHANGES_PER_DELTA):
+        chunk = entries[start : start + MAX_CHANGES_PER_DELTA]
+        document: Document = {
+            "counts": [entry for kind, entry in chunk if kind == "counts"],
+            "names": [entry for kind, entry in chunk if kind == "names"],
+        }
+        if start == 0 and as_of:
+            document["as_of"] = as_of
+        documents.append(document)
+    return documents
+
+
+class ReportingRepository:
+    """Finds the live generation (and others, for the rebuild)."""
+
+    def __init__(self, client: AsyncMongoClient[Document], db: AsyncDatabase[Document]) -> None:
+        self.client = client
+        self.db = db
+        self.pointers: AsyncCollection[Document] = db[GENERATIONS]
+
+    def generation(self, number: int) -> Generation:
+        return Generation(self.db, number)
+
+    async def setup(self) -> None:
+        """Make sure there is a live generation (the first start creates generation 1)."""
+        await self.pointers.update_one(
+            {"_id": LIVE}, {"$setOnInsert": {"generation": 1, "since": None}}, upsert=True
+        )
+        await (await self.live()).ensure_indexes()
+
+    async def live(self, session: AsyncClientSession | None = None) -> Generation:
+        pointer = await self.pointers.find_one({"_id": LIVE}, session=session)
+        return self.generation(int(pointer["generation"]) if pointer else 1)
+
+    async def generation_numbers(self) -> list[int]:
+        numbers = set()
+        for name in await self.db.list_collection_names():
+            head, _, _ = name.partition(".")
+            if head.startswith("g") and head[1:].isdigit():
+                numbers.add(int(head[1:]))
+        return sorted(numbers)
+
+    async def swap(self, number: int, since: datetime) -> int:
+        """Make generation ``number`` the live one; returns the one it replaces."""
+
+        async def work(session: AsyncClientSession) -> int:
+            pointer = await self.pointers.find_one({"_id": LIVE}, session=session)
+            previous = int(pointer["generation"]) if pointer else 1
+            await self.pointers.replace_one(
+                {"_id": LIVE}, {"generation": number, "since": since}, upsert=True, session=session
+            )
+            return previous
+
+        return await in_transaction(self.client, work)
+
+
+class Merger:
+    """Keeps folding the live generation's deltas into its counters, in the background.
+
+    While events stream in, it lets deltas gather for up to ``gather_seconds`` (or until
+    ``MERGE_BATCH`` are waiting), so that many events' differences to the same counters
+    become one update; views trail consumption by about that long."""
+
+    def __init__(
+        self, repo: ReportingRepository, gather_seconds: float = 1.0, idle_seconds: float = 0.2
+    ) -> None:
+        self._repo = repo
+        self._gather = gather_seconds
+        self._idle = idle_seconds
+        self._task: asyncio.Task[None] | None = None
+        self.merged = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="reporting-merger")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        waiting_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                generation = await self._repo.live()
+                pending = await generation.pending(limit=MERGE_BATCH)
+                if pending and waiting_since is None:
+                    waiting_since = loop.time()
+                if pending >= MERGE_BATCH or (
+                    waiting_since is not None and loop.time() - waiting_since >= self._gather
+                ):
+                    self.merged += await generation.merge(self._repo.client)
+                    waiting_since = None
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database away: try again after a pause
+                log.warning("merging view deltas failed", extra={"error": str(exc)[:300]})
+                await asyncio.sleep(1.0)
+            await asyncio.sleep(self._idle)
+
+
+async def retrying(work: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
+    """Run ``work`` again after a transient failure (used by the rebuild's batches)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await work()
+        except Exception:
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")

@@ -84,7 +84,7 @@ LEAD_UPDATED = EventSpec(
     leads.LeadUpdated,
     description="A lead's data changed.",
     producer="leads",
-    consumers=("reporting",),
+    consumers=("campaigns", "reporting"),
 )
 LEAD_QUALIFIED = EventSpec(
     "lead.qualified",
@@ -126,7 +126,7 @@ OPPORTUNITY_CREATED = EventSpec(
     opportunities.OpportunityCreated,
     description="An opportunity was opened.",
     producer="opportunities",
-    consumers=("reporting",),
+    consumers=("campaigns", "reporting"),
 )
 OPPORTUNITY_UPDATED = EventSpec(
     "opportunity.updated",
@@ -162,26 +162,72 @@ CAMPAIGN_UPDATED = EventSpec(
     campaigns.CampaignUpdated,
     description="A campaign's details (dates, budget, owner, parent, ...) changed.",
     producer="campaigns",
-    consumers=(),
+    consumers=("reporting",),
 )
 CAMPAIGN_STATUS_CHANGED = EventSpec(
     "campaign.status_changed",
     campaigns.CampaignStatusChanged,
     description="A campaign moved along its lifecycle (planned, active, completed, aborted).",
     producer="campaigns",
-    consumers=(),
+    consumers=("reporting",),
 )
 CAMPAIGN_COST_RECORDED = EventSpec(
     "campaign.cost_recorded",
     campaigns.CampaignCostRecorded,
     description="A cost entry was booked in a campaign's ledger; carries the new actual cost.",
     producer="campaigns",
-    consumers=(),
+    consumers=("reporting",),
 )
 CAMPAIGN_MEMBER_ADDED = EventSpec(
     "campaign.member_added",
     campaigns.CampaignMemberAdded,
     description="A lead or contact joined a campaign.",
+    producer="campaigns",
+    consumers=("reporting",),
+)
+
+ACCOUNT_UPDATED = EventSpec(
+    "account.updated",
+    opportunities.AccountUpdated,
+    description="An account changed (edited, re-parented, a prospect became a customer).",
+    producer="opportunities",
+    consumers=(),
+)
+CONTACT_UPDATED = EventSpec(
+    "contact.updated",
+    opportunities.ContactUpdated,
+    description="A contact changed (details, account, role, decision-maker or influencer flag).",
+    producer="opportunities",
+    consumers=(),
+)
+PIPELINE_CREATED = EventSpec(
+    "pipeline.created",
+    opportunities.PipelineDefined,
+    description="A pipeline was defined: its ordered stages with kind, probability and forecast category.",
+    producer="opportunities",
+    consumers=(),
+)
+PIPELINE_UPDATED = EventSpec(
+    "pipeline.updated",
+    opportunities.PipelineDefined,
+    description="A pipeline was redefined (renamed, stages reordered, re-weighted, added or removed).",
+    producer="opportunities",
+    consumers=(),
+)
+
+LEAD_MERGED = EventSpec(
+    "lead.merged",
+    leads.LeadMerged,
+    description="A duplicate lead was merged into a surviving lead.",
+    producer="leads",
+    consumers=(),
+)
+
+CAMPAIGN_MEMBER_STATUS_CHANGED = EventSpec(
+    "campaign.member_status_changed",
+    campaigns.CampaignMemberStatusChanged,
+    description="A campaign member's status changed (sent, opened, clicked, responded, registered, "
+    "attended, unsubscribed); says whether the member has responded.",
     producer="campaigns",
     consumers=(),
 )
@@ -204,6 +250,12 @@ ALL_EVENTS: tuple[EventSpec[Any], ...] = (
     CAMPAIGN_STATUS_CHANGED,
     CAMPAIGN_COST_RECORDED,
     CAMPAIGN_MEMBER_ADDED,
+    ACCOUNT_UPDATED,
+    CONTACT_UPDATED,
+    PIPELINE_CREATED,
+    PIPELINE_UPDATED,
+    LEAD_MERGED,
+    CAMPAIGN_MEMBER_STATUS_CHANGED,
 )
 
 BY_TOPIC: dict[str, EventSpec[Any]] = {spec.topic: spec for spec in ALL_EVENTS}

@@ -1,7 +1,7 @@
-"""Contracts of the campaigns service: the campaign, its status changes, its cost ledger and
-its members. Only ``campaign.created`` has a topic in the catalogue so far; the other models
-are the proposed payloads of ``campaign.updated``, ``campaign.status_changed``,
-``campaign.cost_recorded`` and ``campaign.member_added``."""
+"""Contracts of the campaigns service: the campaign, its status changes, its cost ledger, its
+members and their statuses (``campaign.created``, ``campaign.updated``,
+``campaign.status_changed``, ``campaign.cost_recorded``, ``campaign.member_added``,
+``campaign.member_status_changed``)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,33 @@ class MemberType(StrEnum):
     CONTACT = "contact"
 
 
+class MemberStatus(StrEnum):
+    """Where a member stands in a campaign. ``sent`` to ``attended`` are steps of growing
+    engagement, in this order; ``unsubscribed`` ends it."""
+
+    SENT = "sent"
+    OPENED = "opened"
+    CLICKED = "clicked"
+    RESPONDED = "responded"
+    REGISTERED = "registered"
+    ATTENDED = "attended"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class MemberStatusOption(Contract):
+    """A member status a campaign offers, and whether reaching it counts as a response."""
+
+    status: MemberStatus
+    counts_as_response: bool = False
+
+
+def default_member_statuses() -> list[MemberStatusOption]:
+    """Every status, with responded, registered and attended counting as a response: what a
+    campaign offers unless configured otherwise (and what a snapshot without the field means)."""
+    responses = {MemberStatus.RESPONDED, MemberStatus.REGISTERED, MemberStatus.ATTENDED}
+    return [MemberStatusOption(status=s, counts_as_response=s in responses) for s in MemberStatus]
+
+
 # Share of members expected to respond, in percent (e.g. 2.50).
 ResponsePercent = Annotated[Decimal, Field(ge=0, le=100, max_digits=5, decimal_places=2, examples=["2.50"])]
 # A cost entry's amount: negative amounts are corrections (credit notes, refunds).
@@ -71,6 +98,11 @@ class CampaignSnapshot(Contract):
     currency: Currency = "EUR"
     expected_response: ResponsePercent | None = None
     actual_cost: Money = Field(default=Decimal("0.00"), description="Sum of the cost ledger.")
+    member_statuses: list[MemberStatusOption] | None = Field(
+        default=None,
+        description="The member statuses the campaign offers, in order, and which count as a "
+        "response; absent (events from before it was configurable) means default_member_statuses().",
+    )
 
 
 class CampaignCreated(Contract):
@@ -80,7 +112,7 @@ class CampaignCreated(Contract):
 
 
 class CampaignUpdated(Contract):
-    """Proposed payload of ``campaign.updated``: the campaign after a change of its details."""
+    """The campaign after a change of its details."""
 
     campaign: CampaignSnapshot
     changed_fields: list[str]
@@ -89,7 +121,7 @@ class CampaignUpdated(Contract):
 
 
 class CampaignStatusChanged(Contract):
-    """Proposed payload of ``campaign.status_changed``."""
+    """The campaign moved along its lifecycle."""
 
     campaign_id: Id
     previous_status: CampaignStatus
@@ -112,7 +144,7 @@ class CostEntry(Contract):
 
 
 class CampaignCostRecorded(Contract):
-    """Proposed payload of ``campaign.cost_recorded``: the entry and the total after it."""
+    """A cost entry was booked: the entry and the total after it."""
 
     campaign_id: Id
     entry: CostEntry
@@ -121,12 +153,33 @@ class CampaignCostRecorded(Contract):
 
 
 class CampaignMemberAdded(Contract):
-    """Proposed payload of ``campaign.member_added``: a lead or contact joined a campaign."""
+    """A lead or contact joined a campaign: for a lead, a touch of that campaign."""
 
     campaign_id: Id
     member_id: Id
     member_type: MemberType
     lead_id: Id | None = None
     contact_id: Id | None = None
-    added_at: AwareDatetime
+    added_at: AwareDatetime = Field(description="When the campaign reached the member (the touch time).")
     added_via: ShortText = Field(description="What added it, e.g. 'lead.created' or 'api'.")
+    status: MemberStatus | None = Field(default=None, description="The member's status on joining.")
+
+
+class CampaignMemberStatusChanged(Contract):
+    """A member's status changed (by hand, or to ``responded`` when the lead was captured
+    through the campaign). Keyed by the campaign; ``member_version`` orders one member's
+    changes."""
+
+    campaign_id: Id
+    member_id: Id
+    member_type: MemberType
+    lead_id: Id | None = None
+    contact_id: Id | None = None
+    previous_status: MemberStatus
+    status: MemberStatus
+    responded: bool = Field(
+        description="Whether the member has reached a status counting as a response in this campaign."
+    )
+    member_version: int = Field(ge=1, description="The membership's version after the change.")
+    changed_at: AwareDatetime
+    changed_by: Actor

@@ -1,5 +1,6 @@
 """Contracts of the leads service: what other systems publish (``lead.captured``) and what
-the leads service emits about the lead's life (created, qualified, disqualified, converted)."""
+the leads service emits about the lead's life (created, updated, qualified, disqualified,
+merged, converted)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ class LeadStatus(StrEnum):
     QUALIFIED = "qualified"
     DISQUALIFIED = "disqualified"
     CONVERTED = "converted"
+    MERGED = "merged"
+    """Terminal: the lead was merged into another one (``merged_into``), which lives on."""
 
 
 class LeadRating(StrEnum):
@@ -142,7 +145,10 @@ class LeadSnapshot(Contract):
     campaign_id: Id | None = None
     owner_id: Id | None = None
     captured_at: AwareDatetime
-    duplicate_of: list[Id] = Field(default_factory=list)
+    duplicate_of: list[Id] = Field(
+        default_factory=list, description="Likely duplicates of this lead that were captured before it."
+    )
+    merged_into: Id | None = Field(default=None, description="Set when the status is merged.")
 
 
 class LeadCreated(Contract):
@@ -171,6 +177,24 @@ class LeadDisqualified(Contract):
     campaign_id: Id | None = None
     disqualified_at: AwareDatetime
     disqualified_by: Actor
+
+
+class LeadMerged(Contract):
+    """Two leads became one: ``merged_lead_id`` is now terminal (status ``merged``) and points
+    at the survivor, which took the fields it lacked and keeps both histories. Published with
+    the survivor as subject and its version as sequence."""
+
+    survivor: LeadSnapshot
+    merged_lead_id: Id
+    taken_fields: list[str] = Field(
+        default_factory=list, description="Fields the survivor took from the merged lead."
+    )
+    matching_keys: list[str] = Field(
+        default_factory=list,
+        description="Why they were duplicates (email, phone, company_domain+name); empty if merged by hand.",
+    )
+    merged_at: AwareDatetime
+    merged_by: Actor
 
 
 class ConvertedAccount(Contract):

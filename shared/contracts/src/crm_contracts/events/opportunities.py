@@ -22,6 +22,14 @@ class AccountType(StrEnum):
     OTHER = "other"
 
 
+class AccountTier(StrEnum):
+    """ABC grouping of accounts by potential and the profit they bring."""
+
+    A = "A"
+    B = "B"
+    C = "C"
+
+
 class StageKind(StrEnum):
     OPEN = "open"
     CLOSED_WON = "closed_won"
@@ -47,6 +55,8 @@ class AccountCreated(Contract):
     owner_id: Id | None = None
     originating_lead_id: Id | None = None
     created_at: AwareDatetime
+    tier: AccountTier | None = None
+    parent_account_id: Id | None = Field(default=None, description="The parent company (subsidiaries)")
 
 
 class ContactCreated(Contract):
@@ -59,6 +69,8 @@ class ContactCreated(Contract):
     decision_maker: bool = False
     originating_lead_id: Id | None = None
     created_at: AwareDatetime
+    role: str | None = Field(default=None, max_length=100, description="Role at the account")
+    influencer: bool = False
 
 
 class OpportunityFigures(Contract):
@@ -82,6 +94,15 @@ class OpportunityFigures(Contract):
     lead_source: LeadSource | None = None
     campaign_id: Id | None = None
     created_at: AwareDatetime
+    stage_order: int | None = Field(
+        default=None, ge=0, description="0-based position of the stage in its pipeline, for ordering"
+    )
+    sales_team_id: Id | None = None
+    sales_region: str | None = Field(default=None, max_length=100, description="The sales team's region")
+    account_industry: str | None = Field(default=None, max_length=100)
+    product_ids: list[Id] = Field(
+        default_factory=list, max_length=200, description="Products of the line items, in their order"
+    )
 
 
 class OpportunityCreated(Contract):
@@ -105,6 +126,9 @@ class OpportunityStageChanged(Contract):
     previous_stage_name: ShortText
     previous_stage_kind: StageKind | None = Field(
         default=None, description="closed_won or closed_lost when the move reopened the opportunity"
+    )
+    previous_pipeline_id: Id | None = Field(
+        default=None, description="Set when the move took the opportunity into another pipeline"
     )
     stage_id: Id
     stage_name: ShortText
@@ -130,8 +154,8 @@ class OpportunityClosed(Contract):
     opportunity: OpportunityFigures
 
 
-# Proposed payloads of topics the catalogue does not have yet: ``account.updated``,
-# ``contact.updated``, ``pipeline.created`` and ``pipeline.updated``.
+# Payloads of ``account.updated``, ``contact.updated``, ``pipeline.created`` and
+# ``pipeline.updated``.
 class AccountUpdated(AccountCreated):
     """The account as it stands after a change, and which fields changed."""
 
