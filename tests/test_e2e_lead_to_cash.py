@@ -91,6 +91,18 @@ async def test_lead_to_cash_through_every_service(suite: Suite) -> None:
         },
     )
     assert campaign["id"] == "spring-fair"
+    await suite.ok(
+        "POST",
+        "campaigns",
+        "/campaigns/spring-fair/costs",
+        json={
+            "entry_id": "inv-1",
+            "amount": "4000.00",
+            "currency": "EUR",
+            "incurred_on": "2026-11-01",
+            "by": REP,
+        },
+    )
 
     # A rep enters a lead over HTTP; a partner portal publishes another to lead.captured.
     web_lead = await suite.ok(
@@ -215,6 +227,30 @@ async def test_lead_to_cash_through_every_service(suite: Suite) -> None:
     summary = await eventually(campaign_counts_the_win, timeout=60)
     assert (summary["members"], summary["leads"], summary["converted_leads"]) == (1, 1, 1)
     assert Decimal(summary["won_revenue"]) == Decimal("20000.00")
+    assert (Decimal(summary["actual_cost"]), Decimal(summary["roi"])) == (Decimal("4000.00"), Decimal("4"))
+
+    # Reporting's campaign ROI tells the same numbers as the campaign's own summary.
+    shared = (
+        "members",
+        "leads",
+        "converted_leads",
+        "opportunities",
+        "won_opportunities",
+        "lost_opportunities",
+    )
+    money = ("won_revenue", "actual_cost", "cost_per_lead", "roi")
+
+    async def roi_matches_the_summary() -> Any:
+        report = await suite.ok(
+            "GET", "reporting", "/reports/campaign-roi", params={"campaign_id": "spring-fair"}
+        )
+        rows = report["rows"]
+        if not rows or any(rows[0][key] != summary[key] for key in shared):
+            return None
+        return rows[0] if all(Decimal(rows[0][k]) == Decimal(summary[k]) for k in money) else None
+
+    roi_row = await eventually(roi_matches_the_summary, timeout=60)
+    assert roi_row["name"] == "Spring fair"
 
     # The events, read back from the topics, carry the same ids and figures.
     created = await suite.events("lead.created", 2)
