@@ -4,20 +4,27 @@ from __future__ import annotations
 
 from crm_runtime import ServiceRuntime, ServiceSettings
 from fastapi import FastAPI
+from pydantic import Field
 
 from .api import reports_router
 from .handlers import register_handlers
-from .repository import Merger, ReportingRepository
+from .repository import MERGE_MAX_KEYS, Merger, ReportingRepository
 
 
 class ReportingSettings(ServiceSettings):
     service_name: str = "reporting"
+    merge_max_keys: int = Field(
+        default=MERGE_MAX_KEYS,
+        ge=10,
+        description="Counter documents one merge transaction may update (raise it on MongoDB).",
+    )
 
 
 def create_app(settings: ReportingSettings | None = None) -> FastAPI:
-    runtime = ServiceRuntime(settings or ReportingSettings())
+    settings = settings or ReportingSettings()
+    runtime = ServiceRuntime(settings)
     repo = ReportingRepository(runtime.client, runtime.db)
-    merger = Merger(repo)
+    merger = Merger(repo, max_keys=settings.merge_max_keys)
 
     async def start_merging() -> None:
         merger.start()

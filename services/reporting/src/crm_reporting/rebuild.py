@@ -39,11 +39,12 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from .bootstrap import ReportingSettings
 from .handlers import PROJECTED_EVENTS
 from .projection import ids_of, project
-from .repository import Generation, ReportingRepository
+from .repository import MERGE_MAX_KEYS, Generation, ReportingRepository
 
 log = logging.getLogger(__name__)
 
-BATCH = 500
+# Events per transaction: big enough to share fact reads, small enough for SecantusDB.
+BATCH = 100
 
 
 @dataclass
@@ -96,6 +97,7 @@ async def replay(
     target: Generation,
     batch: int = BATCH,
     on_invalid: Callable[[], None] = lambda: None,
+    max_keys: int = MERGE_MAX_KEYS,
 ) -> int:
     """Fold everything from the consumer's positions up to ``ends`` into ``target``."""
     replayed = 0
@@ -113,7 +115,7 @@ async def replay(
                     on_invalid()  # it went to the dead-letter topic when it was consumed live
         if events:
             await _fold_batch(client, target, events)
-            await target.merge_all(client)
+            await target.merge_all(client, max_keys)
             replayed += len(events)
 
 
@@ -146,13 +148,17 @@ async def rebuild(
         if partitions:
             await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions) if partitions else {}
-        replayed = await replay(consumer, ends, specs, client, target, batch, count_invalid)
-        await target.merge_all(client)
+        replayed = await replay(
+            consumer, ends, specs, client, target, batch, count_invalid, settings.merge_max_keys
+        )
+        await target.merge_all(client, settings.merge_max_keys)
         previous = await repo.swap(target.number, since=datetime.now(UTC))
         # Events the live consumer may have applied to the old generation only.
         ends = await consumer.end_offsets(partitions) if partitions else {}
-        caught_up = await replay(consumer, ends, specs, client, target, batch, count_invalid)
-        await target.merge_all(client)
+        caught_up = await replay(
+            consumer, ends, specs, client, target, batch, count_invalid, settings.merge_max_keys
+        )
+        await target.merge_all(client, settings.merge_max_keys)
         if not keep_previous:
             await repo.generation(previous).drop()
         return RebuildResult(

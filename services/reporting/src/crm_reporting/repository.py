@@ -45,9 +45,11 @@ DELTAS = "view_deltas"
 FRESHNESS = "freshness"
 FACT_KINDS = ("leads", "opportunities", "campaigns")
 # A delta document stays far below MongoDB's 16 MB limit.
-MAX_CHANGES_PER_DELTA = 4000
+MAX_CHANGES_PER_DELTA = 1000
 MERGE_BATCH = 500
-MERGE_MAX_KEYS = 10_000
+# Counter documents one merge transaction may update. SecantusDB stalls on transactions of
+# ~10,000 updates against collections of 100,000 documents; MongoDB takes far more.
+MERGE_MAX_KEYS = 1000
 
 F = TypeVar("F", bound=Fact)
 T = TypeVar("T")
@@ -117,7 +119,9 @@ class Generation:
         return await self.deltas.count_documents({}, limit=limit)
 
     # -- merging ----------------------------------------------------------------------------
-    async def merge(self, client: AsyncMongoClient[Document], batch: int = MERGE_BATCH) -> int:
+    async def merge(
+        self, client: AsyncMongoClient[Document], batch: int = MERGE_BATCH, max_keys: int = MERGE_MAX_KEYS
+    ) -> int:
         """Fold one batch of deltas into the counters; returns how many deltas it merged."""
 
         async def work(session: AsyncClientSession) -> int:
@@ -130,7 +134,7 @@ class Generation:
             names: dict[tuple[str, str], tuple[Document, dict[str, str]]] = {}
             newest: dict[str, datetime] = {}
             for delta in deltas:
-                if taken and len(counts) + len(names) > MERGE_MAX_KEYS:
+                if taken and len(counts) + len(names) + len(delta.get("counts", ())) > max_keys:
                     break  # keep one transaction bounded; the rest comes next round
                 taken.append(delta["_id"])
                 for view, doc_id, labels, pairs in delta.get("counts", ()):
@@ -168,9 +172,9 @@ class Generation:
 
         return await in_transaction(client, work)
 
-    async def merge_all(self, client: AsyncMongoClient[Document]) -> int:
+    async def merge_all(self, client: AsyncMongoClient[Document], max_keys: int = MERGE_MAX_KEYS) -> int:
         merged = 0
-        while done := await self.merge(client):
+        while done := await self.merge(client, max_keys=max_keys):
             merged += done
         return merged
 
@@ -481,9 +485,14 @@ class Merger:
     become one update; views trail consumption by about that long."""
 
     def __init__(
-        self, repo: ReportingRepository, gather_seconds: float = 1.0, idle_seconds: float = 0.2
+        self,
+        repo: ReportingRepository,
+        max_keys: int = MERGE_MAX_KEYS,
+        gather_seconds: float = 1.0,
+        idle_seconds: float = 0.2,
     ) -> None:
         self._repo = repo
+        self._max_keys = max_keys
         self._gather = gather_seconds
         self._idle = idle_seconds
         self._task: asyncio.Task[None] | None = None
@@ -510,7 +519,7 @@ class Merger:
                 if pending >= MERGE_BATCH or (
                     waiting_since is not None and loop.time() - waiting_since >= self._gather
                 ):
-                    self.merged += await generation.merge(self._repo.client)
+                    self.merged += await generation.merge(self._repo.client, max_keys=self._max_keys)
                     waiting_since = None
                     continue
             except asyncio.CancelledError:
