@@ -35,6 +35,10 @@ def test_stop_pid_terminates_and_tag_guards_pid_files(tmp_path: Path) -> None:
         tag="test:sleeper",
         pid_path=pid_file,
     )
+    # Right after fork the child still shows our environment; its own appears once it has exec'd.
+    deadline = time.monotonic() + 10
+    while live_pid(pid_file, "test:sleeper") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert live_pid(pid_file, "test:sleeper") == proc.pid
     # A pid file naming a live process that is not ours must not be trusted.
     assert live_pid(pid_file, "test:someone-else") is None
