@@ -32,12 +32,11 @@ import random
 import shutil
 import signal
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -84,6 +83,7 @@ from crm_contracts.events.opportunities import (
     StageKind,
 )
 from crm_localinfra._proc import free_port
+from crm_localinfra.mongo import SecantusServer
 from crm_localinfra.stack import LocalInfra
 from crm_localinfra.testing import running_services, service_env
 from crm_reporting.aggregates import COUNTER_VIEWS, Changes, Tally, nest
@@ -745,11 +745,11 @@ async def ingest(
     published = time.monotonic() - started
     deadline = started + 900
     while True:
-        if await processed(http) - before >= count and await generation.pending() == 0:
+        if await processed(http) - before >= count and await generation.pending(limit=1) == 0:
             break
         if time.monotonic() > deadline:
             raise SystemExit("ingest did not finish within 15 minutes")
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(1.0)
     elapsed = time.monotonic() - started
     print(f"\ningest: {count:,} events (new leads, conversions, opportunities of the last 30 days)")
     print(f"  published to Kafka in {published:.1f} s")
@@ -772,8 +772,9 @@ def main() -> None:
         "--stories", type=int, default=40_000, help="distinct lead stories (every fifth with an opportunity)"
     )
     parser.add_argument("--copies", type=int, default=25, help="times each story is stored under other ids")
-    parser.add_argument("--requests", type=int, default=60, help="timed requests per view")
-    parser.add_argument("--events", type=int, default=10_000, help="events in the ingest stream")
+    parser.add_argument("--requests", type=int, default=50, help="timed requests per view")
+    parser.add_argument("--events", type=int, default=6_000, help="events in the ingest stream")
+    parser.add_argument("--cache", default="3G", help="SecantusDB's WiredTiger cache")
     parser.add_argument("--quick", action="store_true", help="a small run (2,000 leads) to try the script")
     args = parser.parse_args()
     if args.quick:
@@ -785,6 +786,9 @@ def main() -> None:
     infra = LocalInfra(
         root, kafka_port=free_port(), kafka_controller_port=free_port(), mongo_port=free_port()
     )
+    # The state is ~2 GB on disk; with the default 256 MB WiredTiger cache SecantusDB stalls under
+    # concurrent transactions (threads spin in WiredTiger). MongoDB sizes its cache to half the RAM.
+    infra.mongo = SecantusServer(replace(infra.mongo.config, cache_size=args.cache))
     try:
         infra.start()
         asyncio.run(measure(infra, root, args))
@@ -796,4 +800,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

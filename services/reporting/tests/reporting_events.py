@@ -3,7 +3,7 @@ tests: small builders with sensible defaults."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -215,10 +215,6 @@ class Deal:
     source: LeadSource | None = None
     campaign: str | None = None
     close_date: date | None = date(2026, 6, 30)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def with_(self, **changes: Any) -> Deal:
-        return replace(self, **changes)
 
     def figures(self, stage: Stage, amount: str | None = None) -> OpportunityFigures:
         return OpportunityFigures(
@@ -244,7 +240,6 @@ class Deal:
             sales_region=self.region,
             account_industry=self.industry,
             product_ids=list(self.products),
-            **self.extra,
         )
 
     def created_event(self, stage: Stage = PROSPECTING, version: int = 1) -> CloudEvent[OpportunityCreated]:

@@ -20,7 +20,7 @@ from crm_contracts.events.common import Currency, Id
 from crm_contracts.events.leads import LeadOrigin, LeadRating, LeadSource
 from crm_runtime import ApiError, ServiceRuntime
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from . import examples
@@ -66,6 +66,7 @@ from .views import (
 AS_OF_HEADER = "X-Report-As-Of"
 LAG_HEADER = "X-Consumer-Lag"
 CSV_MEDIA_TYPE = "text/csv"
+PENDING_COUNTED = 1000
 
 RowT = TypeVar("RowT", bound=BaseModel)
 
@@ -209,7 +210,8 @@ async def freshness(runtime: ServiceRuntime, generation: Generation, kinds: Sequ
     marks = await generation.as_of()
     known = [marks[kind] for kind in kinds if kind in marks]
     kafka = runtime.lag.total
-    lag = None if kafka is None else kafka + await generation.pending()
+    # Deltas waiting for the merger are counted up to a bound: counting costs per document.
+    lag = None if kafka is None else kafka + await generation.pending(limit=PENDING_COUNTED)
     return Freshness(as_of=max(known) if known else None, consumer_lag=lag)
 
 
@@ -225,7 +227,8 @@ async def respond(
         extra = {"as_of": report.as_of, **(csv_extra or {})}
         rows = [{**extra, **dict(row)} for row in getattr(report, "rows", [])]
         return Response(csv_text(columns, rows), media_type=CSV_MEDIA_TYPE, headers=headers)
-    return JSONResponse(report.model_dump(mode="json", by_alias=True), headers=headers)
+    # pydantic's own serializer: several times faster than dumping to dicts and json.dumps.
+    return Response(report.model_dump_json(by_alias=True), media_type="application/json", headers=headers)
 
 
 async def computed(work: Callable[[], Awaitable[list[RowT]]]) -> list[RowT]:
@@ -268,7 +271,8 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
             "rates (fractions with four decimals as strings; null when a step has no leads), by "
             "lead source, origin, campaign, rating or owner (group_by) and period. Periods use when "
             "things happened (captured, qualified, converted, the opportunity's creation and win). "
-            "A filter and group_by together may name at most two dimensions."
+            "Filters and group_by together may name one dimension, or two of lead_source, "
+            "campaign_id, rating and owner_id."
         ),
     )
     async def funnel(
@@ -322,7 +326,8 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
             "Open opportunities per pipeline and stage (group_by=stage), pipeline or owner, and "
             "currency (amounts in different currencies are never added). weighted_amount is the sum "
             "of amount * probability / 100; average_age_days the mean time since creation. Money is "
-            "exact decimal, serialised as strings."
+            "exact decimal, serialised as strings. Besides pipeline_id, filters and group_by together "
+            "may name one dimension, or stage_id, owner_id or sales_team_id with one other."
         ),
     )
     async def pipeline(
@@ -362,7 +367,8 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
         description=(
             "Open opportunities by expected close month, and won ones by the month they closed, per "
             "forecast category (pipeline, best case, commit, closed, omitted) and currency. Lost "
-            "opportunities forecast nothing. from/to select close months by their first day."
+            "opportunities forecast nothing. from/to select close months by their first day; besides "
+            "pipeline_id, one of owner, team, region, industry and product may be filtered."
         ),
     )
     async def forecast(
@@ -407,7 +413,8 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
             "Opportunities closed in each period (by closing day) and created in it, by owner, "
             "pipeline, loss reason, lead source or campaign (group_by). win_rate = won / (won + lost); "
             "cycle lengths run from creation to closing. Money in the chosen currency; other "
-            "currencies are listed apart. A filter and group_by together may name at most two dimensions."
+            "currencies are listed apart. Besides pipeline_id, filters and group_by together may name "
+            "one dimension, or owner_id or sales_team_id with one other, or lead_source with campaign_id."
         ),
     )
     async def win_loss(

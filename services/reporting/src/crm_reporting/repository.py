@@ -19,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
+from bson import Decimal128
+from bson.codec_options import CodecOptions, TypeDecoder, TypeRegistry
 from crm_runtime.mongo import Document, from_bson, in_transaction, to_bson
 from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -52,6 +55,20 @@ MERGE_BATCH = 500
 MERGE_MAX_KEYS = 1000
 
 F = TypeVar("F", bound=Fact)
+
+
+class _Decimals(TypeDecoder):
+    """Decimal128 as Decimal while BSON is decoded: counter documents are read by the
+    hundred, and converting them afterwards (``from_bson``) walks every nested value."""
+
+    bson_type = Decimal128
+
+    def transform_bson(self, value: Any) -> Decimal:
+        decimal: Decimal = value.to_decimal()
+        return decimal
+
+
+DECIMALS: CodecOptions[Document] = CodecOptions(tz_aware=True, type_registry=TypeRegistry([_Decimals()]))
 T = TypeVar("T")
 
 
@@ -80,7 +97,7 @@ class Generation:
         self.deltas: AsyncCollection[Document] = db[self.prefix + DELTAS]
         self.freshness: AsyncCollection[Document] = db[self.prefix + FRESHNESS]
         self.counters: dict[str, AsyncCollection[Document]] = {
-            view: db[self.prefix + view] for view in COUNTER_VIEWS
+            view: db.get_collection(self.prefix + view, codec_options=DECIMALS) for view in COUNTER_VIEWS
         }
         self._db = db
 
@@ -114,7 +131,7 @@ class Generation:
             return None
         return int(document["first_year"]), int(document["last_year"])
 
-    async def pending(self, limit: int = 100_000) -> int:
+    async def pending(self, limit: int) -> int:
         """Deltas not merged yet (events applied to facts, not yet in the views)."""
         return await self.deltas.count_documents({}, limit=limit)
 
@@ -125,15 +142,16 @@ class Generation:
         """Fold one batch of deltas into the counters; returns how many deltas it merged."""
 
         async def work(session: AsyncClientSession) -> int:
-            cursor = self.deltas.find({}, sort=[("_id", ASCENDING)], limit=batch, session=session)
-            deltas = await cursor.to_list()
-            if not deltas:
-                return 0
+            # Small pages: the key budget is usually spent after a few dozen deltas, and a
+            # delta of an opportunity's event is a large document.
+            cursor = self.deltas.find(
+                {}, sort=[("_id", ASCENDING)], limit=batch, batch_size=16, session=session
+            )
             taken: list[Any] = []
             counts: dict[tuple[str, str], tuple[Document, dict[str, Number]]] = {}
             names: dict[tuple[str, str], tuple[Document, dict[str, str]]] = {}
             newest: dict[str, datetime] = {}
-            for delta in deltas:
+            async for delta in cursor:
                 if taken and len(counts) + len(names) + len(delta.get("counts", ())) > max_keys:
                     break  # keep one transaction bounded; the rest comes next round
                 taken.append(delta["_id"])
@@ -147,6 +165,9 @@ class Generation:
                         kept[name] = max(kept.get(name, ""), seen)
                 for kind, moment in delta.get("as_of", {}).items():
                     newest[kind] = max(newest.get(kind, moment), moment)
+            await cursor.close()
+            if not taken:
+                return 0
             operations: dict[str, list[UpdateOne]] = {}
             for (view, doc_id), (labels, increments) in counts.items():
                 nonzero = {path: to_bson(value) for path, value in increments.items() if value}
@@ -210,7 +231,7 @@ class Generation:
                 CounterDoc(
                     values=values,
                     period=labels["period"],
-                    measures=from_bson(document),
+                    measures=document,
                 )
             )
         return result
@@ -226,9 +247,7 @@ class Generation:
                 labels = document.pop("k")
                 cuboid = cuboids[document.pop("_id")]
                 values = {name: labels.get(name) for name in cuboid}
-                result.append(
-                    CounterDoc(values=values, period=labels["period"], measures=from_bson(document))
-                )
+                result.append(CounterDoc(values=values, period=labels["period"], measures=document))
         return result
 
     async def campaign_facts(self, campaign_ids: Collection[str] | None) -> list[CampaignFacts]:
@@ -528,15 +547,3 @@ class Merger:
                 log.warning("merging view deltas failed", extra={"error": str(exc)[:300]})
                 await asyncio.sleep(1.0)
             await asyncio.sleep(self._idle)
-
-
-async def retrying(work: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
-    """Run ``work`` again after a transient failure (used by the rebuild's batches)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return await work()
-        except Exception:
-            if attempt == attempts:
-                raise
-            await asyncio.sleep(0.5 * attempt)
-    raise AssertionError("unreachable")

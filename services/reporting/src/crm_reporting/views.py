@@ -58,7 +58,6 @@ WEIGHTED_QUANTUM = Decimal("0.0001")
 DAYS_QUANTUM = Decimal("0.0001")
 MAX_DAY_BUCKETS = 1100
 MAX_HISTORY_DAYS = 3700
-SUB_PARTS = ("days", "months")
 
 
 class QueryError(ValueError):
@@ -129,7 +128,10 @@ def choose_cuboid(cuboids: Sequence[Cuboid], needed: Iterable[str], view: str) -
     wanted = set(needed)
     fitting = [c for c in cuboids if wanted <= set(c)]
     if not fitting:
-        raise QueryError("group_by", f"{view} cannot combine {', '.join(sorted(wanted))}: use at most two")
+        together = " and ".join(sorted(wanted))
+        raise QueryError(
+            "group_by", f"{view} is not kept by {together} together (see the view's description)"
+        )
     return min(fitting, key=len)
 
 
@@ -304,6 +306,16 @@ def ratio(part: Number, whole: Number, quantum: Decimal = RATE_QUANTUM) -> Decim
     if not whole:
         return None
     return (Decimal(part) / Decimal(whole)).quantize(quantum, rounding=ROUND_HALF_EVEN)
+
+
+def from_cents(value: Number | None) -> Decimal:
+    """Money kept in counters as integer cents."""
+    return (Decimal(value or 0) / 100).quantize(AMOUNT_QUANTUM)
+
+
+def from_ten_thousandths(value: Number | None) -> Decimal:
+    """Weighted amounts kept in counters as integer ten-thousandths."""
+    return (Decimal(value or 0) / 10_000).quantize(WEIGHTED_QUANTUM)
 
 
 def money(value: Number | None) -> Decimal:
@@ -509,8 +521,8 @@ async def lead_source_rows(source: ViewSource, query: LeadSourceQuery) -> list[L
                 won=won,
                 lost=lost,
                 currency=query.currency,
-                won_revenue=money(won_amounts.pop(query.currency, 0)),
-                won_revenue_in_other_currencies={c: money(v) for c, v in sorted(won_amounts.items())},
+                won_revenue=from_cents(won_amounts.pop(query.currency, 0)),
+                won_revenue_in_other_currencies={c: from_cents(v) for c, v in sorted(won_amounts.items())},
                 qualified_rate=ratio(count["qualified"], count["captured"]),
                 converted_rate=ratio(count["converted"], count["captured"]),
                 win_rate=ratio(won, won + lost),
@@ -581,7 +593,7 @@ async def win_loss_rows(source: ViewSource, query: WinLossQuery) -> list[WinLoss
         if not won and not lost and not f.get("created"):
             continue
         amounts, deals = by_currency(f, "won_amount"), by_currency(f, "won_count")
-        revenue = money(amounts.pop(query.currency, 0))
+        revenue = from_cents(amounts.pop(query.currency, 0))
         cycles = f.get("won_cycles", 0) + f.get("lost_cycles", 0)
         rows.append(
             WinLossRow(
@@ -594,7 +606,7 @@ async def win_loss_rows(source: ViewSource, query: WinLossQuery) -> list[WinLoss
                 currency=query.currency,
                 won_revenue=revenue,
                 average_deal_size=ratio(revenue, deals.get(query.currency, 0), AMOUNT_QUANTUM),
-                won_revenue_in_other_currencies={c: money(v) for c, v in sorted(amounts.items())},
+                won_revenue_in_other_currencies={c: from_cents(v) for c, v in sorted(amounts.items())},
                 average_cycle_days=ms_to_days(f.get("won_cycle_ms", 0) + f.get("lost_cycle_ms", 0), cycles),
                 average_won_cycle_days=ms_to_days(f.get("won_cycle_ms", 0), f.get("won_cycles", 0)),
             )
@@ -732,8 +744,8 @@ async def pipeline_rows(source: ViewSource, query: PipelineQuery, now: datetime)
                 product_id=values.get("product_id"),
                 currency=str(values["currency"]),
                 count=int(f["count"]),
-                amount=money(f.get("amount")),
-                weighted_amount=Decimal(f.get("weighted_amount", 0)).quantize(WEIGHTED_QUANTUM),
+                amount=from_cents(f.get("amount")),
+                weighted_amount=from_ten_thousandths(f.get("weighted_amount")),
                 average_age_days=ms_to_days(now_ms * aged - f.get("created_ms", 0), aged),
             )
         )
@@ -791,8 +803,8 @@ async def forecast_rows(source: ViewSource, query: ForecastQuery) -> list[Foreca
             forecast_category=ForecastCategory(str(category)),
             currency=str(currency),
             count=int(f["count"]),
-            amount=money(f.get("amount")),
-            weighted_amount=Decimal(f.get("weighted_amount", 0)).quantize(WEIGHTED_QUANTUM),
+            amount=from_cents(f.get("amount")),
+            weighted_amount=from_ten_thousandths(f.get("weighted_amount")),
         )
         for (month, category, currency), f in cells.items()
         if f.get("count")
@@ -1035,8 +1047,8 @@ async def history_rows(source: ViewSource, query: PipelineHistoryQuery) -> list[
                     stage_name=_name(info, (pipeline, stage)),
                     currency=currency,
                     count=int(f["count"]),
-                    amount=money(f.get("amount")),
-                    weighted_amount=Decimal(f.get("weighted_amount", 0)).quantize(WEIGHTED_QUANTUM),
+                    amount=from_cents(f.get("amount")),
+                    weighted_amount=from_ten_thousandths(f.get("weighted_amount")),
                 )
             )
     return rows
@@ -1114,7 +1126,7 @@ async def campaign_roi_rows(source: ViewSource, query: CampaignRoiQuery) -> list
             continue  # known only from counts that went back to zero
         currency = fact.currency if fact else None
         amounts = by_currency(f, "won_amount")
-        revenue = money(amounts.pop(currency, 0)) if currency else money(0)
+        revenue = from_cents(amounts.pop(currency, 0) if currency else 0)
         actual = money(fact.actual_cost if fact else 0)
         leads, converted = int(f.get("leads", 0)), int(f.get("converted_leads", 0))
         rows.append(
@@ -1134,7 +1146,7 @@ async def campaign_roi_rows(source: ViewSource, query: CampaignRoiQuery) -> list
                 won_opportunities=int(f.get("won_opportunities", 0)),
                 lost_opportunities=int(f.get("lost_opportunities", 0)),
                 won_revenue=revenue,
-                won_revenue_in_other_currencies={c: money(v) for c, v in sorted(amounts.items())},
+                won_revenue_in_other_currencies={c: from_cents(v) for c, v in sorted(amounts.items())},
                 cost_per_lead=cost_per_lead(actual, leads),
                 roi=return_on_investment(revenue, actual),
             )
