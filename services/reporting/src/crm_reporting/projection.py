@@ -14,6 +14,7 @@ and retry instead of leaving a stale copy behind.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -52,6 +53,30 @@ class FactStore(Protocol):
     async def add_member(self, campaign_id: str, member_id: str, at: datetime) -> bool:
         """Record a campaign membership; False if it was known already."""
         ...
+
+
+class BulkFactStore(FactStore, Protocol):
+    """A store that can load the facts of many events at once."""
+
+    async def prefetch(
+        self, leads: Iterable[str], opportunities: Iterable[str], campaigns: Iterable[str]
+    ) -> None: ...
+
+
+async def project_many(events: Sequence[CloudEvent[Any]], store: BulkFactStore) -> None:
+    """Fold ``events`` in order, after loading the facts they certainly touch in three queries
+    (instead of a lookup or two per event)."""
+    leads: set[str] = set()
+    opportunities: set[str] = set()
+    campaigns: set[str] = set()
+    for event in events:
+        more = ids_of(event)
+        leads |= more[0]
+        opportunities |= more[1]
+        campaigns |= more[2]
+    await store.prefetch(leads, opportunities, campaigns)
+    for event in events:
+        await project(event, store)
 
 
 async def project(event: CloudEvent[Any], store: FactStore) -> None:

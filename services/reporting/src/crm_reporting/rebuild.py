@@ -38,7 +38,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 
 from .bootstrap import ReportingSettings
 from .handlers import PROJECTED_EVENTS
-from .projection import ids_of, project
+from .projection import project_many
 from .repository import MERGE_MAX_KEYS, Generation, ReportingRepository
 
 log = logging.getLogger(__name__)
@@ -73,17 +73,7 @@ async def _fold_batch(
 ) -> None:
     async def work(session: AsyncClientSession) -> None:
         store = target.facts(session)
-        leads: set[str] = set()
-        opportunities: set[str] = set()
-        campaigns: set[str] = set()
-        for event in events:
-            more = ids_of(event)
-            leads |= more[0]
-            opportunities |= more[1]
-            campaigns |= more[2]
-        await store.prefetch(leads, opportunities, campaigns)
-        for event in events:
-            await project(event, store)
+        await project_many(events, store)
         await store.flush()
 
     await in_transaction(client, work)

@@ -1,10 +1,15 @@
-"""At-least-once, idempotent event consumption.
+"""At-least-once, idempotent event consumption, a fetched batch per transaction.
 
-Offsets are committed only after the handler's transaction committed (never ack-first). Each
+Offsets are committed only after the handlers' transaction committed (never ack-first). Each
 event id is recorded in the ``inbox`` collection in the same transaction as the state change,
-so a redelivered or duplicated event changes nothing. Unparseable or invalid messages, and
-messages whose handler keeps failing, go to ``<topic>.dlq``; database outages are not the
-message's fault, so those are retried by seeking back instead.
+so a redelivered or duplicated event changes nothing. The events of one fetch (up to
+``consumer_batch_size``) are applied in offset order inside one transaction: a transaction's
+reads see its own writes, so this equals applying them one by one, minus a commit, an inbox
+lookup and a round of reads per event. If the batch fails for a reason other than the
+database, its events are applied one at a time instead, so one bad event is retried and
+dead-lettered alone. Unparseable or invalid messages, and messages whose handler keeps
+failing, go to ``<topic>.dlq``; database outages are not the message's fault, so those are
+retried by seeking back instead.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.message import StreamMessage
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel, ValidationError
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -40,6 +47,9 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[CloudEvent[M], UnitOfWork], Awaitable[None]]
+# All new events of one fetched batch, in offset order (a service that gains from loading the
+# state of many events at once registers one; otherwise each route's handler runs in turn).
+BatchHandler = Callable[[list[CloudEvent[Any]], UnitOfWork], Awaitable[None]]
 
 INBOX = "inbox"
 INBOX_RETENTION_SECONDS = 90 * 24 * 3600
@@ -60,9 +70,24 @@ class Route:
     handler: Handler[Any]
 
 
-async def _raw_body(message: StreamMessage[Any]) -> bytes:
+@dataclass(frozen=True)
+class Delivery:
+    """One valid event of a fetched batch, with the Kafka record it came in."""
+
+    route: Route
+    event: CloudEvent[Any]
+    record: Any  # aiokafka ConsumerRecord
+
+
+async def _raw_bodies(message: StreamMessage[Any]) -> list[bytes]:
     # Keep the bytes: parsing is ours, so bad input becomes a dead letter, not a crash loop.
-    return bytes(message.body)
+    return [record.value or b"" for record in message.raw_message]
+
+
+def _trace_context(record: Any) -> otel_context.Context:
+    """The producer's trace context from a record's headers (W3C ``traceparent``)."""
+    carrier = {key: value.decode("latin-1") for key, value in (record.headers or ())}
+    return propagate.extract(carrier)
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -92,13 +117,22 @@ class EventConsumer:
         self._outbox = outbox
         self._settings = settings
         self.routes: dict[str, Route] = {}
+        self._by_physical: dict[str, Route] = {}
+        self.batch_handler: BatchHandler | None = None
         self._bound = False
+        self._tracer = trace.get_tracer(__name__)
         self.processed = Counter("crm_events_processed", "Events applied", ["topic"], registry=registry)
         self.duplicates = Counter(
             "crm_events_duplicate", "Redelivered events ignored", ["topic"], registry=registry
         )
         self.dead_lettered = Counter(
             "crm_events_dead_lettered", "Events sent to a dead-letter topic", ["topic"], registry=registry
+        )
+        self.batch_sizes = Histogram(
+            "crm_consumer_batch_events",
+            "Valid events per fetched batch that was applied in one transaction",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=registry,
         )
         self.last_applied = Gauge(
             "crm_events_last_applied_timestamp_seconds",
@@ -122,45 +156,138 @@ class EventConsumer:
     def subscribe(self, spec: EventSpec[M], handler: Handler[M]) -> None:
         self.routes[spec.topic] = Route(spec, handler)
 
+    def handle_batches_with(self, handler: BatchHandler) -> None:
+        """Apply each batch's new events with ``handler`` (still inside the consumer's
+        transaction) instead of calling each route's handler in turn. A batch that fails falls
+        back to the routes' handlers one event at a time."""
+        self.batch_handler = handler
+
     def bind(self) -> None:
         """Register one Kafka subscriber for all routed topics. One consumer per service means
         one group join at start (a subscriber per topic would rebalance the group once each)."""
         if not self.routes or self._bound:
             return
         self._bound = True
-        by_physical = {self._settings.topic(topic): route for topic, route in self.routes.items()}
+        self._by_physical = {self._settings.topic(topic): route for topic, route in self.routes.items()}
 
-        async def consume(body: bytes, msg: KafkaMessage) -> None:
-            record: Any = msg.raw_message  # one ConsumerRecord: this subscriber is not batched
-            await self.handle_record(by_physical[record.topic], body, record)
+        async def consume(bodies: list[bytes], msg: KafkaMessage) -> None:
+            records: tuple[Any, ...] = msg.raw_message  # a batch subscriber: ConsumerRecords
+            await self.handle_batch(records)
 
         self._broker.subscriber(
-            *by_physical,
+            *self._by_physical,
             group_id=self._settings.group_id,
             auto_offset_reset="earliest",
-            ack_policy=AckPolicy.NACK_ON_ERROR,
-            decoder=_raw_body,
-            max_poll_records=100,
+            ack_policy=AckPolicy.NACK_ON_ERROR,  # a batch nack rewinds every partition in it
+            batch=True,
+            max_records=self._settings.consumer_batch_size,
+            batch_timeout_ms=self._settings.consumer_batch_wait_ms,
+            decoder=_raw_bodies,
             title=f"crm-{self._settings.service_name}",
             description="Consumes: " + ", ".join(sorted(self.routes)),
         )(consume)
 
-    async def handle_record(self, route: Route, body: bytes, record: Any) -> None:
-        topic = route.spec.topic
+    async def handle_batch(self, records: tuple[Any, ...]) -> None:
+        """Dead-letter what cannot be read, apply the rest in one transaction."""
+        deliveries: list[Delivery] = []
+        for record in records:
+            route = self._by_physical[record.topic]
+            try:
+                event = decode(route.spec, record.value or b"")
+            except ValidationError as exc:
+                await self._dead_letter(route, record, describe_validation_error(exc), attempts=1)
+            except ValueError as exc:  # not JSON, or the wrong event type for the topic
+                await self._dead_letter(route, record, exc, attempts=1)
+            else:
+                deliveries.append(Delivery(route, event, record))
+        if not deliveries:
+            return
         try:
-            event = decode(route.spec, body)
-        except ValidationError as exc:
-            await self._dead_letter(route, record, describe_validation_error(exc), attempts=1)
+            applied = await self.apply_batch(deliveries)
+        except PyMongoError as exc:
+            if _database_unavailable(exc):
+                # Not the messages' fault: seek back (NACK) and let the batch be redelivered.
+                log.warning("database unavailable, will redeliver", extra={"topic": records[0].topic})
+                await asyncio.sleep(1.0)
+                raise
+            failure: BaseException = exc
+        except Exception as exc:
+            failure = exc
+        else:
+            self.batch_sizes.observe(len(deliveries))
+            for delivery, was_new in zip(deliveries, applied, strict=True):
+                self._count(delivery, was_new)
             return
-        except ValueError as exc:  # not JSON, or the wrong event type for the topic
-            await self._dead_letter(route, record, exc, attempts=1)
-            return
+        if len(deliveries) > 1:
+            log.warning(
+                "batch failed, applying its events one at a time",
+                extra={"events": len(deliveries), "error": str(failure)[:300]},
+            )
+        for delivery in deliveries:
+            await self.handle_event(delivery)
 
+    def _count(self, delivery: Delivery, applied: bool) -> None:
+        topic = delivery.route.spec.topic
+        (self.processed if applied else self.duplicates).labels(topic).inc()
+        self.last_applied.labels(topic).set(delivery.event.time.timestamp())
+
+    async def apply_batch(self, deliveries: list[Delivery]) -> list[bool]:
+        """Apply every new event of ``deliveries`` in one transaction; per delivery, whether it
+        was new (False: applied before, or earlier in the same batch)."""
+        ids = [self._inbox_id(d) for d in deliveries]
+
+        async def work(session: AsyncClientSession) -> list[bool]:
+            known = {
+                doc["_id"]
+                async for doc in self._db[INBOX].find(
+                    {"_id": {"$in": list(set(ids))}}, {"_id": 1}, session=session
+                )
+            }
+            new: list[Delivery] = []
+            applied: list[bool] = []
+            for delivery, inbox_id in zip(deliveries, ids, strict=True):
+                applied.append(inbox_id not in known)
+                if inbox_id not in known:
+                    known.add(inbox_id)
+                    new.append(delivery)
+            if not new:
+                return applied
+            uow = UnitOfWork(session, self._outbox)
+            if self.batch_handler is not None:
+                await self.batch_handler([d.event for d in new], uow)
+            else:
+                for delivery in new:
+                    await self._run_handler(delivery, uow)
+            now = datetime.now(UTC)
+            await self._db[INBOX].insert_many(
+                [{"_id": self._inbox_id(d), "processed_at": now} for d in new], session=session
+            )
+            return applied
+
+        applied = await in_transaction(self._client, work)
+        if any(applied):
+            self._outbox.notify()
+        return applied
+
+    async def _run_handler(self, delivery: Delivery, uow: UnitOfWork) -> None:
+        # Each event under its producer's trace, so the events it emits continue that trace.
+        with self._tracer.start_as_current_span(
+            f"{delivery.route.spec.topic} apply",
+            context=_trace_context(delivery.record),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={"messaging.message.id": delivery.event.id},
+        ):
+            await delivery.route.handler(delivery.event, uow)
+
+    async def handle_event(self, delivery: Delivery) -> None:
+        """Apply one event in its own transaction, with retries, then the dead-letter topic."""
+        route, event, record = delivery.route, delivery.event, delivery.record
+        topic = route.spec.topic
         attempts = 0
         while True:
             attempts += 1
             try:
-                applied = await self.apply(route, event)
+                applied = await self.apply_batch([delivery])
             except PermanentEventError as exc:
                 await self._dead_letter(route, record, exc, attempts=attempts)
                 return
@@ -174,8 +301,7 @@ class EventConsumer:
             except Exception as exc:
                 failure = exc
             else:
-                (self.processed if applied else self.duplicates).labels(topic).inc()
-                self.last_applied.labels(topic).set(event.time.timestamp())
+                self._count(delivery, applied[0])
                 return
             if attempts >= self._settings.consumer_max_attempts:
                 log.error(
@@ -187,24 +313,8 @@ class EventConsumer:
                 return
             await asyncio.sleep(self._settings.consumer_retry_backoff_seconds * attempts)
 
-    async def apply(self, route: Route, event: CloudEvent[Any]) -> bool:
-        """Apply ``event`` once; returns False when it had been applied before."""
-        inbox_id = f"{self._settings.group_id}|{route.spec.topic}|{event.id}"
-
-        async def work(session: AsyncClientSession) -> bool:
-            if await self._db[INBOX].find_one({"_id": inbox_id}, {"_id": 1}, session=session):
-                return False
-            uow = UnitOfWork(session, self._outbox)
-            await route.handler(event, uow)
-            await self._db[INBOX].insert_one(
-                {"_id": inbox_id, "processed_at": datetime.now(UTC)}, session=session
-            )
-            return True
-
-        applied = await in_transaction(self._client, work)
-        if applied:
-            self._outbox.notify()
-        return applied
+    def _inbox_id(self, delivery: Delivery) -> str:
+        return f"{self._settings.group_id}|{delivery.route.spec.topic}|{delivery.event.id}"
 
     async def _dead_letter(
         self, route: Route, record: Any, error: BaseException | str, *, attempts: int

@@ -48,6 +48,12 @@ class ServiceSettings(BaseSettings):
     outbox_linger_seconds: float = Field(
         default=0.02, ge=0, le=1, description="How long the relay lets commits gather into one batch."
     )
+    consumer_batch_size: int = Field(
+        default=100, ge=1, le=1000, description="Most events applied together in one transaction."
+    )
+    consumer_batch_wait_ms: int = Field(
+        default=100, ge=1, le=10_000, description="How long a fetch waits for events when none are buffered."
+    )
     consumer_max_attempts: int = Field(default=5, ge=1, description="Tries before a dead letter.")
     consumer_retry_backoff_seconds: float = Field(default=0.2, ge=0)
     lag_interval_seconds: float = Field(default=5.0, gt=0, description="How often consumer lag is measured.")
