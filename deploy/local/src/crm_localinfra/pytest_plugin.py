@@ -45,6 +45,10 @@ class _Backend(Protocol):
 
     def start_kafka(self) -> None: ...
 
+    def stop_mongo(self) -> None: ...
+
+    def start_mongo(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -95,9 +99,17 @@ class Infra:
         """``start_kafka`` without blocking the running event loop."""
         await asyncio.to_thread(self.start_kafka)
 
+    async def astop_mongo(self) -> None:
+        """Stop the database server (graceful SIGTERM); its data and port are kept for restart."""
+        await asyncio.to_thread(self._require_backend().stop_mongo)
+
+    async def astart_mongo(self) -> None:
+        """Start the database server again on the same port and data; returns once it answers."""
+        await asyncio.to_thread(self._require_backend().start_mongo)
+
     def _require_backend(self) -> _Backend:
         if self._backend is None or self.backend == "external":
-            pytest.skip("Kafka cannot be stopped: it is an external cluster")
+            pytest.skip("external Kafka and MongoDB cannot be stopped by the tests")
         return self._backend
 
 
@@ -141,6 +153,12 @@ class _LocalBackend:
 
     def start_kafka(self) -> None:
         self.stack.kafka.start()
+
+    def stop_mongo(self) -> None:
+        self.stack.mongo.stop()
+
+    def start_mongo(self) -> None:
+        self.stack.mongo.start()
 
     def close(self) -> None:
         from crm_localinfra._proc import stop_pid
@@ -197,13 +215,12 @@ class _DockerBackend:  # pragma: no cover - needs a Docker engine, which CI here
         kafka.with_bind_ports(port, port)
         mongo = DockerContainer(MONGO_IMAGE)
         mongo.with_command("--replSet rs0 --bind_ip_all")
-        mongo.with_exposed_ports(27017)
+        mongo_port = free_port()
+        mongo.with_bind_ports(27017, mongo_port)  # fixed, so a restarted container keeps it
         self._kafka = kafka.start()
         self._mongo = mongo.start()
         self.kafka_bootstrap = f"{host}:{port}"
-        mport = self._mongo.get_exposed_port(27017)
-        mhost = self._mongo.get_container_host_ip()
-        self.mongo_url = f"mongodb://{mhost}:{mport}/?directConnection=true"
+        self.mongo_url = f"mongodb://{host}:{mongo_port}/?directConnection=true"
         wait_for_mongo(self.mongo_url, timeout=60)
         self._initiate_replica_set()
         wait_for_kafka(self.kafka_bootstrap, timeout=120)
@@ -239,6 +256,15 @@ class _DockerBackend:  # pragma: no cover - needs a Docker engine, which CI here
         self._kafka.get_wrapped_container().start()
         wait_for_kafka(self.kafka_bootstrap, timeout=120)
 
+    def stop_mongo(self) -> None:
+        self._mongo.get_wrapped_container().stop(timeout=30)
+
+    def start_mongo(self) -> None:
+        from crm_localinfra.mongo import wait_for_mongo
+
+        self._mongo.get_wrapped_container().start()
+        wait_for_mongo(self.mongo_url, timeout=60)
+
     def close(self) -> None:
         for c in (self._kafka, self._mongo):
             if c is not None:
@@ -252,6 +278,12 @@ class _ExternalBackend:
         raise NotImplementedError
 
     def start_kafka(self) -> None:
+        raise NotImplementedError
+
+    def stop_mongo(self) -> None:
+        raise NotImplementedError
+
+    def start_mongo(self) -> None:
         raise NotImplementedError
 
     def close(self) -> None:

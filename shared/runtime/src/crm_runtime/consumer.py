@@ -202,29 +202,35 @@ class EventConsumer:
                 deliveries.append(Delivery(route, event, record))
         if not deliveries:
             return
-        try:
-            applied = await self.apply_batch(deliveries)
-        except PyMongoError as exc:
-            if _database_unavailable(exc):
-                # Not the messages' fault: seek back (NACK) and let the batch be redelivered.
-                log.warning("database unavailable, will redeliver", extra={"topic": records[0].topic})
-                await asyncio.sleep(1.0)
-                raise
-            failure: BaseException = exc
-        except Exception as exc:
-            failure = exc
-        else:
+        outcome = await self._try_apply(deliveries)
+        if not isinstance(outcome, BaseException):
             self.batch_sizes.observe(len(deliveries))
-            for delivery, was_new in zip(deliveries, applied, strict=True):
+            for delivery, was_new in zip(deliveries, outcome, strict=True):
                 self._count(delivery, was_new)
             return
         if len(deliveries) > 1:
             log.warning(
                 "batch failed, applying its events one at a time",
-                extra={"events": len(deliveries), "error": str(failure)[:300]},
+                extra={"events": len(deliveries), "error": str(outcome)[:300]},
             )
         for delivery in deliveries:
             await self.handle_event(delivery)
+
+    async def _try_apply(self, deliveries: list[Delivery]) -> list[bool] | BaseException:
+        """``apply_batch``'s outcome, or the failure to deal with. A database outage is not the
+        events' fault: it propagates, the subscriber NACKs and the batch is redelivered."""
+        try:
+            return await self.apply_batch(deliveries)
+        except PyMongoError as exc:
+            if _database_unavailable(exc):
+                log.warning(
+                    "database unavailable, will redeliver", extra={"topic": deliveries[0].record.topic}
+                )
+                await asyncio.sleep(1.0)
+                raise
+            return exc
+        except Exception as exc:
+            return exc
 
     def _count(self, delivery: Delivery, applied: bool) -> None:
         topic = delivery.route.spec.topic
@@ -286,22 +292,13 @@ class EventConsumer:
         attempts = 0
         while True:
             attempts += 1
-            try:
-                applied = await self.apply_batch([delivery])
-            except PermanentEventError as exc:
-                await self._dead_letter(route, record, exc, attempts=attempts)
+            outcome = await self._try_apply([delivery])
+            if not isinstance(outcome, BaseException):
+                self._count(delivery, outcome[0])
                 return
-            except PyMongoError as exc:
-                if _database_unavailable(exc):
-                    # Not the message's fault: seek back (NACK) and let it be redelivered.
-                    log.warning("database unavailable, will redeliver", extra={"topic": topic})
-                    await asyncio.sleep(1.0)
-                    raise
-                failure: BaseException = exc
-            except Exception as exc:
-                failure = exc
-            else:
-                self._count(delivery, applied[0])
+            failure = outcome
+            if isinstance(failure, PermanentEventError):
+                await self._dead_letter(route, record, failure, attempts=attempts)
                 return
             if attempts >= self._settings.consumer_max_attempts:
                 log.error(
