@@ -31,7 +31,7 @@ from pymongo import AsyncMongoClient
 pytestmark = pytest.mark.integration
 
 REP = {"id": "rep-1", "name": "Rita Rep"}
-WRITE_TOKEN, READ_TOKEN = "test-writer", "test-reader"
+WRITE_TOKEN, READ_TOKEN, ADMIN_TOKEN = "test-writer", "test-reader", "test-admin"
 
 
 @dataclass
@@ -490,6 +490,37 @@ async def test_qualify_and_convert_emit_events_and_converting_twice_is_refused(l
 
 
 # -- scoring rules ---------------------------------------------------------------------------------
+async def test_changing_the_scoring_rules_needs_the_admin_scope(infra: Any) -> None:
+    tokens = f"{WRITE_TOKEN}:write,{READ_TOKEN}:read,{ADMIN_TOKEN}:admin"
+    async for leads in _start(infra, api_tokens=tokens):
+
+        def bearer(token: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {token}"}
+
+        current = (await leads.http.get("/scoring-rules", headers=bearer(READ_TOKEN))).json()
+        change = {
+            "rules": current["rules"],
+            "thresholds": {"hot": 70, "warm": 40},
+            "expected_version": current["version"],
+            "by": {"id": "ops-1"},
+        }
+        writer = await leads.http.put("/scoring-rules", json=change, headers=bearer(WRITE_TOKEN))
+        assert writer.status_code == 403 and "admin" in writer.json()["message"]
+        assert (
+            await leads.http.post("/scoring-rules/rescore", headers=bearer(WRITE_TOKEN))
+        ).status_code == 403
+        unchanged = (await leads.http.get("/scoring-rules", headers=bearer(WRITE_TOKEN))).json()
+        assert unchanged["version"] == current["version"]
+        admin = await leads.http.put("/scoring-rules", json=change, headers=bearer(ADMIN_TOKEN))
+        assert admin.status_code == 200, admin.text
+        assert admin.json()["thresholds"] == {"hot": 70, "warm": 40}
+        # An admin token does the day-to-day work too.
+        captured = await leads.http.post(
+            "/leads/capture", json=lead_captured_example(), headers=bearer(ADMIN_TOKEN)
+        )
+        assert captured.status_code == 201
+
+
 async def test_scoring_rules_are_configured_as_data_and_rescoring_keeps_a_reps_rating(leads: Leads) -> None:
     defaults = (await leads.http.get("/scoring-rules")).json()
     assert defaults["version"] == 0 and defaults["thresholds"] == {"hot": 60, "warm": 30}

@@ -76,11 +76,37 @@ def test_money_is_stored_exactly() -> None:
 
 
 def test_tokens_carry_scopes() -> None:
-    auth = TokenAuth("r1:read, w1:write")
-    assert auth.tokens == {"r1": "read", "w1": "write"} and auth.enabled
+    auth = TokenAuth("r1:read, w1:write,a1:admin")
+    assert auth.tokens == {"r1": "read", "w1": "write", "a1": "admin"} and auth.enabled
     assert not TokenAuth(None).enabled
     with pytest.raises(ValueError, match="token:read"):
-        TokenAuth("x:admin")
+        TokenAuth("x:root")
+
+
+@pytest.mark.parametrize(
+    ("token", "needed", "status"),
+    [
+        ("r1", "read", None),
+        ("r1", "write", 403),
+        ("w1", "write", None),
+        ("w1", "admin", 403),
+        ("a1", "admin", None),
+        ("a1", "read", None),
+        ("nobody", "read", 401),
+    ],
+)
+async def test_each_scope_includes_the_ones_below_it(token: str, needed: str, status: int | None) -> None:
+    from crm_runtime.http import ApiError
+    from starlette.requests import Request
+
+    check = TokenAuth("r1:read,w1:write,a1:admin").require(needed)  # type: ignore[arg-type]
+    request = Request({"type": "http", "headers": [(b"authorization", f"Bearer {token}".encode())]})
+    if status is None:
+        await check(request)
+    else:
+        with pytest.raises(ApiError) as refused:
+            await check(request)
+        assert refused.value.status_code == status
 
 
 def test_the_suite_clock_ticks_in_milliseconds_as_bson_stores_them() -> None:

@@ -296,6 +296,7 @@ def leads_router(
     router = APIRouter(prefix="/leads", tags=["leads"])
     read = [Depends(runtime.auth.require("read"))]
     write = [Depends(runtime.auth.require("write"))]
+    admin = [Depends(runtime.auth.require("admin"))]
 
     async def run(work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         try:
@@ -593,7 +594,7 @@ def leads_router(
 
     @rules_router.put(
         "",
-        dependencies=write,
+        dependencies=admin,
         summary="Replace the scoring rules; open leads are rescored in the background",
     )
     async def put_rules(body: ScoringRulesChange) -> ScoringRules:
@@ -611,7 +612,7 @@ def leads_router(
 
     @rules_router.post(
         "/rescore",
-        dependencies=write,
+        dependencies=admin,
         summary="Rescore open leads scored under older rules now (up to limit); reports what remains",
     )
     async def rescore(limit: Annotated[int, Query(ge=1, le=5000)] = 1000) -> RescoreView:

@@ -351,6 +351,7 @@ class ReopenRequest(_Body):
 def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> list[APIRouter]:
     read = [Depends(runtime.auth.require("read"))]
     write = [Depends(runtime.auth.require("write"))]
+    admin = [Depends(runtime.auth.require("admin"))]  # the organisation's configuration
 
     async def run(work: Callable[[UnitOfWork], Awaitable[T]], *, path_field: str | None = None) -> T:
         """Run a use case in one unit of work and turn refusals into 4xx that name the field:
@@ -399,7 +400,7 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
         return pipeline
 
     @pipelines.post(
-        "", status_code=status.HTTP_201_CREATED, dependencies=write, summary="Define a custom pipeline"
+        "", status_code=status.HTTP_201_CREATED, dependencies=admin, summary="Define a custom pipeline"
     )
     async def post_pipeline(body: NewPipeline) -> Pipeline:
         pipeline = Pipeline(
@@ -413,7 +414,7 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
 
     @pipelines.put(
         "/{pipeline_id}",
-        dependencies=write,
+        dependencies=admin,
         summary="Redefine a pipeline (stages holding open opportunities cannot be removed or closed)",
     )
     async def put_pipeline(pipeline_id: Id, body: PipelineRevision) -> Pipeline:
@@ -435,7 +436,7 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
     products = APIRouter(prefix="/products", tags=["products"])
 
     @products.post(
-        "", status_code=status.HTTP_201_CREATED, dependencies=write, summary="Add a product to the catalogue"
+        "", status_code=status.HTTP_201_CREATED, dependencies=admin, summary="Add a product to the catalogue"
     )
     async def post_product(body: NewProduct) -> Product:
         now = utcnow()
@@ -446,7 +447,7 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
 
     @products.patch(
         "/{product_id}",
-        dependencies=write,
+        dependencies=admin,
         summary="Change a product's name, price, currency or availability",
     )
     async def patch_product(product_id: Id, body: ProductPatch) -> Product:
@@ -480,7 +481,7 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
     # -- sales teams ------------------------------------------------------------------------
     teams = APIRouter(prefix="/sales-teams", tags=["sales teams"])
 
-    @teams.post("", status_code=status.HTTP_201_CREATED, dependencies=write, summary="Create a sales team")
+    @teams.post("", status_code=status.HTTP_201_CREATED, dependencies=admin, summary="Create a sales team")
     async def post_team(body: NewSalesTeam) -> SalesTeam:
         now = utcnow()
         team = SalesTeam(
@@ -508,7 +509,7 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
         return Page[SalesTeam].model_validate(_page(items, limit))
 
     @teams.patch(
-        "/{team_id}", dependencies=write, summary="Rename a sales team or change its manager or region"
+        "/{team_id}", dependencies=admin, summary="Rename a sales team or change its manager or region"
     )
     async def patch_team(team_id: Id, body: SalesTeamPatch) -> SalesTeam:
         changes = body.model_dump(include=body.model_fields_set - {"expected_version"})
@@ -522,7 +523,7 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
     @teams.delete(
         "/{team_id}",
         status_code=status.HTTP_204_NO_CONTENT,
-        dependencies=write,
+        dependencies=admin,
         summary="Delete a sales team that no opportunity names",
     )
     async def delete_team(

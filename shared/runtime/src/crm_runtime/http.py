@@ -7,13 +7,16 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from fastapi import FastAPI, HTTPException, Request, status
+from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-Scope_ = Literal["read", "write"]
+Scope_ = Literal["read", "write", "admin"]
+# Each scope includes those before it: admin (configuration: scoring rules, pipelines,
+# products, sales teams) may also write, and write (the day-to-day work) may also read.
+SCOPE_RANK: dict[str, int] = {"read": 0, "write": 1, "admin": 2}
 
 
 class FieldProblem(BaseModel):
@@ -32,9 +35,17 @@ class Problem(BaseModel):
 class ApiError(Exception):
     """Raised by routes for a 4xx answer in the shared error format."""
 
-    def __init__(self, status_code: int, error: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        error: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.headers = headers
         self.problem = Problem(
             error=error,
             message=message,
@@ -70,7 +81,7 @@ async def _validation_handler(_: Request, exc: Exception) -> JSONResponse:
 
 async def _api_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return JSONResponse(exc.problem.model_dump(), status_code=exc.status_code)
+    return JSONResponse(exc.problem.model_dump(), status_code=exc.status_code, headers=exc.headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -130,8 +141,8 @@ class _TooLarge(Exception):
 
 
 class TokenAuth:
-    """Bearer tokens with a scope; ``write`` implies ``read``. No tokens configured = open
-    (local development), which the service logs loudly at start."""
+    """Bearer tokens with a scope; ``admin`` implies ``write``, which implies ``read``. No
+    tokens configured = open (local development), which the service logs loudly at start."""
 
     def __init__(self, spec: str | None) -> None:
         self.tokens: dict[str, Scope_] = {}
@@ -139,8 +150,10 @@ class TokenAuth:
             if not pair.strip():
                 continue
             token, _, scope = pair.strip().partition(":")
-            if scope not in ("read", "write"):
-                raise ValueError("CRM_API_TOKENS entries must be 'token:read' or 'token:write'")
+            if scope not in SCOPE_RANK:
+                raise ValueError(
+                    "CRM_API_TOKENS entries must be 'token:read', 'token:write' or 'token:admin'"
+                )
             self.tokens[token] = scope  # type: ignore[assignment]
 
     @property
@@ -158,12 +171,17 @@ class TokenAuth:
                 None,
             )
             if scheme.lower() != "bearer" or granted is None:
-                raise HTTPException(
+                raise ApiError(
                     status.HTTP_401_UNAUTHORIZED,
+                    "unauthorized",
                     "A valid bearer token is required.",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
-            if needed == "write" and granted != "write":
-                raise HTTPException(status.HTTP_403_FORBIDDEN, "This token may only read.")
+            if SCOPE_RANK[granted] < SCOPE_RANK[needed]:
+                raise ApiError(
+                    status.HTTP_403_FORBIDDEN,
+                    "forbidden",
+                    f"This needs the {needed} scope; the token has the {granted} scope.",
+                )
 
         return check
