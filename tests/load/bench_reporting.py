@@ -93,13 +93,14 @@ from crm_reporting.projection import project
 from crm_reporting.repository import (
     GENERATIONS,
     LIVE,
+    Generation,
     ReportingRepository,
     _to_document,
 )
 from crm_runtime import make_event
 from crm_runtime.events import encode
 from crm_runtime.mongo import Document, in_transaction, to_bson
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 
 BY = Actor(id="importer")
@@ -723,7 +724,9 @@ async def ingest(
     await probe.drop()
 
     generation = ReportingRepository(mongo, mongo[database]).generation(1)
+    inc_rate = await counter_update_baseline(mongo, generation)
     before = await processed(http)
+    updates_before = await metric(http, "crm_reporting_counter_updates_total")
     producer = AIOKafkaProducer(
         bootstrap_servers=bench.kafka_bootstrap, enable_idempotence=True, acks="all", linger_ms=5
     )
@@ -753,17 +756,49 @@ async def ingest(
     elapsed = time.monotonic() - started
     print(f"\ningest: {count:,} events (new leads, conversions, opportunities of the last 30 days)")
     print(f"  published to Kafka in {published:.1f} s")
+    updates = await metric(http, "crm_reporting_counter_updates_total") - updates_before
     print(f"  applied and merged into the views: {count / elapsed:,.0f} events/s ({elapsed:.1f} s)")
+    print(
+        f"  counter documents written: {updates:,.0f} ({updates / count:.1f} per event), "
+        f"{updates / elapsed:,.0f} /s"
+    )
     print(f"  baseline: SecantusDB small transactions (find_one + insert_one): {baseline:,.0f} /s")
+    print(
+        "  baseline: SecantusDB $inc on this state's counter documents, 1,000 per transaction: "
+        f"{inc_rate:,.0f} /s"
+    )
+
+
+async def counter_update_baseline(mongo: AsyncMongoClient[Document], generation: Generation) -> float:
+    """How fast the database rewrites counter documents of this size: one $inc each on a
+    sample of them, in one transaction that is then aborted (nothing changes)."""
+    per_view = 1000 // len(generation.counters)
+    ids: list[tuple[str, Any]] = []
+    for view, collection in generation.counters.items():
+        sample = await collection.aggregate([{"$sample": {"size": per_view}}, {"$project": {"_id": 1}}])
+        ids += [(view, doc["_id"]) async for doc in sample]
+    async with mongo.start_session() as session:
+        await session.start_transaction()
+        started = time.monotonic()
+        for view in generation.counters:
+            ops = [
+                UpdateOne({"_id": doc_id}, {"$inc": {"t.bench_probe": 1}}) for v, doc_id in ids if v == view
+            ]
+            if ops:
+                await generation.counters[view].bulk_write(ops, ordered=False, session=session)
+        elapsed = time.monotonic() - started
+        await session.abort_transaction()
+    return len(ids) / elapsed
 
 
 async def processed(http: httpx.AsyncClient) -> float:
+    return await metric(http, "crm_events_processed_total{", "crm_events_duplicate_total{")
+
+
+async def metric(http: httpx.AsyncClient, *prefixes: str) -> float:
+    """The sum of the service's Prometheus samples whose lines start with ``prefixes``."""
     metrics = (await http.get("/metrics")).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith(("crm_events_processed_total{", "crm_events_duplicate_total{"))
-    )
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(prefixes))
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ def create_app(settings: ReportingSettings | None = None) -> FastAPI:
     settings = settings or ReportingSettings()
     runtime = ServiceRuntime(settings)
     repo = ReportingRepository(runtime.client, runtime.db)
-    merger = Merger(repo, max_keys=settings.merge_max_keys)
+    merger = Merger(repo, runtime.registry, max_keys=settings.merge_max_keys)
 
     async def start_merging() -> None:
         merger.start()

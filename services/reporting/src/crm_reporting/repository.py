@@ -22,11 +22,12 @@ import logging
 from collections.abc import Collection, Iterable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from bson import Decimal128
 from bson.codec_options import CodecOptions, TypeDecoder, TypeRegistry
 from crm_runtime.mongo import Document, from_bson, in_transaction, to_bson
+from prometheus_client import CollectorRegistry, Counter
 from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
@@ -55,6 +56,13 @@ MERGE_BATCH = 500
 MERGE_MAX_KEYS = 1000
 
 F = TypeVar("F", bound=Fact)
+
+
+class Merged(NamedTuple):
+    """What one merge did: deltas folded, counter documents written."""
+
+    deltas: int
+    counter_updates: int
 
 
 class _Decimals(TypeDecoder):
@@ -138,10 +146,10 @@ class Generation:
     # -- merging ----------------------------------------------------------------------------
     async def merge(
         self, client: AsyncMongoClient[Document], batch: int = MERGE_BATCH, max_keys: int = MERGE_MAX_KEYS
-    ) -> int:
-        """Fold one batch of deltas into the counters; returns how many deltas it merged."""
+    ) -> Merged:
+        """Fold one batch of deltas into the counters."""
 
-        async def work(session: AsyncClientSession) -> int:
+        async def work(session: AsyncClientSession) -> Merged:
             # Small pages: the key budget is usually spent after a few dozen deltas, and a
             # delta of an opportunity's event is a large document.
             cursor = self.deltas.find(
@@ -167,7 +175,7 @@ class Generation:
                     newest[kind] = max(newest.get(kind, moment), moment)
             await cursor.close()
             if not taken:
-                return 0
+                return Merged(0, 0)
             operations: dict[str, list[UpdateOne]] = {}
             for (view, doc_id), (labels, increments) in counts.items():
                 nonzero = {path: to_bson(value) for path, value in increments.items() if value}
@@ -189,13 +197,13 @@ class Generation:
             if marks:
                 await self.freshness.update_one({"_id": "as_of"}, marks, upsert=True, session=session)
             await self.deltas.delete_many({"_id": {"$in": taken}}, session=session)
-            return len(taken)
+            return Merged(len(taken), sum(len(ops) for ops in operations.values()))
 
         return await in_transaction(client, work)
 
     async def merge_all(self, client: AsyncMongoClient[Document], max_keys: int = MERGE_MAX_KEYS) -> int:
         merged = 0
-        while done := await self.merge(client, max_keys=max_keys):
+        while done := (await self.merge(client, max_keys=max_keys)).deltas:
             merged += done
         return merged
 
@@ -506,6 +514,7 @@ class Merger:
     def __init__(
         self,
         repo: ReportingRepository,
+        registry: CollectorRegistry,
         max_keys: int = MERGE_MAX_KEYS,
         gather_seconds: float = 1.0,
         idle_seconds: float = 0.2,
@@ -515,7 +524,14 @@ class Merger:
         self._gather = gather_seconds
         self._idle = idle_seconds
         self._task: asyncio.Task[None] | None = None
-        self.merged = 0
+        self.deltas_merged = Counter(
+            "crm_reporting_deltas_merged", "View deltas folded into the counters", registry=registry
+        )
+        self.counter_updates = Counter(
+            "crm_reporting_counter_updates",
+            "Counter documents written by merges (the views' write load)",
+            registry=registry,
+        )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reporting-merger")
@@ -538,7 +554,9 @@ class Merger:
                 if pending >= MERGE_BATCH or (
                     waiting_since is not None and loop.time() - waiting_since >= self._gather
                 ):
-                    self.merged += await generation.merge(self._repo.client, max_keys=self._max_keys)
+                    merged = await generation.merge(self._repo.client, max_keys=self._max_keys)
+                    self.deltas_merged.inc(merged.deltas)
+                    self.counter_updates.inc(merged.counter_updates)
                     waiting_since = None
                     continue
             except asyncio.CancelledError:
