@@ -748,7 +748,7 @@ async def ingest(
     published = time.monotonic() - started
     deadline = started + 900
     while True:
-        if await processed(http) - before >= count and await generation.pending(limit=1) == 0:
+        if await processed(http) - before >= count and await generation.pending() == 0:
             break
         if time.monotonic() > deadline:
             raise SystemExit("ingest did not finish within 15 minutes")

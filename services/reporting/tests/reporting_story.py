@@ -119,6 +119,6 @@ async def settled(http: httpx.AsyncClient, repo: ReportingRepository, published:
     """Every published message consumed and every delta merged: the views are final."""
 
     async def done() -> bool:
-        return await handled(http) == published and await (await repo.live()).pending(limit=1) == 0
+        return await handled(http) == published and await (await repo.live()).pending() == 0
 
     await eventually(done, timeout=120)

@@ -20,7 +20,7 @@ from crm_localinfra.testing import eventually, isolation_key, service_client, se
 from crm_reporting.aggregates import COUNTER_VIEWS, nest
 from crm_reporting.bootstrap import ReportingSettings, create_app
 from crm_reporting.memory import MemoryFactStore, MemoryViews
-from crm_reporting.projection import project
+from crm_reporting.projection import project, project_many
 from crm_reporting.repository import Generation, GenerationSource, ReportingRepository
 from crm_runtime.mongo import Document, in_transaction
 from pymongo import AsyncMongoClient
@@ -207,7 +207,7 @@ async def test_concurrent_transactions_folding_the_same_facts_converge(infra: An
             async def work(session: AsyncClientSession) -> None:
                 store = generation.facts(session)
                 await project(event, store)
-                await store.flush()
+                await store.flush(events=1)
 
             await in_transaction(client, work)
 
@@ -218,6 +218,32 @@ async def test_concurrent_transactions_folding_the_same_facts_converge(infra: An
         assert {f.opportunity_id: f for f in await generation.all_opportunities()} == expected.opportunities
         for view in COUNTER_VIEWS:
             assert await generation.all_counters(view) == memory_counters(expected, view), view
+    finally:
+        await client.drop_database(database)
+        await client.close()
+
+
+async def test_pending_counts_events_folded_but_not_merged(infra: Any) -> None:
+    """The lag every view reports includes events whose differences wait for the merger:
+    counted per event, however many events one delta holds."""
+    client: AsyncMongoClient[Document] = AsyncMongoClient(infra.mongo_url, tz_aware=True)
+    database = f"{infra.database_prefix}{isolation_key().replace('.', '_')}reporting_pending"
+    generation = ReportingRepository(client, client[database]).generation(1)
+    try:
+        halves = [STORY[: len(STORY) // 2], STORY[len(STORY) // 2 :]]
+        for events in halves:
+
+            async def work(session: AsyncClientSession, events: list[CloudEvent[Any]] = events) -> None:
+                store = generation.facts(session)
+                await project_many(events, store)
+                await store.flush(events=len(events))
+
+            await in_transaction(client, work)
+        assert await generation.pending() == len(STORY)
+        assert (await generation.merge(client, batch=1)).deltas == 1
+        assert await generation.pending() == len(halves[1])
+        await generation.merge_all(client)
+        assert await generation.pending() == 0
     finally:
         await client.drop_database(database)
         await client.close()

@@ -2,7 +2,8 @@
 
 Every response says how fresh it is: ``as_of`` (time of the newest event merged into the
 view's counters; header ``X-Report-As-Of``) and ``consumer_lag`` (events published but not in
-the view yet: the consumer group's lag plus merged-to-be deltas; header ``X-Consumer-Lag``).
+the view yet: the consumer group's lag plus events folded into facts whose deltas are not
+merged yet; header ``X-Consumer-Lag``).
 """
 
 from __future__ import annotations
@@ -66,7 +67,6 @@ from .views import (
 AS_OF_HEADER = "X-Report-As-Of"
 LAG_HEADER = "X-Consumer-Lag"
 CSV_MEDIA_TYPE = "text/csv"
-PENDING_COUNTED = 1000
 
 RowT = TypeVar("RowT", bound=BaseModel)
 
@@ -210,8 +210,7 @@ async def freshness(runtime: ServiceRuntime, generation: Generation, kinds: Sequ
     marks = await generation.as_of()
     known = [marks[kind] for kind in kinds if kind in marks]
     kafka = runtime.lag.total
-    # Deltas waiting for the merger are counted up to a bound: counting costs per document.
-    lag = None if kafka is None else kafka + await generation.pending(limit=PENDING_COUNTED)
+    lag = None if kafka is None else kafka + await generation.pending()
     return Freshness(as_of=max(known) if known else None, consumer_lag=lag)
 
 

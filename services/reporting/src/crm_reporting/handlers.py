@@ -40,7 +40,7 @@ def register_handlers(consumer: EventConsumer, repo: ReportingRepository) -> Non
         generation = await repo.live(uow.session)
         store = generation.facts(uow.session)
         await project_many(events, store)
-        await store.flush()
+        await store.flush(events=len(events))
 
     async def fold(event: CloudEvent[Any], uow: UnitOfWork) -> None:
         await fold_batch([event], uow)

@@ -74,7 +74,7 @@ async def _fold_batch(
     async def work(session: AsyncClientSession) -> None:
         store = target.facts(session)
         await project_many(events, store)
-        await store.flush()
+        await store.flush(events=len(events))
 
     await in_transaction(client, work)
 
