@@ -304,3 +304,15 @@ def test_every_view_from_incremental_counters_equals_a_straightforward_recomputa
     source = MemoryViews(store)
     for view, reference, query in QUERIES:
         assert run_now(view(source, query)) == expected(reference, store, query), query
+
+
+def test_every_counter_key_comes_back_from_its_document_id() -> None:
+    """Deltas carry counter ids only; the merger derives the labels from them."""
+    from crm_reporting.aggregates import CounterKey
+    from reporting_story import STORY
+
+    store = MemoryFactStore().fold(STORY)
+    assert store.counts and store.names
+    for key in [*store.counts, *store.names]:
+        again = CounterKey.of_doc_id(key.view, key.doc_id)
+        assert again == key and again.labels() == key.labels()

@@ -112,6 +112,13 @@ class CounterKey:
     def doc_id(self) -> str:
         return json.dumps([cuboid_name(self.cuboid), self.period, *self.values], separators=(",", ":"))
 
+    @classmethod
+    def of_doc_id(cls, view: str, doc_id: str) -> CounterKey:
+        """The key a counter document id was made from (``doc_id``'s inverse)."""
+        name, period, *values = json.loads(doc_id)
+        cuboid: Cuboid = () if name == cuboid_name(()) else tuple(name.split("+"))
+        return cls(view, cuboid, tuple(values), period)
+
     @property
     def grain(self) -> str:
         return grain_of(self.period)

@@ -168,20 +168,20 @@ class Generation:
             )
             taken: list[Any] = []
             events = 0
-            counts: dict[tuple[str, str], tuple[Document, dict[str, Number]]] = {}
-            names: dict[tuple[str, str], tuple[Document, dict[str, str]]] = {}
+            counts: dict[tuple[str, str], dict[str, Number]] = {}
+            names: dict[tuple[str, str], dict[str, str]] = {}
             newest: dict[str, datetime] = {}
             async for delta in cursor:
                 if taken and len(counts) + len(names) + len(delta.get("counts", ())) > max_keys:
                     break  # keep one transaction bounded; the rest comes next round
                 taken.append(delta["_id"])
                 events += int(delta.get("events", 0))
-                for view, doc_id, labels, pairs in delta.get("counts", ()):
-                    held = counts.setdefault((view, doc_id), (labels, {}))[1]
+                for view, doc_id, *_, pairs in delta.get("counts", ()):
+                    held = counts.setdefault((view, doc_id), {})
                     for path, value in pairs:
                         held[path] = held.get(path, 0) + from_bson(value)
-                for view, doc_id, labels, pairs in delta.get("names", ()):
-                    kept = names.setdefault((view, doc_id), (labels, {}))[1]
+                for view, doc_id, *_, pairs in delta.get("names", ()):
+                    kept = names.setdefault((view, doc_id), {})
                     for name, seen in pairs:
                         kept[name] = max(kept.get(name, ""), seen)
                 for kind, moment in delta.get("as_of", {}).items():
@@ -190,17 +190,21 @@ class Generation:
             if not taken:
                 return Merged(0, 0)
             operations: dict[str, list[UpdateOne]] = {}
-            for (view, doc_id), (labels, increments) in counts.items():
+            years: list[int] = []
+            for (view, doc_id), increments in counts.items():
                 nonzero = {path: to_bson(value) for path, value in increments.items() if value}
                 if nonzero:
-                    update = {"$inc": nonzero, "$setOnInsert": {"k": labels}}
+                    # Labels are derived from the id here rather than carried in every delta.
+                    key = CounterKey.of_doc_id(view, doc_id)
+                    if key.grain == "year":
+                        years.append(int(key.period))
+                    update = {"$inc": nonzero, "$setOnInsert": {"k": key.labels()}}
                     operations.setdefault(view, []).append(UpdateOne({"_id": doc_id}, update, upsert=True))
-            for (view, doc_id), (labels, maxima) in names.items():
-                update = {"$max": maxima, "$setOnInsert": {"k": labels}}
+            for (view, doc_id), maxima in names.items():
+                update = {"$max": maxima, "$setOnInsert": {"k": CounterKey.of_doc_id(view, doc_id).labels()}}
                 operations.setdefault(view, []).append(UpdateOne({"_id": doc_id}, update, upsert=True))
             for view, ops in operations.items():
                 await self.counters[view].bulk_write(ops, ordered=False, session=session)
-            years = [int(labels["period"]) for labels, _ in counts.values() if labels.get("grain") == "year"]
             marks: Document = {}
             if newest:
                 marks["$max"] = dict(newest)
@@ -467,14 +471,16 @@ class MongoFactStore:
 
 
 def delta_documents(tally: Tally, as_of: dict[str, datetime]) -> list[Document]:
-    """The tally as delta documents (split when large); paths travel as pairs because field
-    names with dots do not belong in stored documents."""
+    """The tally as delta documents (split when large): ``[view, counter id, [[path, value],
+    ...]]`` per counter document; paths travel as pairs because field names with dots do not
+    belong in stored documents. (Deltas written before labels were dropped hold them as a
+    third element; the merger reads both.)"""
     entries: list[tuple[str, list[Any]]] = [
-        ("counts", [key.view, key.doc_id, key.labels(), [[p, to_bson(v)] for p, v in sorted(fields.items())]])
+        ("counts", [key.view, key.doc_id, [[p, to_bson(v)] for p, v in sorted(fields.items())]])
         for key, fields in tally.counts.items()
     ]
     entries += [
-        ("names", [key.view, key.doc_id, key.labels(), sorted([n, t] for n, t in names.items())])
+        ("names", [key.view, key.doc_id, sorted([n, t] for n, t in names.items())])
         for key, names in tally.names.items()
     ]
     documents: list[Document] = []
