@@ -47,6 +47,8 @@ from crm_contracts.events.opportunities import (
     OpportunityFigures,
     OpportunityStageChanged,
     OpportunityUpdated,
+    PipelineDefined,
+    PipelineStage,
     StageKind,
 )
 from crm_runtime import make_event
@@ -423,3 +425,28 @@ def member_added(campaign_id: str, lead_id: str, when: datetime) -> CloudEvent[C
     return make_event(
         catalog.CAMPAIGN_MEMBER_ADDED, data, source="/crm/campaigns", subject=campaign_id, time=when
     )
+
+
+def pipeline_defined(
+    stages: tuple[Stage, ...], when: datetime, *, version: int = 1, pipeline: str = "default"
+) -> CloudEvent[PipelineDefined]:
+    """``pipeline.created`` (version 1) or ``pipeline.updated`` with ``stages`` in this order."""
+    data = PipelineDefined(
+        pipeline_id=pipeline,
+        name="Sales",
+        stages=[
+            PipelineStage(
+                stage_id=stage.stage_id,
+                name=stage.name,
+                kind=stage.kind,
+                probability=stage.probability,
+                forecast_category=stage.category,
+                position=position,
+            )
+            for position, stage in enumerate(stages)
+        ],
+        loss_reasons=["price"],
+        defined_at=when,
+    )
+    spec = catalog.PIPELINE_CREATED if version == 1 else catalog.PIPELINE_UPDATED
+    return make_event(spec, data, source="/crm/opportunities", subject=pipeline, version=version, time=when)

@@ -5,6 +5,7 @@ same projection and counters as the service. Also the period tiling and a histor
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -28,6 +29,7 @@ from reporting_events import (
     cost_recorded,
     days,
     member_added,
+    pipeline_defined,
 )
 
 D = Decimal
@@ -163,6 +165,18 @@ PIPELINE_STORY = [
     GONE.created_event(),
     *GONE.close(2, at(days(4)), PROSPECTING, False),
 ]
+
+
+def test_a_pipeline_definition_renames_and_reorders_stages_newest_definition_winning() -> None:
+    renamed = replace(PROPOSAL, name="Solution proposed")
+    newest = pipeline_defined((PROSPECTING, NEGOTIATION, renamed), at(days(5)), version=2)
+    older = pipeline_defined((PROSPECTING, QUALIFICATION, PROPOSAL, NEGOTIATION), at(days(-1)))
+    for story in ([*PIPELINE_STORY, older, newest], [newest, older, *PIPELINE_STORY, newest]):
+        result = rows(views.pipeline_rows, story, views.PipelineQuery(), at(days(10)))
+        assert [(r.stage_id, r.stage_name) for r in result] == [
+            ("negotiation", "Negotiation"),
+            ("proposal", "Solution proposed"),
+        ]
 
 
 def test_the_pipeline_sums_open_opportunities_weighted_and_aged_in_stage_order() -> None:

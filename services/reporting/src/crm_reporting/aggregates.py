@@ -26,7 +26,7 @@ from decimal import Decimal
 from itertools import combinations
 from typing import Any
 
-from crm_contracts.events.opportunities import StageKind
+from crm_contracts.events.opportunities import PipelineDefined, StageKind
 
 from .domain import FUNNEL_STEPS, CampaignFacts, LeadFacts, OpportunityFacts, Revision, value_of
 
@@ -475,6 +475,18 @@ def _stage_names(tally: Tally, revisions: Iterable[Revision]) -> None:
             tally.name(previous, f"{TOTALS}.name", name_tag(revision.at, revision.previous_stage_name))
 
 
+def pipeline_tally(pipeline: PipelineDefined) -> Tally:
+    """A pipeline's definition names and orders its stages (newest definition wins, as with
+    the names opportunities carry), so views name a stage no opportunity has reached yet and
+    show a renamed one under its new name."""
+    tally = Tally()
+    for stage in pipeline.stages:
+        key = CounterKey(STAGES, STAGE_CUBOID, (pipeline.pipeline_id, stage.stage_id), ALL)
+        tally.name(key, f"{TOTALS}.name", name_tag(pipeline.defined_at, stage.name))
+        tally.name(key, f"{TOTALS}.order", name_tag(pipeline.defined_at, str(stage.position)))
+    return tally
+
+
 # -- members ----------------------------------------------------------------------------------
 def member_tally(campaign_id: str) -> Tally:
     """One new member of a campaign (memberships are a set: only a first sighting counts)."""
@@ -520,6 +532,7 @@ class Changes:
     opportunities: dict[str, tuple[OpportunityFacts | None, OpportunityFacts]] = field(default_factory=dict)
     campaigns: dict[str, tuple[CampaignFacts | None, CampaignFacts]] = field(default_factory=dict)
     new_members: list[tuple[str, datetime]] = field(default_factory=list)
+    pipelines: list[PipelineDefined] = field(default_factory=list)
 
     def lead(self, original: LeadFacts | None, current: LeadFacts) -> None:
         held = self.leads.get(current.lead_id)
@@ -541,6 +554,8 @@ class Changes:
             total.merge(opportunity_tally(new_opp) - opportunity_tally(old_opp))
         for campaign_id, _ in self.new_members:
             total.merge(member_tally(campaign_id))
+        for pipeline in self.pipelines:
+            total.merge(pipeline_tally(pipeline))
         return total
 
     def as_of(self) -> dict[str, datetime]:
@@ -557,4 +572,4 @@ class Changes:
         return newest
 
     def __bool__(self) -> bool:
-        return bool(self.leads or self.opportunities or self.campaigns or self.new_members)
+        return bool(self.leads or self.opportunities or self.campaigns or self.new_members or self.pipelines)

@@ -27,6 +27,8 @@ PROJECTED_EVENTS: tuple[EventSpec[Any], ...] = (
     catalog.CAMPAIGN_STATUS_CHANGED,
     catalog.CAMPAIGN_COST_RECORDED,
     catalog.CAMPAIGN_MEMBER_ADDED,
+    catalog.PIPELINE_CREATED,
+    catalog.PIPELINE_UPDATED,
 )
 
 

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from crm_contracts.envelope import CloudEvent
+from crm_contracts.events.opportunities import PipelineDefined
 
 from .aggregates import Changes, CounterKey, Fields, Tally, nest
 from .domain import CampaignFacts, LeadFacts, OpportunityFacts
@@ -65,6 +66,9 @@ class MemoryFactStore:
         self.changes.new_members.append((campaign_id, at))
         self.writes += 1
         return True
+
+    async def define_pipeline(self, pipeline: PipelineDefined) -> None:
+        self.changes.pipelines.append(pipeline)
 
     def apply(self, tally: Tally) -> None:
         """Add counter differences (what the merger does to the stored counters)."""

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from crm_contracts.envelope import CloudEvent
 from crm_contracts.events.campaigns import CampaignMemberAdded
 from crm_contracts.events.leads import LeadConverted
+from crm_contracts.events.opportunities import PipelineDefined
 
 from .domain import (
     CampaignEvent,
@@ -52,6 +53,10 @@ class FactStore(Protocol):
     async def save_campaign(self, campaign: CampaignFacts) -> None: ...
     async def add_member(self, campaign_id: str, member_id: str, at: datetime) -> bool:
         """Record a campaign membership; False if it was known already."""
+        ...
+
+    async def define_pipeline(self, pipeline: PipelineDefined) -> None:
+        """Note a pipeline's definition (its stage names and order)."""
         ...
 
 
@@ -93,6 +98,8 @@ async def project(event: CloudEvent[Any], store: FactStore) -> None:
             await store.save_campaign(after)
     elif isinstance(data, CampaignMemberAdded):
         await store.add_member(data.campaign_id, data.member_id, to_millis(event.time))
+    elif isinstance(data, PipelineDefined):
+        await store.define_pipeline(data)
     else:
         raise TypeError(f"reporting does not project {type(data).__name__}")
 

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from bson import Decimal128
 from bson.codec_options import CodecOptions, TypeDecoder, TypeRegistry
+from crm_contracts.events.opportunities import PipelineDefined
 from crm_runtime.mongo import Document, from_bson, in_transaction, to_bson
 from prometheus_client import CollectorRegistry, Counter
 from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne, UpdateOne
@@ -431,6 +432,9 @@ class MongoFactStore:
         self.changes.new_members.append((campaign_id, at))
         await self._generation.members.insert_one({"_id": key, "added_at": at}, session=self._session)
         return True
+
+    async def define_pipeline(self, pipeline: PipelineDefined) -> None:
+        self.changes.pipelines.append(pipeline)
 
     async def flush(self, *, events: int) -> None:
         """Write the changed facts and the delta document of their counter differences;

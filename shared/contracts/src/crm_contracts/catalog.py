@@ -205,14 +205,14 @@ PIPELINE_CREATED = EventSpec(
     opportunities.PipelineDefined,
     description="A pipeline was defined: its ordered stages with kind, probability and forecast category.",
     producer="opportunities",
-    consumers=(),
+    consumers=("reporting",),
 )
 PIPELINE_UPDATED = EventSpec(
     "pipeline.updated",
     opportunities.PipelineDefined,
     description="A pipeline was redefined (renamed, stages reordered, re-weighted, added or removed).",
     producer="opportunities",
-    consumers=(),
+    consumers=("reporting",),
 )
 
 LEAD_MERGED = EventSpec(
