@@ -7,6 +7,7 @@ and the newest the package knows; then the manifests are checked for what the de
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ SECRET_ENV = {"CRM_MONGO_URL", "CRM_API_TOKENS", "CRM_KAFKA_SASL_PASSWORD"}
 MIN_KUBE_VERSION = "1.27.0"  # Chart.yaml kubeVersion
 KUBE_VERSIONS = (MIN_KUBE_VERSION, kubernetes_validate.latest_version())
 # Kinds from CRDs, which kubernetes-validate has no schema for; checked semantically below.
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 RELEASE = "crm"
 
 Manifest = dict[str, Any]
@@ -126,6 +127,7 @@ def test_each_service_gets_its_workload_objects(default_manifests: list[Manifest
     # Off by default.
     assert find(default_manifests, "HorizontalPodAutoscaler") == []
     assert find(default_manifests, "ServiceMonitor") == []
+    assert find(default_manifests, "PrometheusRule") == []
 
 
 def test_a_disabled_service_renders_nothing(render: Render) -> None:
@@ -321,6 +323,36 @@ def test_service_monitors_scrape_each_service(full_manifests: list[Manifest]) ->
         (endpoint,) = monitor["spec"]["endpoints"]
         assert endpoint["path"] == "/metrics"
         assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_alerts_watch_each_service_on_metrics_the_runtime_exports(full_manifests: list[Manifest]) -> None:
+    from crm_runtime import ServiceRuntime, ServiceSettings
+
+    (rule,) = find(full_manifests, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (group,) = rule["spec"]["groups"]
+    alerts = {r["alert"]: r for r in group["rules"]}
+    assert set(alerts) == {
+        "CrmServiceDown",
+        "CrmConsumerLagHigh",
+        "CrmEventsDeadLettered",
+        "CrmOutboxBacklog",
+    }
+    exported: set[str] = set()
+    for family in ServiceRuntime(ServiceSettings(service_name="probe")).registry.collect():
+        # A labelled metric has no samples until used: go by the family (counters add _total).
+        exported |= {family.name, f"{family.name}_total"} if family.type == "counter" else {family.name}
+    services = "|".join(f"{RELEASE}-{s}" for s in sorted(SERVICES))
+    for name, alert in alerts.items():
+        expr = alert["expr"]
+        assert f'namespace="crm", service=~"{services}"' in expr, name
+        used = set(re.findall(r"\b(crm_[a-z_]+)\{", expr))
+        assert used <= exported, (name, used - exported)
+        assert alert["labels"]["severity"] in {"warning", "critical"}
+        assert "{{ $labels.service }}" in alert["annotations"]["summary"]
+    assert alerts["CrmConsumerLagHigh"]["for"] == "10m"
+    assert alerts["CrmConsumerLagHigh"]["expr"].endswith("> 10000")
 
 
 def test_pods_carry_prometheus_scrape_annotations(default_manifests: list[Manifest]) -> None:
