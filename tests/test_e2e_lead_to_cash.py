@@ -189,6 +189,32 @@ async def test_lead_to_cash_through_every_service(suite: Suite) -> None:
     )
     assert pipeline["as_of"] is not None
 
+    # An admin renames the stage: reporting follows the pipeline's definition.
+    definition = await suite.ok("GET", "opportunities", "/pipelines/default")
+    stages = [
+        {key: stage[key] for key in ("id", "name", "kind", "probability", "forecast_category")}
+        | ({"name": "Solution proposed"} if stage["id"] == "proposal" else {})
+        for stage in definition["stages"]
+    ]
+    await suite.ok(
+        "PUT",
+        "opportunities",
+        "/pipelines/default",
+        json={
+            "name": definition["name"],
+            "stages": stages,
+            "loss_reasons": definition["loss_reasons"],
+            "expected_version": definition["version"],
+        },
+    )
+
+    async def stage_renamed() -> Any:
+        report = await suite.ok("GET", "reporting", "/reports/pipeline")
+        names = [r["stage_name"] for r in report["rows"] if r["stage_id"] == "proposal"]
+        return names == ["Solution proposed"] or None
+
+    await eventually(stage_renamed, timeout=60)
+
     # Won: the funnel is complete and the pipeline is empty.
     await suite.ok(
         "POST",
