@@ -19,11 +19,7 @@ in the same run on the same server:
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import statistics
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -31,19 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from crm_campaigns.bootstrap import CampaignsSettings, create_app
-from crm_localinfra._proc import free_ports
-from crm_localinfra.stack import LocalInfra
 from crm_localinfra.testing import eventually, service_client
 from crm_runtime import ServiceRuntime
+from harness import BenchInfra, percentile, run_bounded
 from pymongo import AsyncMongoClient
 
 REP = {"id": "bench"}
 DEADLINE_SECONDS = 600  # the whole run gives up after this
-
-
-def percentile(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def timed(call: Callable[[], Awaitable[Any]], times: int) -> list[float]:
@@ -179,27 +169,10 @@ def main() -> None:
     members, batch = min(args.members, 20000), min(args.batch, 1000)
     single, summaries = min(args.single, 1000), min(args.summaries, 200)
 
-    async def bounded(kafka: str, mongo_url: str) -> None:
-        await asyncio.wait_for(run(kafka, mongo_url, members, batch, single, summaries), DEADLINE_SECONDS)
+    async def work(infra: BenchInfra, _: Path) -> None:
+        await run(infra.kafka_bootstrap, infra.mongo_url, members, batch, single, summaries)
 
-    external_kafka, external_mongo = (
-        os.environ.get("CRM_TEST_KAFKA_BOOTSTRAP"),
-        os.environ.get("CRM_TEST_MONGO_URL"),
-    )
-    if external_kafka and external_mongo:
-        asyncio.run(bounded(external_kafka, external_mongo))
-        return
-    with tempfile.TemporaryDirectory(prefix="crm-bench-campaigns-") as root:
-        kafka_port, controller_port, mongo_port = free_ports(3)
-        infra = LocalInfra(
-            Path(root), kafka_port=kafka_port, kafka_controller_port=controller_port, mongo_port=mongo_port
-        )
-        print("starting Kafka and SecantusDB on loopback ...", file=sys.stderr)
-        infra.start()
-        try:
-            asyncio.run(bounded(infra.kafka_bootstrap, infra.mongo_url))
-        finally:
-            infra.stop()  # by pid
+    run_bounded("campaigns", work, deadline_seconds=DEADLINE_SECONDS)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +33,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from crm_contracts import catalog
 from crm_contracts.events.leads import LeadCaptured
 from crm_leads.bootstrap import LeadsSettings
-from crm_localinfra._proc import free_ports
-from crm_localinfra.stack import LocalInfra
 from crm_localinfra.testing import read_topic, running_services, service_env
 from crm_runtime.events import encode, make_event
 from crm_runtime.mongo import in_transaction
+from harness import BenchInfra, run_bounded
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 
@@ -47,14 +44,6 @@ DEADLINE_SECONDS = 900  # the whole run gives up after this
 MAX_COUNT = 20_000
 STORAGE_FLOOR_MAX = 1000  # bare transactions are sequential and slow: a sample is enough
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class Infra:
-    kafka_bootstrap: str
-    mongo_url: str
-    topic_prefix: str = "bench."
-    database_prefix: str = "bench_"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -260,7 +249,7 @@ async def storage_floors(
 
 
 async def run(kafka: str, mongo_url: str, count: int, mongo_pid: int | None) -> None:
-    infra = Infra(kafka, mongo_url)
+    infra = BenchInfra(kafka, mongo_url)
     isolation = f"b{uuid.uuid4().hex[:8]}."
     settings = LeadsSettings(**service_env(infra, "leads", isolation=isolation))
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
@@ -301,27 +290,10 @@ def main() -> None:
     args = parser.parse_args()
     count = max(1, min(args.count, MAX_COUNT))
 
-    async def bounded(kafka: str, mongo_url: str, mongo_pid: int | None) -> None:
-        await asyncio.wait_for(run(kafka, mongo_url, count, mongo_pid), DEADLINE_SECONDS)
+    async def work(infra: BenchInfra, _: Path) -> None:
+        await run(infra.kafka_bootstrap, infra.mongo_url, count, infra.mongo_pid)
 
-    external_kafka, external_mongo = (
-        os.environ.get("CRM_TEST_KAFKA_BOOTSTRAP"),
-        os.environ.get("CRM_TEST_MONGO_URL"),
-    )
-    if external_kafka and external_mongo:
-        asyncio.run(bounded(external_kafka, external_mongo, None))
-        return
-    with tempfile.TemporaryDirectory(prefix="crm-bench-capture-") as root:
-        kafka_port, controller_port, mongo_port = free_ports(3)
-        infra = LocalInfra(
-            Path(root), kafka_port=kafka_port, kafka_controller_port=controller_port, mongo_port=mongo_port
-        )
-        print("starting Kafka and SecantusDB on loopback ...", file=sys.stderr)
-        infra.start()
-        try:
-            asyncio.run(bounded(infra.kafka_bootstrap, infra.mongo_url, infra.mongo.pid))
-        finally:
-            infra.stop()  # by pid
+    run_bounded("capture", work, deadline_seconds=DEADLINE_SECONDS)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +37,11 @@ import httpx
 from aiokafka import AIOKafkaProducer
 from crm_contracts import catalog
 from crm_contracts.events.leads import LeadConverted
-from crm_localinfra._proc import free_ports
-from crm_localinfra.stack import LocalInfra
 from crm_localinfra.testing import read_topic, running_services, service_env
 from crm_opportunities.bootstrap import OpportunitiesSettings
 from crm_runtime.events import encode, make_event
 from crm_runtime.mongo import in_transaction
+from harness import BenchInfra, percentile, run_bounded
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 
@@ -53,19 +49,6 @@ REP = {"id": "bench-rep"}
 DEADLINE_SECONDS = 600  # the whole run gives up after this
 # A walk through the open stages and back, so every move is legal and none closes the deal.
 WALK = ["qualification", "proposal", "negotiation", "proposal", "qualification", "prospecting"]
-
-
-@dataclass(frozen=True)
-class Infra:
-    kafka_bootstrap: str
-    mongo_url: str
-    topic_prefix: str = "bench."
-    database_prefix: str = "bench_"
-
-
-def percentile(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def rate(
@@ -335,7 +318,7 @@ async def first_event(settings: OpportunitiesSettings, topic: str) -> bytes:
 
 
 async def run(kafka: str, mongo_url: str, moves: int, reps: int, conversions: int) -> None:
-    infra = Infra(kafka, mongo_url)
+    infra = BenchInfra(kafka, mongo_url)
     isolation = f"b{uuid.uuid4().hex[:8]}."
     settings = OpportunitiesSettings(**service_env(infra, "opportunities", isolation=isolation))
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
@@ -377,27 +360,10 @@ def main() -> None:
     moves, conversions = min(args.moves, 5000), min(args.conversions, 3000)
     reps = max(2, min(args.reps, 32) // 2 * 2)
 
-    async def bounded(kafka: str, mongo_url: str) -> None:
-        await asyncio.wait_for(run(kafka, mongo_url, moves, reps, conversions), DEADLINE_SECONDS)
+    async def work(infra: BenchInfra, _: Path) -> None:
+        await run(infra.kafka_bootstrap, infra.mongo_url, moves, reps, conversions)
 
-    external_kafka, external_mongo = (
-        os.environ.get("CRM_TEST_KAFKA_BOOTSTRAP"),
-        os.environ.get("CRM_TEST_MONGO_URL"),
-    )
-    if external_kafka and external_mongo:
-        asyncio.run(bounded(external_kafka, external_mongo))
-        return
-    with tempfile.TemporaryDirectory(prefix="crm-bench-opportunities-") as root:
-        kafka_port, controller_port, mongo_port = free_ports(3)
-        infra = LocalInfra(
-            Path(root), kafka_port=kafka_port, kafka_controller_port=controller_port, mongo_port=mongo_port
-        )
-        print("starting Kafka and SecantusDB on loopback ...", file=sys.stderr)
-        infra.start()
-        try:
-            asyncio.run(bounded(infra.kafka_bootstrap, infra.mongo_url))
-        finally:
-            infra.stop()  # by pid
+    run_bounded("opportunities", work, deadline_seconds=DEADLINE_SECONDS)
 
 
 if __name__ == "__main__":

@@ -26,17 +26,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import random
-import shutil
-import signal
 import statistics
-import tempfile
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -80,11 +76,9 @@ from crm_contracts.events.opportunities import (
     OpportunityCreated,
     OpportunityFigures,
     OpportunityStageChanged,
+    PipelineDefined,
     StageKind,
 )
-from crm_localinfra._proc import free_port
-from crm_localinfra.mongo import SecantusServer
-from crm_localinfra.stack import LocalInfra
 from crm_localinfra.testing import running_services, service_env
 from crm_reporting.aggregates import COUNTER_VIEWS, Changes, Tally, nest
 from crm_reporting.domain import CampaignFacts, LeadFacts, OpportunityFacts
@@ -100,6 +94,7 @@ from crm_reporting.repository import (
 from crm_runtime import make_event
 from crm_runtime.events import encode
 from crm_runtime.mongo import Document, in_transaction, to_bson
+from harness import BenchInfra, run_bounded
 from pymongo import AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 
@@ -127,6 +122,8 @@ INDUSTRIES = [
 PRODUCTS = [f"prod-{i:02d}" for i in range(20)]
 PIPELINES = ["default", "enterprise", "partner"]
 LOSS_REASONS = ["price", "timing", "competitor", "no decision", "budget", "fit"]
+
+DEADLINE_SECONDS = 3600  # the whole run (about 15 minutes on 2 cores) gives up after this
 
 
 @dataclass(frozen=True)
@@ -398,6 +395,7 @@ class PlainStore:
         self.opportunities: dict[str, OpportunityFacts] = {}
         self.campaigns: dict[str, CampaignFacts] = {}
         self.members: list[tuple[str, str, datetime]] = []
+        self.pipelines: list[PipelineDefined] = []
 
     async def lead(self, lead_id: str) -> LeadFacts | None:
         return self.leads.get(lead_id)
@@ -423,6 +421,9 @@ class PlainStore:
         self.members.append((campaign_id, member_id, at))
         return True
 
+    async def define_pipeline(self, pipeline: PipelineDefined) -> None:
+        self.pipelines.append(pipeline)
+
     def tally(self) -> Tally:
         """The counters of the final facts: what all the per-event differences add up to."""
         changes = Changes()
@@ -431,6 +432,7 @@ class PlainStore:
         for opportunity in self.opportunities.values():
             changes.opportunity(None, opportunity)
         changes.new_members = [(c, at) for c, _, at in self.members]
+        changes.pipelines = list(self.pipelines)
         return changes.tally()
 
 
@@ -554,14 +556,6 @@ READS: list[tuple[str, str, dict[str, str]]] = [
 ]
 
 
-@dataclass(frozen=True)
-class BenchInfra:
-    kafka_bootstrap: str
-    mongo_url: str
-    topic_prefix: str = "bench."
-    database_prefix: str = "bench_"
-
-
 async def load_state(
     mongo: AsyncMongoClient[Document], database: str, folded: Folded, campaigns: PlainStore, copies: int
 ) -> None:
@@ -604,7 +598,7 @@ async def load_state(
     await generation.freshness.replace_one({"_id": "as_of"}, marks, upsert=True)
 
 
-async def measure(infra: LocalInfra, root: Path, args: argparse.Namespace) -> None:
+async def measure(infra: BenchInfra, root: Path, args: argparse.Namespace) -> None:
     stories, copies = args.stories, args.copies
     print(
         f"reporting benchmark: {stories * copies:,} leads, {stories // 5 * copies:,} opportunities",
@@ -634,7 +628,7 @@ async def measure(infra: LocalInfra, root: Path, args: argparse.Namespace) -> No
         flush=True,
     )
 
-    bench = BenchInfra(infra.kafka_bootstrap, infra.mongo_url)
+    bench = infra
     isolation = "run."
     database = service_env(bench, "reporting", isolation=isolation)["mongo_database"]
     mongo: AsyncMongoClient[Document] = AsyncMongoClient(infra.mongo_url, tz_aware=True)
@@ -814,24 +808,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.stories, args.copies, args.requests, args.events = 1000, 2, 10, 500
-    # A SIGTERM (e.g. from timeout) unwinds like Ctrl-C, so the finally below stops everything.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    root = Path(tempfile.mkdtemp(prefix="crm-bench-reporting-"))
-    (root / "logs").mkdir()
-    infra = LocalInfra(
-        root, kafka_port=free_port(), kafka_controller_port=free_port(), mongo_port=free_port()
-    )
+
+    async def work(infra: BenchInfra, root: Path) -> None:
+        await measure(infra, root, args)
+
     # The state is ~2 GB on disk; with the default 256 MB WiredTiger cache SecantusDB stalls under
     # concurrent transactions (threads spin in WiredTiger). MongoDB sizes its cache to half the RAM.
-    infra.mongo = SecantusServer(replace(infra.mongo.config, cache_size=args.cache))
-    try:
-        infra.start()
-        asyncio.run(measure(infra, root, args))
-    finally:
-        with contextlib.suppress(Exception):
-            infra.stop()
-        if not os.environ.get("CRM_BENCH_KEEP"):
-            shutil.rmtree(root, ignore_errors=True)
+    run_bounded(
+        "reporting",
+        work,
+        deadline_seconds=DEADLINE_SECONDS,
+        mongo_cache=args.cache,
+        keep_files=bool(os.environ.get("CRM_BENCH_KEEP")),
+    )
 
 
 if __name__ == "__main__":
