@@ -22,11 +22,8 @@ import logging
 import random
 from collections.abc import Collection, Iterable
 from datetime import datetime
-from decimal import Decimal
 from typing import Any, NamedTuple, TypeVar
 
-from bson import Decimal128
-from bson.codec_options import CodecOptions, TypeDecoder, TypeRegistry
 from crm_contracts.events.opportunities import PipelineDefined
 from crm_runtime.mongo import Document, from_bson, in_transaction, to_bson
 from prometheus_client import CollectorRegistry, Counter
@@ -56,7 +53,8 @@ FOLDED_SHARDS = 8
 FACT_KINDS = ("leads", "opportunities", "campaigns")
 # A delta document stays far below MongoDB's 16 MB limit.
 MAX_CHANGES_PER_DELTA = 1000
-MERGE_BATCH = 500
+MERGE_BATCH = 500  # deltas one merge reads at most
+MERGE_AFTER_EVENTS = 500  # pending events that start a merge without waiting out the gathering
 # Counter documents one merge transaction may update. SecantusDB stalls on transactions of
 # ~10,000 updates against collections of 100,000 documents; MongoDB takes far more.
 MERGE_MAX_KEYS = 1000
@@ -69,21 +67,6 @@ class Merged(NamedTuple):
 
     deltas: int
     counter_updates: int
-
-
-class _Decimals(TypeDecoder):
-    """Decimal128 as Decimal while BSON is decoded: counter documents are read by the
-    hundred, and converting them afterwards (``from_bson``) walks every nested value."""
-
-    bson_type = Decimal128
-
-    def transform_bson(self, value: Any) -> Decimal:
-        decimal: Decimal = value.to_decimal()
-        return decimal
-
-
-DECIMALS: CodecOptions[Document] = CodecOptions(tz_aware=True, type_registry=TypeRegistry([_Decimals()]))
-T = TypeVar("T")
 
 
 def _to_document(fact: Fact, key_field: str) -> Document:
@@ -111,7 +94,7 @@ class Generation:
         self.deltas: AsyncCollection[Document] = db[self.prefix + DELTAS]
         self.freshness: AsyncCollection[Document] = db[self.prefix + FRESHNESS]
         self.counters: dict[str, AsyncCollection[Document]] = {
-            view: db.get_collection(self.prefix + view, codec_options=DECIMALS) for view in COUNTER_VIEWS
+            view: db[self.prefix + view] for view in COUNTER_VIEWS
         }
         self._db = db
 
@@ -548,7 +531,7 @@ class Merger:
     """Keeps folding the live generation's deltas into its counters, in the background.
 
     While events stream in, it lets deltas gather for up to ``gather_seconds`` (or until
-    ``MERGE_BATCH`` are waiting), so that many events' differences to the same counters
+    ``MERGE_AFTER_EVENTS`` events are pending), so that many events' differences to the same counters
     become one update; views trail consumption by about that long."""
 
     def __init__(
@@ -591,7 +574,7 @@ class Merger:
                 pending = await generation.pending()
                 if pending and waiting_since is None:
                     waiting_since = loop.time()
-                if pending >= MERGE_BATCH or (
+                if pending >= MERGE_AFTER_EVENTS or (
                     waiting_since is not None and loop.time() - waiting_since >= self._gather
                 ):
                     merged = await generation.merge(self._repo.client, max_keys=self._max_keys)
