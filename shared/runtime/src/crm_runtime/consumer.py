@@ -130,7 +130,7 @@ class EventConsumer:
         )
         self.batch_sizes = Histogram(
             "crm_consumer_batch_events",
-            "Valid events per fetched batch that was applied in one transaction",
+            "Valid events per fetched batch (each batch is applied in one transaction)",
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
             registry=registry,
         )
@@ -158,8 +158,8 @@ class EventConsumer:
 
     def handle_batches_with(self, handler: BatchHandler) -> None:
         """Apply each batch's new events with ``handler`` (still inside the consumer's
-        transaction) instead of calling each route's handler in turn. A batch that fails falls
-        back to the routes' handlers one event at a time."""
+        transaction) instead of calling each route's handler in turn. A batch that fails is
+        applied again one event at a time, each as a batch of one through ``handler``."""
         self.batch_handler = handler
 
     def bind(self) -> None:
@@ -202,17 +202,20 @@ class EventConsumer:
                 deliveries.append(Delivery(route, event, record))
         if not deliveries:
             return
+        self.batch_sizes.observe(len(deliveries))
+        if len(deliveries) == 1:
+            # Straight to its own attempts: a batch try first would be one more than configured.
+            await self.handle_event(deliveries[0])
+            return
         outcome = await self._try_apply(deliveries)
         if not isinstance(outcome, BaseException):
-            self.batch_sizes.observe(len(deliveries))
             for delivery, was_new in zip(deliveries, outcome, strict=True):
                 self._count(delivery, was_new)
             return
-        if len(deliveries) > 1:
-            log.warning(
-                "batch failed, applying its events one at a time",
-                extra={"events": len(deliveries), "error": str(outcome)[:300]},
-            )
+        log.warning(
+            "batch failed, applying its events one at a time",
+            extra={"events": len(deliveries), "error": str(outcome)[:300]},
+        )
         for delivery in deliveries:
             await self.handle_event(delivery)
 
