@@ -8,11 +8,17 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from crm_contracts import catalog
 from crm_contracts.envelope import CloudEvent
 from crm_contracts.events.leads import LeadCaptured, lead_captured_example
-from crm_localinfra.testing import eventually, isolation_key, service_client, service_env
+from crm_localinfra.testing import (
+    Outgoing,
+    eventually,
+    isolation_key,
+    publish_all,
+    service_client,
+    service_env,
+)
 from crm_runtime import ServiceRuntime, ServiceSettings, UnitOfWork, make_event
 from crm_runtime.dead_letters import dlq_topic
 from crm_runtime.events import encode
@@ -25,16 +31,12 @@ TOPIC = "lead.captured"
 
 
 async def publish(bootstrap: str, topic: str, first: int, last: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for n in range(first, last + 1):
-            data = LeadCaptured.model_validate(lead_captured_example() | {"external_id": f"outage-{n}"})
-            event = make_event(catalog.LEAD_CAPTURED, data, source="/probe", subject=f"outage-{n}")
-            await producer.send(topic, encode(event), key=str(n).encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
+    messages = []
+    for n in range(first, last + 1):
+        data = LeadCaptured.model_validate(lead_captured_example() | {"external_id": f"outage-{n}"})
+        event = make_event(catalog.LEAD_CAPTURED, data, source="/probe", subject=f"outage-{n}")
+        messages.append(Outgoing(encode(event), str(n).encode()))
+    await publish_all(bootstrap, topic, messages)
 
 
 async def test_events_consumed_during_a_database_outage_are_applied_once_it_is_back(infra: Any) -> None:

@@ -97,11 +97,10 @@ async def test_the_request_trace_continues_into_the_published_event(infra: Any) 
 
 async def test_a_consumed_event_trace_continues_into_the_events_it_causes(infra: Any) -> None:
     """Consumption is batched, yet each event is handled under its own producer's trace."""
-    from aiokafka import AIOKafkaProducer
     from crm_contracts import catalog
     from crm_contracts.events.leads import LeadCaptured
     from crm_leads.bootstrap import LeadsSettings, create_app
-    from crm_localinfra.testing import service_client
+    from crm_localinfra.testing import Outgoing, publish_all, service_client
     from crm_runtime import make_event
     from crm_runtime.events import encode
     from crm_runtime.kafka import ensure_topics
@@ -109,23 +108,15 @@ async def test_a_consumed_event_trace_continues_into_the_events_it_causes(infra:
     settings = LeadsSettings(**service_env(infra, "leads", isolation=isolation_key()))
     await ensure_topics(settings, ["lead.captured"])
     trace_ids = [f"{n:032x}" for n in range(0xA1, 0xA4)]
-    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, acks="all")
-    await producer.start()
-    try:
-        for n, trace_id in enumerate(trace_ids):
-            example = lead_captured_example()
-            person = example["person"] | {"email": f"traced{n}@example.com"}
-            data = LeadCaptured.model_validate(example | {"external_id": f"traced-{n}", "person": person})
-            event = make_event(catalog.LEAD_CAPTURED, data, source="/web-forms", subject=f"traced-{n}")
-            await producer.send(
-                settings.topic("lead.captured"),
-                encode(event),
-                key=b"one-batch",
-                headers=[("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01".encode())],
-            )
-        await producer.flush()
-    finally:
-        await producer.stop()
+    messages = []
+    for n, trace_id in enumerate(trace_ids):
+        example = lead_captured_example()
+        person = example["person"] | {"email": f"traced{n}@example.com"}
+        data = LeadCaptured.model_validate(example | {"external_id": f"traced-{n}", "person": person})
+        event = make_event(catalog.LEAD_CAPTURED, data, source="/web-forms", subject=f"traced-{n}")
+        traceparent = f"00-{trace_id}-00f067aa0ba902b7-01".encode()
+        messages.append(Outgoing(encode(event), b"one-batch", [("traceparent", traceparent)]))
+    await publish_all(infra.kafka_bootstrap, settings.topic("lead.captured"), messages)
     async with service_client(create_app(settings)):
         records = await read_topic(
             infra.kafka_bootstrap, settings.topic("lead.created"), until=lambda r: len(r) == len(trace_ids)

@@ -7,11 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from crm_contracts import catalog
 from crm_contracts.envelope import CloudEvent
 from crm_contracts.events.leads import LeadCaptured, lead_captured_example
-from crm_localinfra.testing import eventually, isolation_key, read_topic, service_client, service_env
+from crm_localinfra.testing import (
+    Outgoing,
+    eventually,
+    isolation_key,
+    publish_all,
+    read_topic,
+    service_client,
+    service_env,
+)
 from crm_runtime import PermanentEventError, ServiceRuntime, ServiceSettings, UnitOfWork, make_event
 from crm_runtime.dead_letters import H_ERROR, dlq_topic
 from crm_runtime.events import encode
@@ -77,14 +84,9 @@ async def test_a_fetched_batch_applies_each_new_event_once_and_isolates_bad_ones
     # originals, a message that is not JSON, a refused event, then 30 of the originals again.
     values = [encode(e) for e in events[:60]] + [b"{not json", encode(poison)]
     values += [encode(e) for e in events[60:]] + [encode(e) for e in events[:30]]
-    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, acks="all")
-    await producer.start()
-    try:
-        for value in values:
-            await producer.send(settings.topic(topic), value, key=b"one-partition")
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await publish_all(
+        infra.kafka_bootstrap, settings.topic(topic), [Outgoing(v, b"one-partition") for v in values]
+    )
 
     def sample(name: str) -> float:
         return runtime.registry.get_sample_value(name, {"topic": topic}) or 0.0

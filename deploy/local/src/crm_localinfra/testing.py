@@ -8,7 +8,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,13 +76,30 @@ class Record:
         return orjson.loads(self.value)
 
 
-async def publish_raw(bootstrap: str, topic: str, value: bytes, key: bytes | None = None) -> None:
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to publish as it is: raw bytes, a key, headers."""
+
+    value: bytes
+    key: bytes | None = None
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+async def publish_all(bootstrap: str, topic: str, messages: Iterable[Outgoing]) -> None:
+    """Publish ``messages`` in order with one idempotent producer; returns once Kafka
+    acknowledged every one."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
     await producer.start()
     try:
-        await producer.send_and_wait(topic, value, key=key)
+        for message in messages:
+            await producer.send(topic, message.value, key=message.key, headers=list(message.headers))
+        await producer.flush()
     finally:
         await producer.stop()
+
+
+async def publish_raw(bootstrap: str, topic: str, value: bytes, key: bytes | None = None) -> None:
+    await publish_all(bootstrap, topic, [Outgoing(value, key)])
 
 
 async def read_topic(
