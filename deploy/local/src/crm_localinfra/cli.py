@@ -6,6 +6,7 @@
     crm-infra status      what is running, where, and where it logs
     crm-infra infra-up    only Kafka + SecantusDB (detached by default)
     crm-infra infra-down  only Kafka + SecantusDB
+    crm-infra prepare     fetch Kafka's jars and build SecantusDB's Rust server, with progress
 
 State (data, logs, pid files) lives in ``--state-dir`` (default ``./.crm``).
 """
@@ -465,7 +466,25 @@ def build_parser(services: Sequence[ServiceSpec] = SERVICES) -> argparse.Argumen
     sub.add_parser("down", parents=[common], help="stop everything named by the pid files")
     sub.add_parser("infra-down", parents=[common], help="stop only Kafka + SecantusDB")
     sub.add_parser("status", parents=[common], help="show what runs where")
+    sub.add_parser(
+        "prepare",
+        parents=[common],
+        help="fetch Kafka's jars and build SecantusDB's Rust server now (the slow first-time set-up)",
+    )
     return parser
+
+
+def _cmd_prepare(out: TextIO) -> int:
+    from crm_localinfra import secantus_rs
+    from crm_localinfra.kafka import fetch_kafka
+
+    t0 = time.monotonic()
+    jars = fetch_kafka()
+    _say(out, f"Apache Kafka: {len(jars)} jars ready ({time.monotonic() - t0:.0f}s)")
+    kind = secantus_rs.resolve(out=out)
+    where = secantus_rs.installed_binary() if kind == "rust" else "the Python server from PyPI"
+    _say(out, f"SecantusDB: {kind} server ({where}); CRM_MONGO_SERVER=auto|rust|python chooses")
+    return 0
 
 
 def main(
@@ -483,6 +502,8 @@ def main(
             return _cmd_up(args, services, stream)
         if args.command in ("down", "infra-down"):
             return _cmd_down(args, services, stream)
+        if args.command == "prepare":
+            return _cmd_prepare(stream)
         return _cmd_status(args, services, stream)
     except BrokenPipeError:
         # `crm-infra status | head`: the reader left; not an error worth a traceback.

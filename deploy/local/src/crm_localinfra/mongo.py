@@ -1,14 +1,16 @@
-"""SecantusDB (MongoDB wire protocol on WiredTiger, from PyPI) as a local process.
+"""SecantusDB (MongoDB wire protocol on WiredTiger) as a local process: its Rust server
+(``secantusd-rs``, built with cargo, see ``secantus_rs``) or its Python server.
 
-It runs as the ``secantusd-py`` console script of the ``secantusdb`` package installed in this
-same virtual environment. Observed with 0.7.0b3: it answers ``hello`` well under a second after
-start, reports ``setName: "secantus"`` (a one-node replica set, primary), ``maxWireVersion`` 27
-and version 8.2.11; multi-document transactions commit, abort, are isolated, and a write
+The Python server runs as the ``secantusd-py`` console script of the ``secantusdb`` package
+installed in this same virtual environment. Observed with 0.7.0b3: it answers ``hello`` well
+under a second after start, reports ``setName: "secantus"`` (a one-node replica set, primary),
+``maxWireVersion`` 27 and version 8.2.11; multi-document transactions commit, abort, are isolated, and a write
 conflict raises a ``TransientTransactionError``; change streams work. A second server on the
 same storage dir fails (WiredTiger lock) and exits after ~2 s. SIGTERM stops it in ~3 s.
 
 It auto-discovers ``./secantusd.toml`` and ``~/.secantus/secantusd.toml``; we always pass our
-own ``--config`` so a stray file cannot switch on auth or standalone mode.
+own ``--config`` so a stray file cannot switch on auth or standalone mode. The Rust server
+reads the same file and flags.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from crm_localinfra import secantus_rs
 from crm_localinfra._proc import (
     StartupError,
     format_failure,
@@ -46,6 +49,15 @@ def secantusd_executable() -> list[str]:
     return [sys.executable, "-m", "secantus"]
 
 
+def server_command(kind: secantus_rs.ServerKind) -> list[str]:
+    """The daemon's command line before the options both servers share."""
+    if kind == "python":
+        return secantusd_executable()
+    binary = secantus_rs.installed_binary() or secantus_rs.build()
+    # WiredTiger preallocates its log files in full: 16 MB keeps each test's store small.
+    return [str(binary), "--log-file-max", "16MB"]
+
+
 @dataclass(frozen=True)
 class MongoConfig:
     """Where one SecantusDB server keeps its files. Storage is ``data_dir/data``."""
@@ -57,6 +69,7 @@ class MongoConfig:
     log_level: str = "INFO"
     log_file: Path | None = None
     pid_file: Path | None = None
+    server: secantus_rs.ServerKind = "python"
 
     @property
     def url(self) -> str:
@@ -170,7 +183,7 @@ class SecantusServer:
         cfg.storage_path.mkdir(parents=True, exist_ok=True)
         cfg.config_path.write_text(_toml(cfg))
         argv = [
-            *secantusd_executable(),
+            *server_command(cfg.server),
             "--config",
             str(cfg.config_path),
             "--host",

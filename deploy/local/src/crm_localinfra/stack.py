@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from crm_localinfra import secantus_rs
 from crm_localinfra.kafka import KafkaBroker, KafkaConfig
 from crm_localinfra.mongo import MongoConfig, SecantusServer
 
@@ -67,12 +68,13 @@ class Layout:
             pid_file=self.pid_file(KAFKA),
         )
 
-    def mongo_config(self, *, port: int = 27017) -> MongoConfig:
+    def mongo_config(self, *, port: int = 27017, server: secantus_rs.ServerKind = "python") -> MongoConfig:
         return MongoConfig(
             data_dir=self.mongo_dir,
             port=port,
             log_file=self.log_file(SECANTUSDB),
             pid_file=self.pid_file(SECANTUSDB),
+            server=server,
         )
 
 
@@ -88,7 +90,9 @@ class LocalInfra:
         mongo_port: int = 27017,
         num_partitions: int = 3,
         kafka_heap: str = "512m",
+        mongo_server: secantus_rs.ServerKind | None = None,
     ) -> None:
+        """``mongo_server`` None: as ``CRM_MONGO_SERVER`` says (``secantus_rs.resolve``)."""
         self.layout = Layout(root)
         self.kafka = KafkaBroker(
             self.layout.kafka_config(
@@ -98,7 +102,9 @@ class LocalInfra:
                 heap=kafka_heap,
             )
         )
-        self.mongo = SecantusServer(self.layout.mongo_config(port=mongo_port))
+        self.mongo = SecantusServer(
+            self.layout.mongo_config(port=mongo_port, server=mongo_server or secantus_rs.resolve())
+        )
 
     @property
     def kafka_bootstrap(self) -> str:
