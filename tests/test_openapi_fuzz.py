@@ -1,10 +1,10 @@
 """schemathesis over each service's OpenAPI document, against the service as a real process on
-the real broker and database: no request it generates, valid or not, gets a server error (5xx)
-or a status its operation does not document.
+the real broker and database: no request it generates, valid or not, gets a server error (5xx),
+a status its operation does not document, or a body, media type or header other than documented.
 
 Each operation gets, in this order: the document's own examples; schemathesis's coverage cases
 (boundary values, each property missing, null or of the wrong type, undeclared methods); and
-``CRM_FUZZ_EXAMPLES`` (default 15) cases that fit its schema and as many that do not
+``CRM_FUZZ_EXAMPLES`` (default 10) cases that fit its schema and as many that do not
 (schemathesis's positive and negative generation). Generated cases go out with the admin token
 mostly, so that they reach the routes' own logic, and otherwise with a read token, none, or one
 with a non-ASCII byte, so that 401 and 403 are provoked too. Generation is derandomized: every
@@ -32,7 +32,12 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.errors import FailureGroup
-from schemathesis.specs.openapi.checks import status_code_conformance
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -48,8 +53,16 @@ AUTHORIZATION: dict[str, str | None] = {
     "non-ASCII token": "Bearer fuzz-\u00e4dmin",
 }
 CREDENTIALS = ("admin token",) * 5 + ("read token", "no token", "non-ASCII token")
-EXAMPLES_PER_MODE = int(os.environ.get("CRM_FUZZ_EXAMPLES", "15"))
+EXAMPLES_PER_MODE = int(os.environ.get("CRM_FUZZ_EXAMPLES", "10"))
 MIN_CALLS_PER_OPERATION = 10
+# No server error, no undocumented status, and the documented body, media type and headers.
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    response_schema_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+]
 
 
 @dataclass(frozen=True)
@@ -74,10 +87,21 @@ class KnownFailure:
 
     reason: str
     matches: Callable[[Finding], bool]
+    services: tuple[str, ...] = SERVICES
 
 
 # Known failures, each fixed on another branch of issue 17.
-KNOWN_ELSEWHERE: tuple[KnownFailure, ...] = ()
+KNOWN_ELSEWHERE: tuple[KnownFailure, ...] = (
+    KnownFailure(
+        "a non-ASCII byte in the bearer token answers 500 (issue 17, defect 3)",
+        lambda finding: finding.credential == "non-ASCII token" and finding.status == 500,
+    ),
+    KnownFailure(
+        "a body that is not UTF-8 answers FastAPI's 400 {'detail': ...}, not the shared error body",
+        lambda finding: finding.status == 400 and finding.problems == ("Response violates schema",),
+        services=("leads", "opportunities", "campaigns"),  # reporting takes no body
+    ),
+)
 
 
 @dataclass
@@ -99,6 +123,13 @@ class Ledger:
                 replay = case.as_curl_command(headers=headers_for(credential))
                 self.findings[key] = Finding(label, status, problems, credential, replay)
 
+    def summary(self, service: str, operations: list[str]) -> str:
+        lines = [f"{service}: {sum(self.calls.values())} calls over {len(operations)} operations"]
+        for label in operations:
+            answers = sorted((status, n) for (called, status), n in self.statuses.items() if called == label)
+            lines.append(f"  {label}: " + ", ".join(f"{status} x{n}" for status, n in answers))
+        return "\n".join(lines)
+
 
 def headers_for(credential: str) -> dict[str, str]:
     value = AUTHORIZATION[credential]
@@ -113,7 +144,7 @@ def exercise(schema: Any, base_url: str, ledger: Ledger) -> None:
         response = case.call(base_url=base_url, session=session, headers=headers_for(credential), timeout=60)
         failure = None
         try:
-            case.validate_response(response, checks=[not_a_server_error, status_code_conformance])
+            case.validate_response(response, checks=CHECKS)
         except FailureGroup as exc:
             failure = exc
         ledger.record(case, response.status_code, credential, failure)
@@ -131,7 +162,9 @@ def exercise(schema: Any, base_url: str, ledger: Ledger) -> None:
         operation = result.ok()
         examples = operation.get_strategies_from_examples()
         if examples:
-            draw(settings(budget, max_examples=2 * len(examples)), st.one_of(examples), ("admin token",), send)
+            draw(
+                settings(budget, max_examples=2 * len(examples)), st.one_of(examples), ("admin token",), send
+            )
         for case in schema.iter_coverage_cases(
             operation,
             generation_modes=list(GenerationMode),
@@ -182,19 +215,20 @@ async def test_no_generated_request_gets_a_server_error_or_an_undocumented_statu
         await asyncio.to_thread(exercise, schema, base_url, ledger)
 
     operations = list(documented_operations(schema))
-    print(f"\n{service}: {sum(ledger.calls.values())} calls over {len(operations)} operations")
-    for label in operations:
-        answered = sorted((status, count) for (called, status), count in ledger.statuses.items() if called == label)
-        print(f"  {label}: " + ", ".join(f"{status} x{count}" for status, count in answered))
+    print(ledger.summary(service, operations))
     # Not vacuous: every documented operation was called many times, and the answers show that
     # requests got through to the routes (2xx) as well as being refused (401, 422).
     assert len(operations) >= 10, operations
-    assert {label: ledger.calls[label] for label in operations if ledger.calls[label] < MIN_CALLS_PER_OPERATION} == {}
-    answered = {status for _, status in ledger.statuses}
-    assert any(200 <= status < 300 for status in answered) and {401, 422} <= answered, sorted(answered)
+    too_few = {
+        label: ledger.calls[label] for label in operations if ledger.calls[label] < MIN_CALLS_PER_OPERATION
+    }
+    assert too_few == {}
+    statuses = {status for _, status in ledger.statuses}
+    assert any(200 <= status < 300 for status in statuses) and {401, 422} <= statuses, sorted(statuses)
 
+    known_here = [known for known in KNOWN_ELSEWHERE if service in known.services]
     found = sorted(ledger.findings.values(), key=lambda finding: (finding.operation, finding.status))
-    unexpected = [finding for finding in found if not any(known.matches(finding) for known in KNOWN_ELSEWHERE)]
+    unexpected = [finding for finding in found if not any(known.matches(finding) for known in known_here)]
     assert not unexpected, f"{len(unexpected)} findings on {service}:\n" + "\n".join(map(str, unexpected))
-    fixed = [known.reason for known in KNOWN_ELSEWHERE if not any(known.matches(finding) for finding in found)]
+    fixed = [known.reason for known in known_here if not any(known.matches(finding) for finding in found)]
     assert not fixed, f"fixed now, remove from KNOWN_ELSEWHERE: {fixed}"

@@ -110,14 +110,19 @@ def test_error_answers_carry_the_shared_error_body_and_their_headers() -> None:
     assert "WWW-Authenticate" in answers["401"]["headers"]
     schemas = document["components"]["schemas"]
     assert set(schemas["Problem"]["required"]) == {"error", "message"}
-    assert schemas["Problem"]["properties"]["fields"]["items"] == {"$ref": "#/components/schemas/FieldProblem"}
+    assert schemas["Problem"]["properties"]["fields"]["items"] == {
+        "$ref": "#/components/schemas/FieldProblem"
+    }
     # FastAPI's {"detail": [...]} body is never sent, so it is not documented either.
     assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
 
 
 def test_responses_a_route_declares_keep_their_description_and_body() -> None:
     document = crm_app().openapi()
-    assert responses(document, "get", "/public")["422"]["description"] == "A filter is invalid; the body names it."
+    assert (
+        responses(document, "get", "/public")["422"]["description"]
+        == "A filter is invalid; the body names it."
+    )
     assert responses(document, "get", "/public")["422"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Problem"
     }
