@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import get_flat_params
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from starlette.routing import BaseRoute
 
@@ -22,7 +23,8 @@ from .http import SCOPE_RANK, Problem, TokenAuth
 SCHEMAS = "#/components/schemas/"
 BEARER_SCHEME = "bearerToken"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# The runtime's probes (health) answer in their own formats and document them where declared.
+# The runtime's probes (health) read no storage but their own checks, and document those answers
+# where they are declared.
 SELF_DOCUMENTED_TAG = "operations"
 # FastAPI's own 422 describes its {"detail": [...]} body, which these services never send.
 FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
@@ -65,11 +67,9 @@ def document_error_responses(app: FastAPI) -> None:
 
 def amend(document: dict[str, Any], routes: Iterable[BaseRoute | RouteContext]) -> None:
     for route in api_routes(routes):
-        if SELF_DOCUMENTED_TAG in route.tags:
-            continue
         path_item = document.get("paths", {}).get(route.path_format, {})
         scope = required_scope(route.dependant)
-        for method in route.methods:
+        for method in route.methods or ():
             operation = path_item.get(method.lower())
             if operation is None:
                 continue
@@ -103,8 +103,12 @@ def error_statuses(route: RouteContext, method: str, scope: str | None) -> set[i
     """What the route has decides what it can answer."""
     parses_json = route.body_field is not None
     reads_own_body = "requestBody" in (route.openapi_extra or {})
-    names_a_record = "{" in route.path_format
-    statuses = {422, 503}  # any parameter (unknown ones included) can be invalid; all touch storage
+    names_a_record = "{" in (route.path_format or "")
+    statuses: set[int] = set()
+    if SELF_DOCUMENTED_TAG not in route.tags:
+        statuses |= {422, 503}  # unknown query parameters are refused too; every route reads storage
+    if parses_json or reads_own_body or get_flat_params(route.dependant):
+        statuses.add(422)
     if parses_json:
         statuses.add(400)
     if parses_json or reads_own_body:
