@@ -31,6 +31,7 @@ from .kafka import create_broker, ensure_topics
 from .lag import LagMonitor
 from .logs import configure_logging
 from .mongo import create_client, in_transaction
+from .openapi import document_error_responses
 from .outbox import Outbox, OutboxRelay
 from .settings import ServiceSettings
 from .telemetry import configure_tracing, instrument_app
@@ -167,6 +168,7 @@ class ServiceRuntime:
         async def metrics() -> Response:
             return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+        document_error_responses(app)
         instrument_app(app)
         app.add_middleware(BodySizeLimit, max_bytes=self.settings.max_body_bytes)
         app.state.runtime = self
