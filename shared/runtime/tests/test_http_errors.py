@@ -239,6 +239,14 @@ async def test_a_wrong_method_gets_405_in_the_shared_format_with_allow(app: Fast
     }
 
 
+async def test_allow_names_the_methods_of_every_route_at_the_path(app: FastAPI) -> None:
+    async with client(app) as http:
+        answer = await http.delete("/notes")  # GET /notes and POST /notes are two routes
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "GET, POST"
+    assert answer.json()["message"] == "DELETE is not allowed here; use GET, POST."
+
+
 async def test_an_http_exception_raised_by_a_route_gets_the_shared_format(app: FastAPI) -> None:
     async with client(app) as http:
         answer = await http.get("/gone")

@@ -20,6 +20,7 @@ from opentelemetry.trace import Status, StatusCode
 from pydantic import BaseModel
 from pymongo.errors import ConnectionFailure
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -121,13 +122,28 @@ async def _http_error_handler(request: Request, exc: Exception) -> Response:
     if exc.status_code == status.HTTP_404_NOT_FOUND:
         message = f"There is no operation at {request.url.path[:200]}; /docs lists them."
     elif exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
-        allowed = (headers or {}).get("Allow") or (headers or {}).get("allow")
+        allowed = _allowed_methods(request) or (headers or {}).get("Allow", "")
+        headers = {**(headers or {}), "Allow": allowed} if allowed else headers
         message = f"{request.method} is not allowed here" + (f"; use {allowed}." if allowed else ".")
     elif isinstance(exc.detail, str) and exc.detail and exc.detail != phrase:
         message = exc.detail if exc.detail.endswith(".") else exc.detail + "."
     else:
         message = phrase + "."
     return problem_response(exc.status_code, error, message, headers)
+
+
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes at this path (Starlette's ``Allow`` names only those of
+    the first route that matched the path, e.g. POST when GET is there too)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    )
 
 
 class _Throttled:
