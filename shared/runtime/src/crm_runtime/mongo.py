@@ -12,6 +12,7 @@ from bson import Decimal128
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ServerSelectionTimeoutError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -21,12 +22,18 @@ Document = dict[str, Any]
 T = TypeVar("T")
 
 
+class DatabaseUnreachable(ServerSelectionTimeoutError):
+    """No MongoDB server answered for the whole server-selection timeout. Unlike the error it
+    replaces it carries no TransientTransactionError label, so a transaction gives up at once
+    instead of retrying for PyMongo's 120 s while an HTTP caller waits."""
+
+
 def create_client(settings: ServiceSettings) -> AsyncMongoClient[Document]:
     return AsyncMongoClient(
         settings.mongo_url.get_secret_value(),
         appname=f"crm-{settings.service_name}",
         tz_aware=True,
-        serverSelectionTimeoutMS=5000,
+        serverSelectionTimeoutMS=settings.mongo_server_selection_timeout_ms,
         w="majority",
     )
 

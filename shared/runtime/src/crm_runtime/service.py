@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import uvicorn
 from crm_contracts.catalog import ALL_EVENTS
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, Depends, FastAPI, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     GC_COLLECTOR,
@@ -22,17 +22,19 @@ from prometheus_client import (
     generate_latest,
 )
 from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.errors import ServerSelectionTimeoutError
 
 from .consumer import EventConsumer
 from .dead_letters import dlq_topic
 from .health import health_router
-from .http import BodySizeLimit, TokenAuth, install_error_handlers
+from .http import BodySizeLimit, TokenAuth, UnexpectedErrors, install_error_handlers
 from .kafka import create_broker, ensure_topics
 from .lag import LagMonitor
 from .logs import configure_logging
-from .mongo import create_client, in_transaction
+from .mongo import DatabaseUnreachable, create_client, in_transaction
 from .openapi import document_error_responses
 from .outbox import Outbox, OutboxRelay
+from .query_parameters import reject_unknown_query_parameters
 from .settings import ServiceSettings
 from .telemetry import configure_tracing, instrument_app
 from .unit_of_work import UnitOfWork
@@ -74,10 +76,15 @@ class ServiceRuntime:
         self._shutdown.append(hook)
 
     async def transaction(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
-        """Run ``work`` atomically with the events it emits, then wake the relay."""
+        """Run ``work`` atomically with the events it emits, then wake the relay. Transient
+        errors (write conflicts, a lost primary) are retried; a database that no server
+        answers for is not: that raises DatabaseUnreachable (HTTP answers 503) at once."""
 
         async def run(session: AsyncClientSession) -> T:
-            return await work(UnitOfWork(session, self.outbox))
+            try:
+                return await work(UnitOfWork(session, self.outbox))
+            except ServerSelectionTimeoutError as exc:
+                raise DatabaseUnreachable(str(exc)) from exc
 
         result = await in_transaction(self.client, run)
         self.outbox.notify()
@@ -157,9 +164,12 @@ class ServiceRuntime:
             version=version,
             lifespan=lifespan,
             openapi_tags=openapi_tags,
+            dependencies=[Depends(reject_unknown_query_parameters)],
         )
         install_error_handlers(app)
-        app.include_router(health_router({"mongodb": self._check_mongo, "kafka": self._check_kafka}))
+        app.include_router(
+            health_router({"mongodb": self._check_mongo, "kafka": self._check_kafka}, auth=self.auth)
+        )
         for router in routers:
             app.include_router(router)
         registry = self.registry
@@ -171,6 +181,7 @@ class ServiceRuntime:
         document_error_responses(app)
         instrument_app(app)
         app.add_middleware(BodySizeLimit, max_bytes=self.settings.max_body_bytes)
+        app.add_middleware(UnexpectedErrors)  # added last: outermost, so it sees every failure
         app.state.runtime = self
         return app
 

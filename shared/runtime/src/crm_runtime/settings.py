@@ -33,6 +33,13 @@ class ServiceSettings(BaseSettings):
 
     mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017/?directConnection=true")
     mongo_database: str | None = Field(default=None, description="Defaults to 'crm_<service>'.")
+    mongo_server_selection_timeout_ms: int = Field(
+        default=5000,
+        ge=100,
+        le=120_000,
+        description="How long an operation waits for a reachable MongoDB before it fails "
+        "(an HTTP request then answers 503 with Retry-After).",
+    )
 
     http_host: str = "0.0.0.0"  # containers listen on all interfaces
     http_port: int = Field(default=8000, ge=1, le=65535)
