@@ -25,7 +25,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 
 from .consumer import EventConsumer
 from .dead_letters import dlq_topic
-from .health import health_router
+from .health import Detail, health_router
 from .http import BodySizeLimit, TokenAuth, install_error_handlers
 from .kafka import create_broker, ensure_topics
 from .lag import LagMonitor
@@ -141,7 +141,11 @@ class ServiceRuntime:
         version: str = "0.1.0",
         routers: Sequence[APIRouter] = (),
         openapi_tags: list[dict[str, Any]] | None = None,
+        health_details: dict[str, Detail] | None = None,
     ) -> FastAPI:
+        """The service's app; ``health_details`` add informational sections to
+        ``/health/ready`` (never a reason to be unready)."""
+
         @asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
             await self.start()
@@ -158,7 +162,9 @@ class ServiceRuntime:
             openapi_tags=openapi_tags,
         )
         install_error_handlers(app)
-        app.include_router(health_router({"mongodb": self._check_mongo, "kafka": self._check_kafka}))
+        app.include_router(
+            health_router({"mongodb": self._check_mongo, "kafka": self._check_kafka}, details=health_details)
+        )
         for router in routers:
             app.include_router(router)
         registry = self.registry
