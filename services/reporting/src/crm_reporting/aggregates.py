@@ -518,14 +518,18 @@ def flatten(document: Mapping[str, object], prefix: str = "") -> Fields:
     """A nested counter (sub)document as dotted paths to numbers, each field's high part
     (``HIGH``) added in."""
     fields: Fields = {}
+    high: list[tuple[str, Number]] = []
     for name, value in document.items():
         if isinstance(value, Mapping):
             fields.update(flatten(value, f"{prefix}{name}."))
         elif isinstance(value, int | Decimal) and not isinstance(value, bool):
-            if name.endswith(HIGH):
-                name, value = name[: -len(HIGH)], value * HIGH_BASE
-            path = prefix + name
-            fields[path] = fields.get(path, 0) + value
+            if "~" in name:  # cheaper than endswith on every field of a read (1,200 of them)
+                high.append((name, value))
+            else:
+                fields[prefix + name] = value
+    for name, value in high:
+        path = prefix + name.removesuffix(HIGH)
+        fields[path] = fields.get(path, 0) + value * HIGH_BASE
     return fields
 
 

@@ -43,6 +43,8 @@ def encode_value(value: Number) -> Any:
 
 
 def decode_value(value: Any) -> Number:
+    if type(value) is int:  # nearly all of them
+        return value
     if isinstance(value, str):
         return int(value)
     decoded: Number = from_bson(value)
@@ -119,6 +121,9 @@ def increments(fields: Mapping[str, Number]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for path, value in fields.items():
         if not value:
+            continue
+        if -HIGH_BASE < value < HIGH_BASE and type(value) is int:  # nearly all of them
+            result[path] = value
             continue
         if isinstance(value, Decimal):
             result[path] = Decimal128(value)  # counters of an older version; a rebuild ends them
