@@ -12,6 +12,7 @@ import httpx
 import pytest
 from crm_contracts.envelope import CloudEvent
 from crm_localinfra.testing import eventually, isolation_key
+from crm_reporting import set_aside
 from crm_reporting.aggregates import COUNTER_VIEWS, FUNNEL, HIGH_BASE, CounterKey, nest
 from crm_reporting.bootstrap import ReportingSettings, create_app
 from crm_reporting.memory import MemoryFactStore
@@ -32,6 +33,7 @@ HALF = len(STORY) // 2
 
 @dataclass
 class Setup:
+    settings: ReportingSettings
     client: AsyncMongoClient[Document]
     repo: ReportingRepository
     generation: Generation
@@ -46,12 +48,13 @@ class Setup:
 async def setup(infra: Any) -> AsyncIterator[Setup]:
     client: AsyncMongoClient[Document] = AsyncMongoClient(infra.mongo_url, tz_aware=True)
     database = f"{infra.database_prefix}{isolation_key().replace('.', '_')}reporting_merger"
+    settings = ReportingSettings(mongo_url=infra.mongo_url, mongo_database=database)
     repo = ReportingRepository(client, client[database])
     await repo.setup()
     registry = CollectorRegistry()
     merger = Merger(repo, registry, gather_seconds=0.05, idle_seconds=0.05)
     try:
-        yield Setup(client, repo, await repo.live(), registry, merger)
+        yield Setup(settings, client, repo, await repo.live(), registry, merger)
     finally:
         await merger.stop()
         await client.drop_database(database)
@@ -91,8 +94,8 @@ async def test_a_delta_that_cannot_be_applied_is_set_aside_and_merging_goes_on(s
         stored.pop(DAMAGED.doc_id, None)
         assert {doc_id: _measures(doc) for doc_id, doc in stored.items()} == _memory(expected, view), view
 
-    [held] = await g.set_aside_list()
-    assert held["_id"] == bad.inserted_id and held["events"] == 1
+    [held] = await set_aside.run(setup.settings, "list", [])  # what the CLI prints
+    assert held["id"] == str(bad.inserted_id) and held["events"] == 1 and held["generation"] == 1
     assert held["error"] == "BulkWriteError" and "$inc" in held["reason"]
     raw = await g.set_aside_deltas.find_one({"_id": bad.inserted_id})
     assert raw is not None and raw["delta"]["counts"] == [[FUNNEL, DAMAGED.doc_id, [["t.a", 1]]]]
@@ -113,7 +116,7 @@ async def test_a_delta_that_cannot_be_applied_is_set_aside_and_merging_goes_on(s
 
     # The damage is repaired; the delta set aside goes back and is merged like any other.
     await g.counters[FUNNEL].update_one({"_id": DAMAGED.doc_id}, {"$set": {"t.a": 0}})
-    assert await g.retry_set_aside(setup.client) == 1
+    assert await set_aside.run(setup.settings, "retry", [held["id"]]) == [{"retried": 1, "generation": 1}]
 
     async def retried_and_merged() -> bool:
         document = await g.counters[FUNNEL].find_one({"_id": DAMAGED.doc_id})
