@@ -148,7 +148,12 @@ async def test_a_batch_that_fails_only_together_is_merged_one_delta_at_a_time(se
         }
         await g.deltas.insert_one(delta)
     assert (await setup.merger.step(g)).deltas == 0  # the batch failed
+    failing = await setup.merger.health()
+    assert (failing["status"], failing["last_error"]) == ("failing", "OverflowError") and failing[
+        "failing_since"
+    ]
     assert (await setup.merger.step(g)).deltas == 1
+    assert (await setup.merger.health())["status"] == "ok"
     assert (await setup.merger.step(g)).deltas == 1
     assert await g.oldest_delta() is None and await g.set_aside_list() == []
     document = await g.counters[FUNNEL].find_one({"_id": key.doc_id})
