@@ -80,30 +80,6 @@ class Finding:
         )
 
 
-@dataclass(frozen=True)
-class KnownFailure:
-    """A failure that another branch of the same issue fixes; it must still occur here, so that
-    the mark is taken out once that fix is merged."""
-
-    reason: str
-    matches: Callable[[Finding], bool]
-    services: tuple[str, ...] = SERVICES
-
-
-# Known failures, each fixed on another branch of issue 17.
-KNOWN_ELSEWHERE: tuple[KnownFailure, ...] = (
-    KnownFailure(
-        "a non-ASCII byte in the bearer token answers 500 (issue 17, defect 3)",
-        lambda finding: finding.credential == "non-ASCII token" and finding.status == 500,
-    ),
-    KnownFailure(
-        "a body that is not UTF-8 answers FastAPI's 400 {'detail': ...}, not the shared error body",
-        lambda finding: finding.status == 400 and finding.problems == ("Response violates schema",),
-        services=("leads", "opportunities", "campaigns"),  # reporting takes no body
-    ),
-)
-
-
 @dataclass
 class Ledger:
     """What the fuzzing sent and what it found, per operation."""
@@ -226,9 +202,5 @@ async def test_no_generated_request_gets_a_server_error_or_an_undocumented_statu
     statuses = {status for _, status in ledger.statuses}
     assert any(200 <= status < 300 for status in statuses) and {401, 422} <= statuses, sorted(statuses)
 
-    known_here = [known for known in KNOWN_ELSEWHERE if service in known.services]
     found = sorted(ledger.findings.values(), key=lambda finding: (finding.operation, finding.status))
-    unexpected = [finding for finding in found if not any(known.matches(finding) for known in known_here)]
-    assert not unexpected, f"{len(unexpected)} findings on {service}:\n" + "\n".join(map(str, unexpected))
-    fixed = [known.reason for known in known_here if not any(known.matches(finding) for finding in found)]
-    assert not fixed, f"fixed now, remove from KNOWN_ELSEWHERE: {fixed}"
+    assert not found, f"{len(found)} findings on {service}:\n" + "\n".join(map(str, found))

@@ -325,7 +325,19 @@ def test_service_monitors_scrape_each_service(full_manifests: list[Manifest]) ->
         assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
 
 
+def exported_metrics(registry: Any) -> set[str]:
+    exported: set[str] = set()
+    for family in registry.collect():
+        # A labelled metric has no samples until used: go by the family (counters add _total).
+        exported |= {family.name, f"{family.name}_total"} if family.type == "counter" else {family.name}
+    return exported
+
+
+REPORTING_ALERTS = {"CrmReportingMergerStalled", "CrmReportingDeltasSetAside"}
+
+
 def test_alerts_watch_each_service_on_metrics_the_runtime_exports(full_manifests: list[Manifest]) -> None:
+    from crm_reporting.bootstrap import ReportingSettings, create_app
     from crm_runtime import ServiceRuntime, ServiceSettings
 
     (rule,) = find(full_manifests, "PrometheusRule")
@@ -338,21 +350,35 @@ def test_alerts_watch_each_service_on_metrics_the_runtime_exports(full_manifests
         "CrmConsumerLagHigh",
         "CrmEventsDeadLettered",
         "CrmOutboxBacklog",
+        *REPORTING_ALERTS,
     }
-    exported: set[str] = set()
-    for family in ServiceRuntime(ServiceSettings(service_name="probe")).registry.collect():
-        # A labelled metric has no samples until used: go by the family (counters add _total).
-        exported |= {family.name, f"{family.name}_total"} if family.type == "counter" else {family.name}
+    exported = exported_metrics(ServiceRuntime(ServiceSettings(service_name="probe")).registry)
+    # Reporting's own metrics (its merger) are on its runtime's registry.
+    reporting = exported_metrics(create_app(ReportingSettings()).state.runtime.registry)
     services = "|".join(f"{RELEASE}-{s}" for s in sorted(SERVICES))
     for name, alert in alerts.items():
         expr = alert["expr"]
-        assert f'namespace="crm", service=~"{services}"' in expr, name
+        if name in REPORTING_ALERTS:
+            assert f'namespace="crm", service="{RELEASE}-reporting"' in expr, name
+        else:
+            assert f'namespace="crm", service=~"{services}"' in expr, name
         used = set(re.findall(r"\b(crm_[a-z_]+)\{", expr))
-        assert used <= exported, (name, used - exported)
+        assert used <= (reporting if name in REPORTING_ALERTS else exported), (name, used - exported)
         assert alert["labels"]["severity"] in {"warning", "critical"}
         assert "{{ $labels.service }}" in alert["annotations"]["summary"]
     assert alerts["CrmConsumerLagHigh"]["for"] == "10m"
     assert alerts["CrmConsumerLagHigh"]["expr"].endswith("> 10000")
+    assert "> 300)" in alerts["CrmReportingMergerStalled"]["expr"]
+    assert alerts["CrmReportingMergerStalled"]["for"] == "10m"
+
+
+def test_reporting_alerts_go_with_the_reporting_service(render: Render) -> None:
+    manifests = render(
+        "--set", "metrics.prometheusRule.enabled=true", "--set", "services.reporting.enabled=false",
+    )  # fmt: skip
+    (rule,) = find(manifests, "PrometheusRule")
+    names = {r["alert"] for r in rule["spec"]["groups"][0]["rules"]}
+    assert names and not names & REPORTING_ALERTS
 
 
 def test_pods_carry_prometheus_scrape_annotations(default_manifests: list[Manifest]) -> None:

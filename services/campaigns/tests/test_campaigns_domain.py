@@ -34,7 +34,7 @@ from crm_contracts.events.campaigns import (
     CampaignType,
     CostEntry,
 )
-from crm_contracts.events.common import Actor
+from crm_contracts.events.common import MONEY_MAX, Actor
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 REP = Actor(id="rep-1")
@@ -211,6 +211,17 @@ def test_the_actual_cost_is_the_sum_of_the_ledger_including_corrections() -> Non
     assert c.version == 4
     assert first is not None and first.actual_cost == Decimal("1200.50")
     assert last is not None and last.actual_cost == Decimal("1400.75") and last.entry.note == "refund"
+
+
+def test_a_cost_that_would_take_the_actual_cost_past_the_money_bound_is_refused() -> None:
+    """Every amount an event carries stays within Money's bound, so the ledger's total does."""
+    c = campaign()
+    c.record_cost(cost("9999999999999999.00", "inv-1"), now=NOW, by=REP)
+    with pytest.raises(InvalidCampaign) as refused:
+        c.record_cost(cost("1.00", "inv-2"), now=NOW, by=REP)
+    assert refused.value.field == "amount" and c.actual_cost == Decimal("9999999999999999.00")
+    last = c.record_cost(cost("0.99", "inv-3"), now=NOW, by=REP)
+    assert last is not None and last.actual_cost == MONEY_MAX
 
 
 def test_resending_the_same_cost_entry_changes_nothing() -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from crm_contracts.events.common import Actor
+from crm_contracts.events.common import MONEY_MAX, Actor
 from crm_contracts.events.opportunities import ForecastCategory, StageKind
 from crm_opportunities.domain import (
     DEFAULT_LOSS_REASONS,
@@ -29,7 +29,7 @@ from crm_opportunities.domain import (
     default_pipeline,
     normalise_domain,
 )
-from crm_opportunities.imports import OpportunityRow, imported_id
+from crm_opportunities.imports import AccountRow, OpportunityRow, imported_id
 from crm_runtime.uploads import problems_of
 from pydantic import ValidationError
 
@@ -483,6 +483,22 @@ def test_line_items_can_leave_the_amount_alone() -> None:
     assert opp.amount == Decimal("12500.00") and opp.version == 2
 
 
+def test_line_items_whose_total_passes_the_money_bound_are_refused_naming_the_items() -> None:
+    """The amount they would set could not travel in any event (Money's bound)."""
+    opp = opportunity()
+    dear = product(list_price=Decimal("9999999999999999.99"))
+    with pytest.raises(InvalidRequest) as refused:
+        opp.set_line_items(
+            [LineItem.of(dear, quantity=Decimal("1")), LineItem.of(product(), quantity=Decimal("1"))],
+            derive_amount=True,
+            by=REP,
+            now=at(1),
+        )
+    assert refused.value.field == "items" and opp.amount == Decimal("12500.00") and opp.version == 1
+    opp.set_line_items([LineItem.of(dear, quantity=Decimal("1"))], derive_amount=True, by=REP, now=at(1))
+    assert opp.amount == MONEY_MAX
+
+
 def test_a_retired_product_cannot_be_sold() -> None:
     with pytest.raises(InvalidRequest, match="no longer sold"):
         LineItem.of(product(active=False), quantity=Decimal("1"))
@@ -760,6 +776,23 @@ def test_an_imported_history_must_tell_the_same_story_as_the_rows_dates_and_stag
     with pytest.raises(InvalidRequest) as err:
         import_with(**overrides)
     assert err.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("model", "row", "field"),
+    [
+        (OpportunityRow, {"name": "x", "account_id": "a", "amount": "10000000000000000.00"}, "amount"),
+        (OpportunityRow, {"name": "x", "account_id": "a", "amount": "0.001"}, "amount"),
+        (AccountRow, {"name": "x", "annual_revenue": "10000000000000000"}, "annual_revenue"),
+    ],
+)
+def test_an_imported_row_with_money_beyond_the_bound_is_reported_naming_the_field(
+    model: type[OpportunityRow | AccountRow], row: dict[str, str], field: str
+) -> None:
+    with pytest.raises(ValidationError) as err:
+        model.model_validate({"external_id": "R-1", **row})
+    assert [problem.field for problem in problems_of(err.value)] == [field]
+    assert model.model_validate({"external_id": "R-1", **row, field: str(MONEY_MAX)})
 
 
 def test_a_csv_row_carries_its_stage_history_in_one_cell() -> None:

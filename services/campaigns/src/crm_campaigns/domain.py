@@ -28,7 +28,7 @@ from crm_contracts.events.campaigns import (
     ResponsePercent,
     default_member_statuses,
 )
-from crm_contracts.events.common import Actor, Currency, Id, Money, ShortText
+from crm_contracts.events.common import MONEY_MAX, Actor, Currency, Id, Money, ShortText
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 CENT = Decimal("0.01")
@@ -292,6 +292,8 @@ class Campaign(BaseModel):
             raise InvalidCampaign(
                 "amount", f"a correction of {new.amount} would make the actual cost negative"
             )
+        if self.actual_cost + new.amount > MONEY_MAX:
+            raise InvalidCampaign("amount", f"the actual cost would pass the largest amount {MONEY_MAX}")
         if len(self.cost_entries) >= MAX_COST_ENTRIES:
             raise IllegalTransition("entry_id", f"the ledger holds the maximum of {MAX_COST_ENTRIES} entries")
         entry = CostEntry(

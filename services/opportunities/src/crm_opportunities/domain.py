@@ -13,7 +13,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from crm_contracts.events.common import Actor, Id, Percent, ShortText
+from crm_contracts.events.common import MONEY_MAX, Actor, Id, Percent, ShortText
 from crm_contracts.events.leads import LeadSource
 from crm_contracts.events.opportunities import (
     AccountCreated,
@@ -1110,7 +1110,12 @@ class Opportunity(BaseModel):
         total. Returns the fields that changed."""
         changes = OpportunityChanges()
         if derive_amount:
-            changes = OpportunityChanges(amount=sum((item.total for item in items), Decimal("0")))
+            total = sum((item.total for item in items), Decimal("0"))
+            if total > MONEY_MAX:
+                raise InvalidRequest(
+                    f"the line items total {total}, more than the largest amount {MONEY_MAX}", field="items"
+                )
+            changes = OpportunityChanges(amount=total)
         if self.is_closed:
             raise IllegalTransition(
                 f"opportunity {self.id} is closed ({self.status.value}); reopen it to change it",

@@ -38,6 +38,10 @@ ALL = "all"
 TOTALS = "t"  # a counter document's totals; "days"/"months" hold its per-day/per-month shares
 EVERYTHING = "*"  # the tag every counter document has: queries without a filter use it too
 MERGED = "merged"  # the lead status of a duplicate merged into a surviving lead
+# A counter field's high part, stored beside it as "<field>~hi" ('~' is in no field name): the
+# field's value is field + HIGH_BASE * field~hi, so sums beyond int64 stay exact (``deltas``).
+HIGH = "~hi"
+HIGH_BASE = 10**9
 DAY_MS = 86_400_000
 CENT = Decimal("0.01")
 TEN_THOUSANDTH = Decimal("0.0001")
@@ -139,7 +143,7 @@ class CounterKey:
 
 def cents(amount: Decimal) -> int:
     """Money in counters is an exact integer: BSON's Decimal128 is slow to add up and to
-    decode, int64 is neither (sums up to 92 quadrillion in the currency)."""
+    decode, int64 is neither. Sums beyond int64 are stored in two fields (``HIGH``)."""
     return int(amount.quantize(CENT) * 100)
 
 
@@ -511,15 +515,37 @@ def nest(fields: Mapping[str, object]) -> dict[str, object]:
 
 
 def flatten(document: Mapping[str, object], prefix: str = "") -> Fields:
-    """A nested counter (sub)document as dotted paths to numbers."""
+    """A nested counter (sub)document as dotted paths to numbers, each field's high part
+    (``HIGH``) added in."""
     fields: Fields = {}
+    high: list[tuple[str, Number]] = []
     for name, value in document.items():
-        path = f"{prefix}{name}"
         if isinstance(value, Mapping):
-            fields.update(flatten(value, path + "."))
+            fields.update(flatten(value, f"{prefix}{name}."))
         elif isinstance(value, int | Decimal) and not isinstance(value, bool):
-            fields[path] = value
+            if "~" in name:  # cheaper than endswith on every field of a read (1,200 of them)
+                high.append((name, value))
+            else:
+                fields[prefix + name] = value
+    for name, value in high:
+        path = prefix + name.removesuffix(HIGH)
+        fields[path] = fields.get(path, 0) + value * HIGH_BASE
     return fields
+
+
+def joined(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored (nested) counter document with each field's high part added in."""
+    result: dict[str, Any] = {}
+    for name, value in document.items():
+        if isinstance(value, Mapping):
+            result[name] = joined(value)
+        elif isinstance(value, int | Decimal) and not isinstance(value, bool):
+            if name.endswith(HIGH):
+                name, value = name[: -len(HIGH)], value * HIGH_BASE
+            result[name] = result.get(name, 0) + value
+        else:
+            result[name] = value
+    return result
 
 
 # -- changes ----------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ from pydantic import Field
 
 from .api import reports_router
 from .handlers import register_handlers
-from .repository import MERGE_MAX_KEYS, Merger, ReportingRepository
+from .merger import Merger
+from .repository import MERGE_MAX_KEYS, ReportingRepository
 
 
 class ReportingSettings(ServiceSettings):
@@ -43,6 +44,7 @@ def create_app(settings: ReportingSettings | None = None) -> FastAPI:
         ),
         routers=[reports_router(runtime, repo)],
         openapi_tags=[{"name": "reports", "description": "Views for BI tools (read scope)."}],
+        health_details={"merger": merger.health},
     )
     app.state.repository = repo
     app.state.merger = merger

@@ -7,7 +7,9 @@ in *generations*; a pointer document names the live one.
   adds the differences up per counter document, applies them with ``$inc`` (names with
   ``$max``), advances the freshness marks and deletes the batch. Deltas of many events that
   hit the same documents (today's, this month's) become one update, which keeps ingest close
-  to the consumer's own transaction rate.
+  to the consumer's own transaction rate. Counter fields are int64, sums beyond int64 are kept
+  exact in a high part beside them (``deltas``). A delta the merger cannot apply is moved to
+  ``view_deltas_set_aside`` with the reason (``merger``), from where it can be retried.
 - A rebuild fills a new generation from the topics and swaps the pointer (``rebuild``).
 
 Collections of generation N are named ``g<N>.<name>``. Queries use only equality, ``$in``,
@@ -16,27 +18,22 @@ range and ``$or`` on indexed fields, which MongoDB 7+ and SecantusDB both serve 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import random
 from collections.abc import Collection, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
 from crm_contracts.events.opportunities import PipelineDefined
 from crm_runtime.mongo import Document, from_bson, in_transaction, to_bson
-from prometheus_client import CollectorRegistry, Counter
 from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from .aggregates import COUNTER_VIEWS, EVERYTHING, Changes, CounterKey, Number, Tally, tag
+from .aggregates import COUNTER_VIEWS, EVERYTHING, Changes, CounterKey, joined, tag
+from .deltas import DeltaSum, delta_documents, increments
 from .domain import CampaignFacts, Fact, LeadFacts, OpportunityFacts
 from .views import CounterDoc, Selector, matches_values
-
-log = logging.getLogger(__name__)
 
 GENERATIONS = "generations"
 LIVE = "live"
@@ -45,14 +42,15 @@ OPPORTUNITY_FACTS = "opportunity_facts"
 CAMPAIGN_FACTS = "campaign_facts"
 CAMPAIGN_MEMBERS = "campaign_members"
 DELTAS = "view_deltas"
+SET_ASIDE = "view_deltas_set_aside"  # deltas the merger could not apply, kept with the reason
 FRESHNESS = "freshness"
 # Freshness documents with running event totals: the merger's, and a few for the folders
 # (a random one each time, so concurrent consumers rarely write the same document).
 EVENT_TOTALS = "event_totals"
 FOLDED_SHARDS = 8
+MERGED_TOTALS = f"{EVENT_TOTALS}:merged"
+SET_ASIDE_TOTALS = f"{EVENT_TOTALS}:set_aside"
 FACT_KINDS = ("leads", "opportunities", "campaigns")
-# A delta document stays far below MongoDB's 16 MB limit.
-MAX_CHANGES_PER_DELTA = 1000
 MERGE_BATCH = 500  # deltas one merge reads at most
 MERGE_AFTER_EVENTS = 500  # pending events that start a merge without waiting out the gathering
 # Counter documents one merge transaction may update. SecantusDB stalls on transactions of
@@ -92,6 +90,7 @@ class Generation:
         self.campaigns: AsyncCollection[Document] = db[self.prefix + CAMPAIGN_FACTS]
         self.members: AsyncCollection[Document] = db[self.prefix + CAMPAIGN_MEMBERS]
         self.deltas: AsyncCollection[Document] = db[self.prefix + DELTAS]
+        self.set_aside_deltas: AsyncCollection[Document] = db[self.prefix + SET_ASIDE]
         self.freshness: AsyncCollection[Document] = db[self.prefix + FRESHNESS]
         self.counters: dict[str, AsyncCollection[Document]] = {
             view: db[self.prefix + view] for view in COUNTER_VIEWS
@@ -140,72 +139,59 @@ class Generation:
 
     # -- merging ----------------------------------------------------------------------------
     async def merge(
-        self, client: AsyncMongoClient[Document], batch: int = MERGE_BATCH, max_keys: int = MERGE_MAX_KEYS
+        self,
+        client: AsyncMongoClient[Document],
+        batch: int = MERGE_BATCH,
+        max_keys: int = MERGE_MAX_KEYS,
+        only: Any = None,
     ) -> Merged:
-        """Fold one batch of deltas into the counters."""
+        """Fold one batch of deltas (the oldest ones, or the delta ``only``) into the counters."""
 
         async def work(session: AsyncClientSession) -> Merged:
             # Small pages: the key budget is usually spent after a few dozen deltas, and a
             # delta of an opportunity's event is a large document.
             cursor = self.deltas.find(
-                {}, sort=[("_id", ASCENDING)], limit=batch, batch_size=16, session=session
+                {} if only is None else {"_id": only},
+                sort=[("_id", ASCENDING)],
+                limit=batch,
+                batch_size=16,
+                session=session,
             )
-            taken: list[Any] = []
-            events = 0
-            counts: dict[tuple[str, str], dict[str, Number]] = {}
-            names: dict[tuple[str, str], dict[str, str]] = {}
-            newest: dict[str, datetime] = {}
+            total = DeltaSum()
             async for delta in cursor:
-                if taken and len(counts) + len(names) + len(delta.get("counts", ())) > max_keys:
+                if total.ids and total.keys + len(delta.get("counts", ())) > max_keys:
                     break  # keep one transaction bounded; the rest comes next round
-                taken.append(delta["_id"])
-                events += int(delta.get("events", 0))
-                for view, doc_id, *_, pairs in delta.get("counts", ()):
-                    held = counts.setdefault((view, doc_id), {})
-                    for path, value in pairs:
-                        held[path] = held.get(path, 0) + from_bson(value)
-                for view, doc_id, *_, pairs in delta.get("names", ()):
-                    kept = names.setdefault((view, doc_id), {})
-                    for name, seen in pairs:
-                        kept[name] = max(kept.get(name, ""), seen)
-                for kind, moment in delta.get("as_of", {}).items():
-                    newest[kind] = max(newest.get(kind, moment), moment)
+                total.add(delta)
             await cursor.close()
-            if not taken:
+            if not total.ids:
                 return Merged(0, 0)
             operations: dict[str, list[UpdateOne]] = {}
             years: list[int] = []
-            for (view, doc_id), increments in counts.items():
-                nonzero = {path: to_bson(value) for path, value in increments.items() if value}
-                if nonzero:
+            for (view, doc_id), fields in total.counts.items():
+                if written := increments(fields):
                     # Labels are derived from the id here rather than carried in every delta.
                     key = CounterKey.of_doc_id(view, doc_id)
                     if key.grain == "year":
                         years.append(int(key.period))
-                    update = {"$inc": nonzero, "$setOnInsert": {"k": key.labels()}}
+                    update = {"$inc": written, "$setOnInsert": {"k": key.labels()}}
                     operations.setdefault(view, []).append(UpdateOne({"_id": doc_id}, update, upsert=True))
-            for (view, doc_id), maxima in names.items():
+            for (view, doc_id), maxima in total.names.items():
                 update = {"$max": maxima, "$setOnInsert": {"k": CounterKey.of_doc_id(view, doc_id).labels()}}
                 operations.setdefault(view, []).append(UpdateOne({"_id": doc_id}, update, upsert=True))
             for view, ops in operations.items():
                 await self.counters[view].bulk_write(ops, ordered=False, session=session)
             marks: Document = {}
-            if newest:
-                marks["$max"] = dict(newest)
+            if total.newest:
+                marks["$max"] = dict(total.newest)
             if years:
                 marks.setdefault("$max", {})["last_year"] = max(years)
                 marks["$min"] = {"first_year": min(years)}
             if marks:
                 await self.freshness.update_one({"_id": "as_of"}, marks, upsert=True, session=session)
-            if events:
-                await self.freshness.update_one(
-                    {"_id": f"{EVENT_TOTALS}:merged"},
-                    {"$inc": {"merged": events}, "$set": {"kind": EVENT_TOTALS}},
-                    upsert=True,
-                    session=session,
-                )
-            await self.deltas.delete_many({"_id": {"$in": taken}}, session=session)
-            return Merged(len(taken), sum(len(ops) for ops in operations.values()))
+            if total.events:
+                await self._count_handled(MERGED_TOTALS, total.events, session)
+            await self.deltas.delete_many({"_id": {"$in": total.ids}}, session=session)
+            return Merged(len(total.ids), sum(len(ops) for ops in operations.values()))
 
         return await in_transaction(client, work)
 
@@ -214,6 +200,82 @@ class Generation:
         while done := (await self.merge(client, max_keys=max_keys)).deltas:
             merged += done
         return merged
+
+    async def _count_handled(self, totals: str, events: int, session: AsyncClientSession) -> None:
+        """Events whose differences left the delta log (merged, or set aside): the pending
+        figure counts them no more."""
+        await self.freshness.update_one(
+            {"_id": totals},
+            {"$inc": {"merged": events}, "$set": {"kind": EVENT_TOTALS}},
+            upsert=True,
+            session=session,
+        )
+
+    async def oldest_delta(self) -> Any:
+        """The id of the oldest delta not merged yet (None: none)."""
+        found = await self.deltas.find_one({}, {"_id": 1}, sort=[("_id", ASCENDING)])
+        return found["_id"] if found else None
+
+    # -- deltas set aside ---------------------------------------------------------------------
+    async def set_aside(
+        self, client: AsyncMongoClient[Document], delta_id: Any, error: BaseException
+    ) -> bool:
+        """Move a delta the merger cannot apply out of the log, with the reason, so merging goes
+        on; its events count as handled. False if it was gone already (another replica)."""
+
+        async def work(session: AsyncClientSession) -> bool:
+            delta = await self.deltas.find_one({"_id": delta_id}, session=session)
+            if delta is None:
+                return False
+            events = int(delta.get("events", 0))
+            await self.set_aside_deltas.insert_one(
+                {
+                    "_id": delta_id,
+                    "error": type(error).__name__,
+                    "reason": str(error)[:2000],
+                    "set_aside_at": datetime.now(UTC),
+                    "events": events,
+                    "delta": delta,
+                },
+                session=session,
+            )
+            await self.deltas.delete_one({"_id": delta_id}, session=session)
+            if events:
+                await self._count_handled(SET_ASIDE_TOTALS, events, session)
+            return True
+
+        return await in_transaction(client, work)
+
+    async def set_aside_count(self) -> int:
+        return await self.set_aside_deltas.count_documents({})
+
+    async def set_aside_list(self) -> list[Document]:
+        """The deltas set aside, oldest first, without their content."""
+        projection = {"delta": 0}
+        return await self.set_aside_deltas.find({}, projection, sort=[("_id", ASCENDING)]).to_list()
+
+    async def retry_set_aside(
+        self, client: AsyncMongoClient[Document], ids: Collection[Any] | None = None
+    ) -> int:
+        """Put deltas set aside (all, or those of ``ids``) back into the log, e.g. after a fix:
+        the merger applies them (or sets them aside again). Returns how many went back."""
+        query: Document = {} if ids is None else {"_id": {"$in": list(ids)}}
+        wanted = [doc["_id"] for doc in await self.set_aside_deltas.find(query, {"_id": 1}).to_list()]
+        retried = 0
+        for delta_id in wanted:
+
+            async def work(session: AsyncClientSession, delta_id: Any = delta_id) -> bool:
+                held = await self.set_aside_deltas.find_one({"_id": delta_id}, session=session)
+                if held is None:
+                    return False
+                await self.deltas.insert_one(held["delta"], session=session)
+                await self.set_aside_deltas.delete_one({"_id": delta_id}, session=session)
+                if held.get("events"):
+                    await self._count_handled(SET_ASIDE_TOTALS, -int(held["events"]), session)
+                return True
+
+            retried += await in_transaction(client, work)
+        return retried
 
     # -- reading ----------------------------------------------------------------------------
     async def counters_for(self, selector: Selector, span: tuple[int, int] | None = None) -> list[CounterDoc]:
@@ -283,7 +345,7 @@ class Generation:
     async def all_counters(self, view: str) -> dict[str, Document]:
         """Every non-empty counter document of ``view`` by id, without zero fields."""
         documents = await self.counters[view].find({}).to_list()
-        return {doc["_id"]: kept for doc in documents if (kept := _without_zeros(from_bson(doc)))}
+        return {doc["_id"]: kept for doc in documents if (kept := _without_zeros(joined(from_bson(doc))))}
 
 
 def _without_zeros(document: Document) -> Document:
@@ -457,32 +519,6 @@ class MongoFactStore:
         self.changes = Changes()
 
 
-def delta_documents(tally: Tally, as_of: dict[str, datetime]) -> list[Document]:
-    """The tally as delta documents (split when large): ``[view, counter id, [[path, value],
-    ...]]`` per counter document; paths travel as pairs because field names with dots do not
-    belong in stored documents. (Deltas written before labels were dropped hold them as a
-    third element; the merger reads both.)"""
-    entries: list[tuple[str, list[Any]]] = [
-        ("counts", [key.view, key.doc_id, [[p, to_bson(v)] for p, v in sorted(fields.items())]])
-        for key, fields in tally.counts.items()
-    ]
-    entries += [
-        ("names", [key.view, key.doc_id, sorted([n, t] for n, t in names.items())])
-        for key, names in tally.names.items()
-    ]
-    documents: list[Document] = []
-    for start in range(0, max(len(entries), 1), MAX_CHANGES_PER_DELTA):
-        chunk = entries[start : start + MAX_CHANGES_PER_DELTA]
-        document: Document = {
-            "counts": [entry for kind, entry in chunk if kind == "counts"],
-            "names": [entry for kind, entry in chunk if kind == "names"],
-        }
-        if start == 0 and as_of:
-            document["as_of"] = as_of
-        documents.append(document)
-    return documents
-
-
 class ReportingRepository:
     """Finds the live generation (and others, for the rebuild)."""
 
@@ -525,66 +561,3 @@ class ReportingRepository:
             return previous
 
         return await in_transaction(self.client, work)
-
-
-class Merger:
-    """Keeps folding the live generation's deltas into its counters, in the background.
-
-    While events stream in, it lets deltas gather for up to ``gather_seconds`` (or until
-    ``MERGE_AFTER_EVENTS`` events are pending), so that many events' differences to the same counters
-    become one update; views trail consumption by about that long."""
-
-    def __init__(
-        self,
-        repo: ReportingRepository,
-        registry: CollectorRegistry,
-        max_keys: int = MERGE_MAX_KEYS,
-        gather_seconds: float = 1.0,
-        idle_seconds: float = 0.2,
-    ) -> None:
-        self._repo = repo
-        self._max_keys = max_keys
-        self._gather = gather_seconds
-        self._idle = idle_seconds
-        self._task: asyncio.Task[None] | None = None
-        self.deltas_merged = Counter(
-            "crm_reporting_deltas_merged", "View deltas folded into the counters", registry=registry
-        )
-        self.counter_updates = Counter(
-            "crm_reporting_counter_updates",
-            "Counter documents written by merges (the views' write load)",
-            registry=registry,
-        )
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="reporting-merger")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        waiting_since: float | None = None
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                generation = await self._repo.live()
-                pending = await generation.pending()
-                if pending and waiting_since is None:
-                    waiting_since = loop.time()
-                if pending >= MERGE_AFTER_EVENTS or (
-                    waiting_since is not None and loop.time() - waiting_since >= self._gather
-                ):
-                    merged = await generation.merge(self._repo.client, max_keys=self._max_keys)
-                    self.deltas_merged.inc(merged.deltas)
-                    self.counter_updates.inc(merged.counter_updates)
-                    waiting_since = None
-                    continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database away: try again after a pause
-                log.warning("merging view deltas failed", extra={"error": str(exc)[:300]})
-                await asyncio.sleep(1.0)
-            await asyncio.sleep(self._idle)

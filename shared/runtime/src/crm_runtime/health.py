@@ -1,10 +1,12 @@
-"""Liveness (the process answers) and readiness (Kafka and MongoDB answer).
+"""Liveness (the process answers) and readiness (Kafka and MongoDB answer), with optional
+informational details (e.g. reporting's merger) that never make a service unready.
 
 Why a check fails (exception texts name hosts, ports and connection strings) is for operators:
 an admin token sees it in the answer, everyone else (probes, anonymous callers, read and write
 tokens) sees each check's name and "ok" or "failing". With auth disabled nobody is admin, so
 the reason is only in the log, written once when a check starts failing and once when it
-recovers, not on every probe."""
+recovers, not on every probe. Detail sections are for everyone: they hold states, times,
+counts and error type names, never messages or addresses."""
 
 from __future__ import annotations
 
@@ -42,13 +44,24 @@ class _Transitions:
 
 
 def public_view(report: dict[str, Any]) -> dict[str, Any]:
-    """What a non-admin caller sees of a readiness report: the status and each check's name
-    with "ok" or "failing"; everything else (reasons, detail sections) stays out."""
+    """What a non-admin caller sees of a readiness report: the status, each check's name with
+    "ok" or "failing" (no reason), and the detail sections, which hold no secrets."""
     checks = {name: "ok" if result == "ok" else FAILING for name, result in report["checks"].items()}
-    return {"status": report["status"], "checks": checks}
+    public: dict[str, Any] = {"status": report["status"], "checks": checks}
+    if "details" in report:
+        public["details"] = report["details"]
+    return public
 
 
-def health_router(checks: dict[str, Check], timeout: float = 2.0, auth: TokenAuth | None = None) -> APIRouter:
+Detail = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def health_router(
+    checks: dict[str, Check],
+    timeout: float = 2.0,
+    auth: TokenAuth | None = None,
+    details: dict[str, Detail] | None = None,
+) -> APIRouter:
     router = APIRouter(prefix="/health", tags=["operations"])
     transitions = _Transitions()
 
@@ -85,7 +98,23 @@ def health_router(checks: dict[str, Check], timeout: float = 2.0, auth: TokenAut
                 for name, reason in zip(names, reasons, strict=True)
             },
         }
+        if details:
+            report["details"] = await _details(details, timeout)
         admin = auth is not None and auth.scope_of(request) == "admin"
         return JSONResponse(report if admin else public_view(report), status_code=200 if healthy else 503)
 
     return router
+
+
+async def _details(details: dict[str, Detail], timeout: float) -> dict[str, Any]:
+    """Each detail section (or that it could not be read), never part of readiness."""
+
+    async def read(detail: Detail) -> dict[str, Any]:
+        try:
+            return await asyncio.wait_for(detail(), timeout)
+        except Exception as exc:
+            return {"status": "unknown", "error": type(exc).__name__}
+
+    names = list(details)
+    sections = await asyncio.gather(*(read(details[name]) for name in names))
+    return dict(zip(names, sections, strict=True))

@@ -26,7 +26,7 @@ from pymongo.errors import ServerSelectionTimeoutError
 
 from .consumer import EventConsumer
 from .dead_letters import dlq_topic
-from .health import health_router
+from .health import Detail, health_router
 from .http import BodySizeLimit, TokenAuth, UnexpectedErrors, install_error_handlers
 from .kafka import create_broker, ensure_topics
 from .lag import LagMonitor
@@ -149,7 +149,11 @@ class ServiceRuntime:
         version: str = "0.1.0",
         routers: Sequence[APIRouter] = (),
         openapi_tags: list[dict[str, Any]] | None = None,
+        health_details: dict[str, Detail] | None = None,
     ) -> FastAPI:
+        """The service's app; ``health_details`` add informational sections to
+        ``/health/ready`` (never a reason to be unready)."""
+
         @asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
             await self.start()
@@ -168,7 +172,11 @@ class ServiceRuntime:
         )
         install_error_handlers(app)
         app.include_router(
-            health_router({"mongodb": self._check_mongo, "kafka": self._check_kafka}, auth=self.auth)
+            health_router(
+                {"mongodb": self._check_mongo, "kafka": self._check_kafka},
+                auth=self.auth,
+                details=health_details,
+            )
         )
         for router in routers:
             app.include_router(router)

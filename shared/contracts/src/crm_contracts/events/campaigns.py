@@ -80,7 +80,15 @@ def default_member_statuses() -> list[MemberStatusOption]:
 # Share of members expected to respond, in percent (e.g. 2.50).
 ResponsePercent = Annotated[Decimal, Field(ge=0, le=100, max_digits=5, decimal_places=2, examples=["2.50"])]
 # A cost entry's amount: negative amounts are corrections (credit notes, refunds).
-CostAmount = Annotated[Decimal, Field(max_digits=18, decimal_places=2, examples=["1200.00", "-150.00"])]
+CostAmount = Annotated[
+    Decimal,
+    Field(
+        max_digits=18,
+        decimal_places=2,
+        examples=["1200.00", "-150.00"],
+        description="A cost, negative to correct earlier ones; Money's bound (below 10^16) in size.",
+    ),
+]
 
 
 class CampaignSnapshot(Contract):

@@ -22,7 +22,20 @@ def _currency(value: str) -> str:
 
 
 Currency = Annotated[str, AfterValidator(_currency), Field(examples=["EUR"])]
-Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=2, examples=["12500.00"])]
+# The one bound on money everywhere (events, HTTP bodies, imports, reporting's counters): at
+# most 16 integer digits and 2 decimals, so below 10^16 in the currency. Anything beyond it is
+# refused at the edge with the field named; reporting's counters hold any sum of such amounts.
+MONEY_MAX = Decimal("9999999999999999.99")
+Money = Annotated[
+    Decimal,
+    Field(
+        ge=0,
+        max_digits=18,
+        decimal_places=2,
+        examples=["12500.00"],
+        description="An amount of money: at most 16 integer digits and 2 decimals (below 10^16).",
+    ),
+]
 Percent = Annotated[int, Field(ge=0, le=100, examples=[20])]
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
 LongText = Annotated[str, Field(max_length=5000)]
