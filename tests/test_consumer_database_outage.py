@@ -39,7 +39,10 @@ async def publish(bootstrap: str, topic: str, first: int, last: int) -> None:
     await publish_all(bootstrap, topic, messages)
 
 
-async def test_events_consumed_during_a_database_outage_are_applied_once_it_is_back(infra: Any) -> None:
+async def test_events_consumed_during_a_database_outage_are_applied_once_it_is_back(
+    disposable_infra: Any,
+) -> None:
+    infra = disposable_infra  # this test stops its database: never the shared one
     settings = ServiceSettings(
         service_name="probe",
         **service_env(infra, "probe", isolation=isolation_key()),

@@ -23,7 +23,8 @@ def distinct_lead(external_id: str) -> dict[str, Any]:
     }
 
 
-async def test_an_http_write_during_a_kafka_outage_is_published_after_it(infra: Any) -> None:
+async def test_an_http_write_during_a_kafka_outage_is_published_after_it(disposable_infra: Any) -> None:
+    infra = disposable_infra  # this test stops its broker: never the shared one
     settings = LeadsSettings(**service_env(infra, "leads", isolation=isolation_key()))
     topic = settings.topic("lead.created")
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongo_url)

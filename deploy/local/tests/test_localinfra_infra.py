@@ -190,7 +190,8 @@ async def test_mongo_transaction_commits_and_aborts(infra: Infra) -> None:
 
 
 @pytest.mark.integration
-async def test_kafka_restart_keeps_data(infra: Infra) -> None:
+async def test_kafka_restart_keeps_data(disposable_infra: Infra) -> None:
+    infra = disposable_infra  # this test restarts its broker: never the shared one
     topic = infra.topic("localinfra.restart")
     producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True, acks="all")
     await producer.start()

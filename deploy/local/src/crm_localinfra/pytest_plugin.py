@@ -376,6 +376,31 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
         local.close()
 
 
+@pytest.fixture
+def disposable_infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
+    """A Kafka and a MongoDB of this test alone, for a test that stops or restarts them: the
+    session's servers are shared by every other test and are never stopped. Local processes
+    (or Docker containers where an engine answers); with external infrastructure the test is
+    skipped, since nothing here may stop it."""
+    kind = _choose_backend()
+    if kind == "external":
+        pytest.skip("external Kafka and MongoDB cannot be stopped by the tests")
+    if kind == "docker":
+        docker = _DockerBackend()
+        try:
+            docker.start()
+            yield _make_infra(docker.kafka_bootstrap, docker.mongo_url, docker)
+        finally:
+            docker.close()
+        return
+    local = _LocalBackend(tmp_path_factory.mktemp("crm-disposable-infra", numbered=True))
+    try:
+        local.start()
+        yield _make_infra(local.stack.kafka_bootstrap, local.stack.mongo_url, local)
+    finally:
+        local.close()
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(infra: Infra) -> str:
     """``host:port`` of the session's Kafka broker."""
