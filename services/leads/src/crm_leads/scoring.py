@@ -17,7 +17,14 @@ from typing import Annotated, Any
 
 from crm_contracts.events.common import ShortText, SingleLine
 from crm_contracts.events.leads import LeadRating
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 
 class FieldKind(StrEnum):
@@ -94,7 +101,7 @@ class ScoringCategory(StrEnum):
     ENGAGEMENT = "engagement"
 
 
-Scalar = Annotated[bool | int | float | Annotated[str, SingleLine()], Field(union_mode="smart")]
+Scalar = Annotated[bool | int | float | str, Field(union_mode="smart"), SingleLine().in_union()]
 RuleValue = Scalar | Annotated[list[Scalar], Field(min_length=1, max_length=100)]
 
 

@@ -102,12 +102,22 @@ class _PlainText:
         self, schema: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
         json_schema = handler(schema)
-        json_schema.setdefault("pattern", f"^[^{self._refused}]*$")
+        json_schema.setdefault("pattern", self.pattern)
         return json_schema
+
+    @property
+    def pattern(self) -> str:
+        return f"^[^{self._refused}]*$"
 
     @property
     def _refused(self) -> str:
         return _MULTI_LINE_REFUSED if self.multiline else _SINGLE_LINE_REFUSED
+
+    def in_union(self) -> _TextInUnion:
+        """``Annotated[str | int | None, MultiLine().in_union()]``: the rule for the strings of a
+        union of scalars, checked once the union is resolved so that its error is not lost
+        among every member's."""
+        return _TextInUnion(self)
 
     def check(self, value: str) -> str:
         found = re.search(f"[{self._refused}]", value)
@@ -125,6 +135,26 @@ class _PlainText:
         if _SURROGATE.search(value):  # from JSON \ud800 escapes; UTF-8 cannot store it
             raise PydanticCustomError("text_surrogate", "must be valid Unicode text (found a lone surrogate)")
         return value
+
+
+@dataclass(frozen=True)
+class _TextInUnion:
+    text: _PlainText
+
+    def check(self, value: Any) -> Any:
+        return self.text.check(value) if isinstance(value, str) else value
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        for member in json_schema.get("anyOf", [json_schema]):
+            if member.get("type") == "string":
+                member.setdefault("pattern", self.text.pattern)
+        return json_schema
 
 
 class SingleLine(_PlainText):

@@ -115,13 +115,14 @@ class Engagement(Contract):
     last_activity_at: IsoDateTime | None = None
 
 
-# What tells who a lead is; a capture must carry one of them (in the order of _identity).
+# What tells who a lead is: a capture must carry at least one of them.
 IDENTIFYING_FIELDS = ("person.first_name", "person.last_name", "person.email", "person.phone", "company.name")
+_IDENTIFYING_PATHS = [tuple(field.split(".")) for field in IDENTIFYING_FIELDS]
 
 CustomAttributes = Annotated[
     dict[
         Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")],
-        Annotated[str, MultiLine()] | int | float | bool | None,
+        Annotated[str | int | float | bool | None, MultiLine().in_union()],
     ],
     Field(max_length=50),
 ]
@@ -156,25 +157,16 @@ class LeadCaptured(Contract):
 
     @model_validator(mode="after")
     def _identifiable(self) -> LeadCaptured:
-        """A lead nobody can call, mail or name is noise: refused, naming every field that would do."""
-        if any(self._identity()):
+        """A lead nobody can name, mail or call is noise: refused, naming every field that would do."""
+        if any(getattr(getattr(self, part), name) for part, name in _IDENTIFYING_PATHS):
             return self
         reason = PydanticCustomError(
-            "lead_unidentified",
-            "a lead needs at least one of {fields}",
-            {"fields": ", ".join(IDENTIFYING_FIELDS)},
+            "lead_unidentified", "a lead needs a name, an e-mail, a phone or a company name; none is given"
         )
         raise ValidationError.from_exception_data(
             type(self).__name__,
-            [
-                InitErrorDetails(type=reason, loc=tuple(field.split(".")), input=None)
-                for field in IDENTIFYING_FIELDS
-            ],
+            [InitErrorDetails(type=reason, loc=path, input=None) for path in _IDENTIFYING_PATHS],
         )
-
-    def _identity(self) -> tuple[str | None, ...]:
-        person, company = self.person, self.company
-        return (person.first_name, person.last_name, person.email, person.phone, company.name)
 
 
 class LeadSnapshot(Contract):
