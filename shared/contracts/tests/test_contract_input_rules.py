@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import jsonschema
 import pytest
 from crm_contracts import catalog
+from crm_contracts.envelope import CloudEvent
 from crm_contracts.events.common import (
     Actor,
     IsoDate,
@@ -180,3 +181,27 @@ def test_the_exported_schema_refuses_what_the_models_refuse() -> None:
         data = lead_captured_example() | {"person": person}
         assert list(validator.iter_errors(envelope(data))), person
     assert list(validator.iter_errors(envelope(valid | {"custom": {"message": "a\x00b"}})))
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"time": 1700000000}, "time"),
+        ({"time": "1700000000"}, "time"),
+        ({"id": "evt\x00-1"}, "id"),
+        ({"source": "/web\nforms"}, "source"),
+        ({"subject": "lead\x7f"}, "subject"),
+    ],
+)
+def test_the_envelope_refuses_number_times_and_control_characters(change: dict[str, Any], field: str) -> None:
+    envelope = {
+        "specversion": "1.0",
+        "id": "e-1",
+        "source": "/webforms",
+        "type": catalog.LEAD_CAPTURED.type,
+        "time": "2026-11-02T09:30:00Z",
+        "data": lead_captured_example(),
+    }
+    with pytest.raises(ValidationError) as caught:
+        CloudEvent[LeadCaptured].model_validate_json(json.dumps(envelope | change))
+    assert [e["loc"] for e in caught.value.errors()] == [(field,)]
