@@ -139,6 +139,8 @@ class _PlainText:
 
 @dataclass(frozen=True)
 class _TextInUnion:
+    """The text rule for the strings of a union (custom attribute values, scoring values)."""
+
     text: _PlainText
 
     def check(self, value: Any) -> Any:
