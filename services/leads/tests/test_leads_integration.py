@@ -4,15 +4,17 @@ rules, search and paging, qualification and conversion, bad input."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from crm_contracts import catalog
-from crm_contracts.events.leads import LeadCaptured, lead_captured_example
+from crm_contracts.events.leads import IDENTIFYING_FIELDS, LeadCaptured, lead_captured_example
 from crm_leads.bootstrap import LeadsSettings, create_app
 from crm_leads.domain import lead_id_for
 from crm_localinfra.testing import (
@@ -194,6 +196,36 @@ async def test_malformed_captures_are_dead_lettered_and_consumption_goes_on(lead
     assert len({int(r.headers[H_OFFSET]) for r in parked}) == 2
 
 
+def raw_captured_event(**changes: Any) -> bytes:
+    """A lead.captured envelope whose data gets ``changes`` without passing the model, as an
+    outside publisher could send it."""
+    envelope = orjson.loads(captured_event(external_id=f"raw-{uuid.uuid4().hex[:8]}"))
+    envelope["data"] |= changes
+    return orjson.dumps(envelope)
+
+
+async def test_captures_without_identity_with_number_times_or_control_characters_are_dead_lettered(
+    leads: Leads,
+) -> None:
+    await leads.publish(raw_captured_event(person={"job_title": "CTO"}, company={"size": 40}), key=b"k")
+    await leads.publish(raw_captured_event(captured_at=1700000000), key=b"k")
+    await leads.publish(raw_captured_event(person={"first_name": "Ada\x00"}), key=b"k")
+    await leads.publish(captured_event(external_id="after-the-bad-ones"), key=b"k")
+
+    async def valid_one_stored() -> bool:
+        return len(await leads.stored({"external_id": "after-the-bad-ones"})) == 1
+
+    await eventually(valid_one_stored)
+    parked = await leads.events("lead.captured.dlq", 3)
+    unidentified, numeric, control = [r.headers[H_ERROR].decode() for r in parked]
+    for field in IDENTIFYING_FIELDS:
+        assert f"data.{field}: a lead needs a name, an e-mail, a phone or a company name" in unidentified
+    assert "data.captured_at: must be an ISO 8601 date-time with a time zone" in numeric
+    assert "data.person.first_name: must not contain control characters (found U+0000)" in control
+    assert len(await leads.stored()) == 1
+    assert await leads.topic_size("lead.created") == 1
+
+
 async def test_capture_needs_the_write_scope(infra: Any) -> None:
     async for leads in _start(infra, api_tokens=f"{WRITE_TOKEN}:write,{READ_TOKEN}:read"):
         body = lead_captured_example()
@@ -221,6 +253,9 @@ async def test_capture_needs_the_write_scope(infra: Any) -> None:
         ({"lead_source": "carrier-pigeon"}, 422, "lead_source"),
         ({"unexpected": 1}, 422, "unexpected"),
         ({"custom": {"$set": 1}}, 422, "custom"),
+        ({"captured_at": 1700000000}, 422, "captured_at"),
+        ({"person": {"first_name": "Ada\x00", "email": "ada@engines.example"}}, 422, "person.first_name"),
+        ({"person": {"job_title": "CTO"}, "company": {}}, 422, "person.first_name"),
     ],
 )
 async def test_bad_input_is_refused_naming_the_field_and_nothing_is_stored(
@@ -255,7 +290,7 @@ NDJSON = b"\n".join(
         b"[1, 2]",
         b'{"external_id": "r3", "person": {"email": "r3@acme.io"}}',
         b'{"external_id": "r4", "captured_at": "2024-05-04T08:00:00Z", "lead_source": "event",'
-        b' "source_system": "tradeshow"}',
+        b' "source_system": "tradeshow", "company": {"name": "Tradeshow Ltd"}}',
     ]
 )
 CSV = (

@@ -44,6 +44,7 @@ def lead(**overrides: Any) -> Lead:
         "source_system": "webforms",
         "external_id": "f-1",
         "captured_at": "2026-11-01T10:00:00Z",
+        "person": {"last_name": "Lovelace"},  # a capture names someone; no rule scores a name
     }
     data.update(overrides)
     return Lead.capture(LeadCaptured.model_validate(data), default_rules(), now=NOW, by="t")

@@ -1094,3 +1094,17 @@ async def test_end_to_end_duplicate_late_conversions_racing_with_moves_yield_exa
     for n, rep in reps.items():
         sequences = [r.json()["sequence"] for r in changes if r.json()["subject"] == f"opp-{n}"]
         assert sequences == [str(v) for v in range(2, 2 + rep.moves)], n
+
+
+async def test_operators_smuggled_in_filter_strings_match_nothing(service: Service) -> None:
+    # A query string arrives as text and is compared for equality: a Mongo operator written into
+    # it is a region nobody has, never an operator that would widen the filter to every record.
+    for team, region in (("team-dach", "DACH"), ("team-nordics", "Nordics")):
+        created = await service.http.post("/sales-teams", json={"id": team, "name": team, "region": region})
+        assert created.status_code == 201, created.text
+    for smuggled in ('{"$ne": null}', '{"$gt": ""}', "$ne", "$where", ".*", '{"$regex": "."}'):
+        listed = await service.http.get("/sales-teams", params={"region": smuggled})
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["items"] == [], smuggled
+    matched = (await service.http.get("/sales-teams", params={"region": "DACH"})).json()["items"]
+    assert [team["id"] for team in matched] == ["team-dach"]

@@ -19,7 +19,7 @@ from crm_contracts.events.campaigns import (
     MemberType,
     ResponsePercent,
 )
-from crm_contracts.events.common import Actor, Currency, Id, Money, ShortText
+from crm_contracts.events.common import Actor, Currency, Id, IsoDate, Money, MultiLine, ShortText
 from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
 from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -116,8 +116,8 @@ class CampaignChanges(BaseModel):
     name: ShortText | None = None
     type: CampaignType | None = None
     purpose: CampaignPurpose | None = None
-    start_date: date | None = None
-    end_date: date | None = None
+    start_date: IsoDate | None = None
+    end_date: IsoDate | None = None
     owner_id: Id | None = None
     parent_campaign_id: Id | None = None
     budgeted_cost: Money | None = None
@@ -140,7 +140,7 @@ class StatusRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: CampaignStatus
-    reason: str | None = Field(default=None, max_length=500)
+    reason: Annotated[str, MultiLine(max_length=500)] | None = None
     expected_version: ExpectedVersion = None
     by: Actor
 
@@ -154,8 +154,8 @@ class CostRequest(BaseModel):
     entry_id: Id | None = None
     amount: CostAmount
     currency: Currency
-    incurred_on: date
-    note: str | None = Field(default=None, max_length=500)
+    incurred_on: IsoDate
+    note: Annotated[str, MultiLine(max_length=500)] | None = None
     expected_version: ExpectedVersion = None
     by: Actor
 

@@ -28,7 +28,7 @@ from crm_contracts.events.campaigns import (
     ResponsePercent,
     default_member_statuses,
 )
-from crm_contracts.events.common import MONEY_MAX, Actor, Currency, Id, Money, ShortText
+from crm_contracts.events.common import MONEY_MAX, Actor, Currency, Id, IsoDate, Money, MultiLine, ShortText
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 CENT = Decimal("0.01")
@@ -119,8 +119,8 @@ class CampaignDetails(BaseModel):
     name: ShortText
     type: CampaignType
     purpose: CampaignPurpose = CampaignPurpose.LEAD_GENERATION
-    start_date: date | None = None
-    end_date: date | None = None
+    start_date: IsoDate | None = None
+    end_date: IsoDate | None = None
     owner_id: Id | None = None
     parent_campaign_id: Id | None = None
     budgeted_cost: Money | None = None
@@ -148,8 +148,8 @@ class NewCostEntry(BaseModel):
     entry_id: Id
     amount: CostAmount
     currency: Currency
-    incurred_on: date
-    note: str | None = Field(default=None, max_length=500)
+    incurred_on: IsoDate
+    note: Annotated[str, MultiLine(max_length=500)] | None = None
 
 
 class Campaign(BaseModel):

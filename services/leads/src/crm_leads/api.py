@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from crm_contracts.envelope import utcnow
-from crm_contracts.events.common import Actor, Id
+from crm_contracts.events.common import Actor, Id, IsoDateTime, MultiLine, ShortText, SingleLine
 from crm_contracts.events.leads import (
     Company,
     Consent,
@@ -36,6 +36,7 @@ from crm_runtime.uploads import (
     problems_of,
 )
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from .domain import (
@@ -73,6 +74,7 @@ HTTP_SYSTEM = "crm-api"
 MAX_SEARCH_TOKENS = 5
 CAPTURE_ATTEMPTS = 3
 SourceSystem = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+SearchText = Annotated[str, SingleLine(min_length=1, max_length=100)]
 T = TypeVar("T")
 
 REP_EXAMPLE: dict[str, Any] = {"id": "rep-42", "name": "Rita Rep"}
@@ -85,11 +87,11 @@ class NewLead(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [lead_captured_example()]})
 
     source_system: SourceSystem = HTTP_SYSTEM
-    external_id: str | None = Field(default=None, min_length=1, max_length=128)
+    external_id: Annotated[str, SingleLine(min_length=1, max_length=128)] | None = None
     person: Person = Person()
     company: Company = Company()
     lead_source: LeadSource = LeadSource.OTHER
-    source_detail: str | None = Field(default=None, max_length=200)
+    source_detail: Annotated[str, SingleLine(max_length=200)] | None = None
     origin: LeadOrigin = LeadOrigin.MANUAL
     campaign_id: Id | None = None
     utm: Utm | None = None
@@ -97,7 +99,7 @@ class NewLead(BaseModel):
     engagement: Engagement = Engagement()
     owner_id: Id | None = None
     custom: CustomAttributes = Field(default_factory=dict)
-    captured_at: AwareDatetime | None = None
+    captured_at: IsoDateTime | None = None
 
 
 class StatusChange(BaseModel):
@@ -110,7 +112,7 @@ class StatusChange(BaseModel):
 
     status: Literal[LeadStatus.WORKING, LeadStatus.NURTURING]
     by: Actor
-    note: str | None = Field(default=None, max_length=500)
+    note: Annotated[str, MultiLine(max_length=500)] | None = None
 
 
 class RatingChange(BaseModel):
@@ -138,7 +140,7 @@ class DisqualifyRequest(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"reason": "no budget this year", "by": REP_EXAMPLE}]}
     )
 
-    reason: str = Field(min_length=1, max_length=200)
+    reason: ShortText
     by: Actor
 
 
@@ -356,11 +358,9 @@ def leads_router(
                     "captured_at": body.captured_at or utcnow(),
                 }
             )
-        except ValidationError as exc:
-            problem = problems_of(exc)[0]
-            raise ApiError(
-                422, "validation_failed", f"{problem.field}: {problem.reason}", field=problem.field
-            ) from exc
+        except ValidationError as exc:  # answered like the body's own errors, every field named
+            errors = exc.errors(include_url=False)
+            raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in errors]) from exc
         return answer(await run_capture(captured, f"api:{body.source_system}"), response)
 
     @router.post(
@@ -503,10 +503,10 @@ def leads_router(
         campaign_id: Id | None = None,
         owner_id: Id | None = None,
         captured_from: Annotated[
-            AwareDatetime | None, Query(description="Captured at or after (ISO 8601 with offset)")
+            IsoDateTime | None, Query(description="Captured at or after (ISO 8601 with offset)")
         ] = None,
-        captured_to: Annotated[AwareDatetime | None, Query(description="Captured before")] = None,
-        q: Annotated[str | None, Query(min_length=1, max_length=100, examples=["ada engines"])] = None,
+        captured_to: Annotated[IsoDateTime | None, Query(description="Captured before")] = None,
+        q: Annotated[SearchText | None, Query(examples=["ada engines"])] = None,
         sort: LeadSort = LeadSort.CAPTURED_AT_DESC,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, Query(max_length=600, pattern=r"^[A-Za-z0-9_\-]+$")] = None,

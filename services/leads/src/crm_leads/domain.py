@@ -8,10 +8,10 @@ import re
 import unicodedata
 import uuid
 from collections.abc import Iterable
-from datetime import date, datetime
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from crm_contracts.events.common import Actor, Currency, Id, Money, ShortText
+from crm_contracts.events.common import Actor, Currency, Id, IsoDate, Money, ShortText, SingleLine
 from crm_contracts.events.leads import (
     Company,
     Consent,
@@ -864,7 +864,7 @@ class OpportunityRequest(BaseModel):
     name: ShortText
     amount: Money | None = None
     currency: Currency = "EUR"
-    expected_close_date: date | None = None
+    expected_close_date: IsoDate | None = None
     pipeline_id: Id | None = Field(default=None, description="Default pipeline when omitted")
     owner_id: Id | None = None
 
@@ -875,7 +875,7 @@ class ConversionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     existing_account_id: Id | None = None
-    account_name: str | None = Field(default=None, max_length=200)
+    account_name: Annotated[str, SingleLine(max_length=200)] | None = None
     existing_contact_id: Id | None = None
     opportunity: OpportunityRequest | None = None
     allow_unqualified: bool = False

@@ -15,8 +15,16 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
+from crm_contracts.events.common import ShortText, SingleLine
 from crm_contracts.events.leads import LeadRating
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 
 class FieldKind(StrEnum):
@@ -93,7 +101,7 @@ class ScoringCategory(StrEnum):
     ENGAGEMENT = "engagement"
 
 
-Scalar = Annotated[bool | int | float | str, Field(union_mode="smart")]
+Scalar = Annotated[bool | int | float | str, Field(union_mode="smart"), SingleLine().in_union()]
 RuleValue = Scalar | Annotated[list[Scalar], Field(min_length=1, max_length=100)]
 
 
@@ -103,7 +111,7 @@ class ScoringRule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
     id: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$", examples=["title_senior"])
-    description: str = Field(min_length=1, max_length=200, examples=["Senior decision maker"])
+    description: ShortText = Field(examples=["Senior decision maker"])
     category: ScoringCategory
     field: str = Field(
         description="One of the scoring fields, or custom.<key> for a custom attribute",

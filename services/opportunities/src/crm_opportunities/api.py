@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from crm_contracts.envelope import utcnow
-from crm_contracts.events.common import Actor, Currency, Id, Money, Percent, ShortText
+from crm_contracts.events.common import (
+    Actor,
+    Currency,
+    Id,
+    IsoDate,
+    IsoDateTime,
+    Money,
+    MultiLine,
+    Percent,
+    ShortText,
+    SingleLine,
+)
 from crm_contracts.events.leads import LeadSource
 from crm_contracts.events.opportunities import AccountTier, AccountType
 from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
@@ -24,7 +34,7 @@ from crm_runtime.uploads import (
     read_upload,
 )
 from fastapi import APIRouter, Depends, Query, Request, Response, status
-from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, model_validator
 
 from .domain import (
     DEFAULT_PIPELINE_ID,
@@ -150,7 +160,7 @@ class NewProduct(_Body):
     id: Id | None = Field(default=None, description="Generated when omitted")
     sku: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     name: ShortText
-    description: str | None = Field(default=None, max_length=2000)
+    description: Annotated[str, MultiLine(max_length=2000)] | None = None
     list_price: Money
     currency: Currency = "EUR"
     active: bool = True
@@ -161,7 +171,7 @@ class ProductPatch(_Body):
 
     sku: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     name: ShortText | None = None
-    description: str | None = Field(default=None, max_length=2000)
+    description: Annotated[str, MultiLine(max_length=2000)] | None = None
     list_price: Money | None = None
     currency: Currency | None = None
     active: bool | None = None
@@ -194,10 +204,10 @@ class NewAccount(_Body):
     name: ShortText
     type: AccountType = AccountType.PROSPECT
     tier: AccountTier | None = None
-    industry: str | None = Field(default=None, max_length=100)
+    industry: Annotated[str, SingleLine(max_length=100)] | None = None
     employees: int | None = Field(default=None, ge=0, le=10_000_000)
     annual_revenue: Money | None = None
-    website: str | None = Field(default=None, max_length=300)
+    website: Annotated[str, SingleLine(max_length=300)] | None = None
     domain: str | None = Field(
         default=None,
         max_length=253,
@@ -217,10 +227,10 @@ class AccountPatch(_Body):
     name: ShortText | None = None
     type: AccountType | None = None
     tier: AccountTier | None = None
-    industry: str | None = Field(default=None, max_length=100)
+    industry: Annotated[str, SingleLine(max_length=100)] | None = None
     employees: int | None = Field(default=None, ge=0, le=10_000_000)
     annual_revenue: Money | None = None
-    website: str | None = Field(default=None, max_length=300)
+    website: Annotated[str, SingleLine(max_length=300)] | None = None
     domain: str | None = Field(default=None, max_length=253, pattern=r"^[A-Za-z0-9.\-]+$")
     address: Address | None = None
     parent_account_id: Id | None = Field(
@@ -234,12 +244,12 @@ class AccountPatch(_Body):
 class NewContact(_Body):
     id: Id | None = Field(default=None, description="Generated when omitted")
     account_id: Id | None = None
-    first_name: str | None = Field(default=None, max_length=100)
-    last_name: str | None = Field(default=None, max_length=100)
+    first_name: Annotated[str, SingleLine(max_length=100)] | None = None
+    last_name: Annotated[str, SingleLine(max_length=100)] | None = None
     email: EmailStr | None = None
     phone: str | None = Field(default=None, max_length=40, pattern=r"^[0-9+()./ \-]{3,40}$")
-    job_title: str | None = Field(default=None, max_length=200)
-    role: str | None = Field(default=None, max_length=100, examples=["economic buyer"])
+    job_title: Annotated[str, SingleLine(max_length=200)] | None = None
+    role: Annotated[str, SingleLine(max_length=100)] | None = Field(default=None, examples=["economic buyer"])
     decision_maker: bool = False
     influencer: bool = False
     originating_lead_id: Id | None = None
@@ -255,12 +265,12 @@ class ContactPatch(_Body):
     """Only the fields present change; null clears the optional ones."""
 
     account_id: Id | None = None
-    first_name: str | None = Field(default=None, max_length=100)
-    last_name: str | None = Field(default=None, max_length=100)
+    first_name: Annotated[str, SingleLine(max_length=100)] | None = None
+    last_name: Annotated[str, SingleLine(max_length=100)] | None = None
     email: EmailStr | None = None
     phone: str | None = Field(default=None, max_length=40, pattern=r"^[0-9+()./ \-]{3,40}$")
-    job_title: str | None = Field(default=None, max_length=200)
-    role: str | None = Field(default=None, max_length=100, examples=["economic buyer"])
+    job_title: Annotated[str, SingleLine(max_length=200)] | None = None
+    role: Annotated[str, SingleLine(max_length=100)] | None = Field(default=None, examples=["economic buyer"])
     decision_maker: bool | None = None
     influencer: bool | None = None
     by: Actor
@@ -271,13 +281,13 @@ class NewSalesTeam(_Body):
     id: Id | None = Field(default=None, description="Generated when omitted")
     name: ShortText
     manager_id: Id | None = None
-    region: str | None = Field(default=None, max_length=100, examples=["DACH"])
+    region: Annotated[str, SingleLine(max_length=100)] | None = Field(default=None, examples=["DACH"])
 
 
 class SalesTeamPatch(_Body):
     name: ShortText | None = None
     manager_id: Id | None = None
-    region: str | None = Field(default=None, max_length=100)
+    region: Annotated[str, SingleLine(max_length=100)] | None = None
     expected_version: ExpectedVersion = None
 
 
@@ -292,13 +302,13 @@ class NewOpportunityBody(_Body):
     probability: Percent | None = Field(default=None, description="Overrides the stage's default")
     amount: Money | None = None
     currency: Currency = "EUR"
-    expected_close_date: date | None = None
+    expected_close_date: IsoDate | None = None
     lead_id: Id | None = None
     lead_source: LeadSource | None = None
     campaign_id: Id | None = None
     contact_roles: list[ContactRole] = Field(default_factory=list, max_length=50)
     sales_team_id: Id | None = None
-    created_at: AwareDatetime | None = Field(
+    created_at: IsoDateTime | None = Field(
         default=None, description="When it really happened (historical imports); now when omitted"
     )
     by: Actor
@@ -311,7 +321,7 @@ class OpportunityPatch(_Body):
     name: ShortText | None = None
     amount: Money | None = None
     currency: Currency | None = None
-    expected_close_date: date | None = None
+    expected_close_date: IsoDate | None = None
     owner_id: Id | None = None
     probability: Percent | None = None
     primary_contact_id: Id | None = None
@@ -498,7 +508,7 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
 
     @teams.get("", dependencies=read, summary="Sales teams, filtered by region or manager")
     async def list_teams(
-        region: Annotated[str | None, Query(max_length=100)] = None,
+        region: Annotated[Annotated[str, SingleLine(max_length=100)] | None, Query()] = None,
         manager_id: Id | None = None,
         limit: Limit = 50,
         cursor: Id | None = None,

@@ -13,7 +13,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from crm_contracts.events.common import MONEY_MAX, Actor, Id, Percent, ShortText
+from crm_contracts.events.common import MONEY_MAX, Actor, Id, Percent, ShortText, SingleLine
 from crm_contracts.events.leads import LeadSource
 from crm_contracts.events.opportunities import (
     AccountCreated,
@@ -52,7 +52,7 @@ DEFAULT_LOSS_REASONS: tuple[str, ...] = (
     "other",
 )
 
-LossReason = Annotated[str, Field(min_length=1, max_length=200)]
+LossReason = ShortText
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -268,10 +268,10 @@ def default_pipeline(now: datetime) -> Pipeline:
 class Address(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    street: str | None = Field(default=None, max_length=200)
-    postal_code: str | None = Field(default=None, max_length=20)
-    city: str | None = Field(default=None, max_length=100)
-    region: str | None = Field(default=None, max_length=100)
+    street: Annotated[str, SingleLine(max_length=200)] | None = None
+    postal_code: Annotated[str, SingleLine(max_length=20)] | None = None
+    city: Annotated[str, SingleLine(max_length=100)] | None = None
+    region: Annotated[str, SingleLine(max_length=100)] | None = None
     country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$", examples=["DE"])
 
 

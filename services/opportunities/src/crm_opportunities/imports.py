@@ -4,15 +4,22 @@ opportunities), each validated on its own, so one bad row is reported and the ot
 from __future__ import annotations
 
 import uuid
-from datetime import date
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from crm_contracts.events.common import Currency, Id, Money, Percent, ShortText
+from crm_contracts.events.common import (
+    Currency,
+    Id,
+    IsoDate,
+    IsoDateTime,
+    Money,
+    Percent,
+    ShortText,
+    SingleLine,
+)
 from crm_contracts.events.leads import LeadSource
 from crm_contracts.events.opportunities import AccountTier, AccountType
 from crm_runtime.uploads import RowProblem, count_statuses
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     EmailStr,
@@ -26,7 +33,7 @@ from .domain import DEFAULT_PIPELINE_ID, LossReason
 # Ids derived from (system, kind, external id): importing the same export again updates the
 # same records instead of duplicating them.
 IMPORT_NAMESPACE = uuid.UUID("0f6d3f5e-2b9a-4c1e-8d47-3a5e9c1b7d20")
-ExternalId = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")
+ExternalId = Annotated[str, SingleLine(min_length=1, max_length=128)]
 
 
 def imported_id(kind: str, system: str, external_id: str) -> str:
@@ -38,40 +45,42 @@ class ImportRow(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    external_id: str = ExternalId
+    external_id: ExternalId
 
 
 class AccountRow(ImportRow):
     name: ShortText
     type: AccountType = AccountType.PROSPECT
     tier: AccountTier | None = None
-    industry: str | None = Field(default=None, max_length=100)
+    industry: Annotated[str, SingleLine(max_length=100)] | None = None
     employees: int | None = Field(default=None, ge=0, le=10_000_000)
     annual_revenue: Money | None = None
-    website: str | None = Field(default=None, max_length=300)
+    website: Annotated[str, SingleLine(max_length=300)] | None = None
     domain: str | None = Field(default=None, max_length=253, pattern=r"^[A-Za-z0-9.\-]+$")
-    street: str | None = Field(default=None, max_length=200)
-    postal_code: str | None = Field(default=None, max_length=20)
-    city: str | None = Field(default=None, max_length=100)
-    region: str | None = Field(default=None, max_length=100)
+    street: Annotated[str, SingleLine(max_length=200)] | None = None
+    postal_code: Annotated[str, SingleLine(max_length=20)] | None = None
+    city: Annotated[str, SingleLine(max_length=100)] | None = None
+    region: Annotated[str, SingleLine(max_length=100)] | None = None
     country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
     owner_id: Id | None = None
-    parent_external_id: str | None = Field(default=None, min_length=1, max_length=128)
-    created_at: AwareDatetime | None = None
+    parent_external_id: ExternalId | None = None
+    created_at: IsoDateTime | None = None
 
 
 class ContactRow(ImportRow):
-    first_name: str | None = Field(default=None, max_length=100)
-    last_name: str | None = Field(default=None, max_length=100)
+    first_name: Annotated[str, SingleLine(max_length=100)] | None = None
+    last_name: Annotated[str, SingleLine(max_length=100)] | None = None
     email: EmailStr | None = None
     phone: str | None = Field(default=None, max_length=40, pattern=r"^[0-9+()./ \-]{3,40}$")
-    job_title: str | None = Field(default=None, max_length=200)
-    role: str | None = Field(default=None, max_length=100, description="Role at the account")
+    job_title: Annotated[str, SingleLine(max_length=200)] | None = None
+    role: Annotated[str, SingleLine(max_length=100)] | None = Field(
+        default=None, description="Role at the account"
+    )
     decision_maker: bool = False
     influencer: bool = False
-    account_external_id: str | None = Field(default=None, min_length=1, max_length=128)
+    account_external_id: ExternalId | None = None
     account_id: Id | None = Field(default=None, description="An account of this service, instead")
-    created_at: AwareDatetime | None = None
+    created_at: IsoDateTime | None = None
 
     @model_validator(mode="after")
     def _identifiable(self) -> ContactRow:
@@ -86,24 +95,24 @@ class HistoryEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     stage_id: Id
-    entered_at: AwareDatetime
+    entered_at: IsoDateTime
 
 
 class OpportunityRow(ImportRow):
     name: ShortText
-    account_external_id: str | None = Field(default=None, min_length=1, max_length=128)
+    account_external_id: ExternalId | None = None
     account_id: Id | None = Field(default=None, description="An account of this service, instead")
     pipeline_id: Id = DEFAULT_PIPELINE_ID
     stage_id: Id | None = Field(default=None, description="The original stage; the first one when omitted")
     probability: Percent | None = None
     amount: Money | None = None
     currency: Currency = "EUR"
-    expected_close_date: date | None = None
+    expected_close_date: IsoDate | None = None
     owner_id: Id | None = None
     lead_source: LeadSource | None = None
     campaign_id: Id | None = None
-    created_at: AwareDatetime | None = Field(default=None, description="The original creation time")
-    closed_at: AwareDatetime | None = None
+    created_at: IsoDateTime | None = Field(default=None, description="The original creation time")
+    closed_at: IsoDateTime | None = None
     loss_reason: LossReason | None = None
     stage_history: list[HistoryEntry] | None = Field(
         default=None,

@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
 from crm_contracts.events.campaigns import CampaignStatus, CampaignType
-from crm_contracts.events.common import Currency, Id
+from crm_contracts.events.common import Currency, Id, IsoDate, ShortText, SingleLine
 from crm_contracts.events.leads import LeadOrigin, LeadRating, LeadSource
 from crm_runtime import ApiError, ServiceRuntime
 from fastapi import APIRouter, Depends, Query, Request
@@ -242,9 +242,11 @@ def _check_range(period_from: date | None, period_to: date | None) -> None:
         raise ApiError(422, "validation_failed", "to must be later than from", field="to")
 
 
-Label = Annotated[str | None, Query(min_length=1, max_length=100)]
-FromDay = Annotated[date | None, Query(alias="from", description="First day, inclusive (YYYY-MM-DD, UTC).")]
-ToDay = Annotated[date | None, Query(alias="to", description="End day, exclusive (YYYY-MM-DD, UTC).")]
+Label = Annotated[Annotated[str, SingleLine(min_length=1, max_length=100)] | None, Query()]
+FromDay = Annotated[
+    IsoDate | None, Query(alias="from", description="First day, inclusive (YYYY-MM-DD, UTC).")
+]
+ToDay = Annotated[IsoDate | None, Query(alias="to", description="End day, exclusive (YYYY-MM-DD, UTC).")]
 Split = Annotated[Grain | None, Query(description="Split into periods by when things happened.")]
 MoneyCurrency = Annotated[
     Currency, Query(description="Currency of the money columns; other currencies are listed apart.")
@@ -426,7 +428,7 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
         pipeline_id: Id | None = None,
         lead_source: LeadSource | None = None,
         campaign_id: Id | None = None,
-        loss_reason: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+        loss_reason: Annotated[ShortText | None, Query()] = None,
         period_from: FromDay = None,
         period_to: ToDay = None,
         period: Split = None,
@@ -594,7 +596,7 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
     )
     async def pipeline_history(
         request: Request,
-        period_from: Annotated[date, Query(alias="from", description="First day (YYYY-MM-DD, UTC).")],
+        period_from: Annotated[IsoDate, Query(alias="from", description="First day (YYYY-MM-DD, UTC).")],
         period_to: ToDay = None,
         pipeline_id: Id | None = None,
         stage_id: Id | None = None,

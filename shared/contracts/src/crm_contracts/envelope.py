@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .events.common import IsoDateTime, SingleLine
 
 DataT = TypeVar("DataT", bound=BaseModel)
 
@@ -26,21 +28,28 @@ def utcnow() -> datetime:
 
 
 class CloudEvent(BaseModel, Generic[DataT]):
-    """A CloudEvent whose ``data`` is a validated pydantic model."""
+    """A CloudEvent whose ``data`` is a validated pydantic model. Its string attributes refuse
+    the control characters the CloudEvents type system disallows (U+0000-U+001F, U+007F-U+009F)."""
 
     # Extension attributes are allowed by the CloudEvents spec; keep them rather than reject.
     model_config = ConfigDict(extra="allow", frozen=True)
 
     specversion: Literal["1.0"] = SPEC_VERSION
-    id: str = Field(
-        min_length=1, max_length=200, description="Unique per event; consumers de-duplicate on it."
+    id: Annotated[str, SingleLine(min_length=1, max_length=200)] = Field(
+        description="Unique per event; consumers de-duplicate on it."
     )
-    source: str = Field(min_length=1, max_length=500, description="URI-reference of the producing system.")
-    type: str = Field(min_length=1, max_length=200, description="Event type including schema version.")
-    subject: str | None = Field(default=None, max_length=200, description="The aggregate id.")
-    time: AwareDatetime = Field(description="When the occurrence happened (RFC 3339).")
+    source: Annotated[str, SingleLine(min_length=1, max_length=500)] = Field(
+        description="URI-reference of the producing system."
+    )
+    type: Annotated[str, SingleLine(min_length=1, max_length=200)] = Field(
+        description="Event type including schema version."
+    )
+    subject: Annotated[str, SingleLine(max_length=200)] | None = Field(
+        default=None, description="The aggregate id."
+    )
+    time: IsoDateTime = Field(description="When the occurrence happened (RFC 3339).")
     datacontenttype: Literal["application/json"] = "application/json"
-    dataschema: str | None = Field(default=None, max_length=500)
+    dataschema: Annotated[str, SingleLine(max_length=500)] | None = None
     sequence: str | None = Field(
         default=None,
         pattern=r"^[0-9]{1,18}$",

@@ -5,14 +5,13 @@ members and their statuses (``campaign.created``, ``campaign.updated``,
 
 from __future__ import annotations
 
-from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 
-from .common import Actor, Contract, Currency, Id, Money, ShortText
+from .common import Actor, Contract, Currency, Id, IsoDate, IsoDateTime, Money, MultiLine, ShortText
 
 
 class CampaignType(StrEnum):
@@ -97,8 +96,8 @@ class CampaignSnapshot(Contract):
     type: CampaignType
     purpose: CampaignPurpose
     status: CampaignStatus
-    start_date: date | None = None
-    end_date: date | None = None
+    start_date: IsoDate | None = None
+    end_date: IsoDate | None = None
     owner_id: Id | None = None
     parent_campaign_id: Id | None = None
     budgeted_cost: Money | None = None
@@ -115,7 +114,7 @@ class CampaignSnapshot(Contract):
 
 class CampaignCreated(Contract):
     campaign: CampaignSnapshot
-    created_at: AwareDatetime
+    created_at: IsoDateTime
     created_by: Actor
 
 
@@ -124,7 +123,7 @@ class CampaignUpdated(Contract):
 
     campaign: CampaignSnapshot
     changed_fields: list[str]
-    updated_at: AwareDatetime
+    updated_at: IsoDateTime
     updated_by: Actor
 
 
@@ -134,8 +133,8 @@ class CampaignStatusChanged(Contract):
     campaign_id: Id
     previous_status: CampaignStatus
     status: CampaignStatus
-    reason: str | None = Field(default=None, max_length=500)
-    changed_at: AwareDatetime
+    reason: Annotated[str, MultiLine(max_length=500)] | None = None
+    changed_at: IsoDateTime
     changed_by: Actor
 
 
@@ -145,9 +144,9 @@ class CostEntry(Contract):
     entry_id: Id
     amount: CostAmount
     currency: Currency
-    incurred_on: date
-    note: str | None = Field(default=None, max_length=500)
-    recorded_at: AwareDatetime
+    incurred_on: IsoDate
+    note: Annotated[str, MultiLine(max_length=500)] | None = None
+    recorded_at: IsoDateTime
     recorded_by: Actor
 
 
@@ -168,7 +167,7 @@ class CampaignMemberAdded(Contract):
     member_type: MemberType
     lead_id: Id | None = None
     contact_id: Id | None = None
-    added_at: AwareDatetime = Field(description="When the campaign reached the member (the touch time).")
+    added_at: IsoDateTime = Field(description="When the campaign reached the member (the touch time).")
     added_via: ShortText = Field(description="What added it, e.g. 'lead.created' or 'api'.")
     status: MemberStatus | None = Field(default=None, description="The member's status on joining.")
 
@@ -189,5 +188,5 @@ class CampaignMemberStatusChanged(Contract):
         description="Whether the member has reached a status counting as a response in this campaign."
     )
     member_version: int = Field(ge=1, description="The membership's version after the change.")
-    changed_at: AwareDatetime
+    changed_at: IsoDateTime
     changed_by: Actor

@@ -4,13 +4,24 @@ merged, converted)."""
 
 from __future__ import annotations
 
-from datetime import date
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, EmailStr, Field
+from pydantic import EmailStr, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from .common import Actor, Contract, Currency, Id, Money, ShortText
+from .common import (
+    Actor,
+    Contract,
+    Currency,
+    Id,
+    IsoDate,
+    IsoDateTime,
+    Money,
+    MultiLine,
+    ShortText,
+    SingleLine,
+)
 
 Score = Annotated[int, Field(ge=0, le=100)]
 
@@ -61,28 +72,34 @@ class LeadRating(StrEnum):
 
 
 class Person(Contract):
-    first_name: str | None = Field(default=None, max_length=100, examples=["Ada"])
-    last_name: str | None = Field(default=None, max_length=100, examples=["Lovelace"])
+    first_name: Annotated[str, SingleLine(max_length=100)] | None = Field(default=None, examples=["Ada"])
+    last_name: Annotated[str, SingleLine(max_length=100)] | None = Field(default=None, examples=["Lovelace"])
     email: EmailStr | None = Field(default=None, examples=["ada@example.com"])
     phone: str | None = Field(default=None, max_length=40, pattern=r"^[0-9+()./ \-]{3,40}$")
-    job_title: str | None = Field(default=None, max_length=200, examples=["Head of Operations"])
+    job_title: Annotated[str, SingleLine(max_length=200)] | None = Field(
+        default=None, examples=["Head of Operations"]
+    )
 
 
 class Company(Contract):
-    name: str | None = Field(default=None, max_length=200, examples=["Analytical Engines Ltd"])
-    website: str | None = Field(default=None, max_length=300, examples=["https://engines.example"])
-    industry: str | None = Field(default=None, max_length=100)
+    name: Annotated[str, SingleLine(max_length=200)] | None = Field(
+        default=None, examples=["Analytical Engines Ltd"]
+    )
+    website: Annotated[str, SingleLine(max_length=300)] | None = Field(
+        default=None, examples=["https://engines.example"]
+    )
+    industry: Annotated[str, SingleLine(max_length=100)] | None = None
     size: int | None = Field(default=None, ge=0, le=10_000_000, description="Employees")
     country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$", examples=["GB"])
-    city: str | None = Field(default=None, max_length=100)
+    city: Annotated[str, SingleLine(max_length=100)] | None = None
 
 
 class Utm(Contract):
-    source: str | None = Field(default=None, max_length=200)
-    medium: str | None = Field(default=None, max_length=200)
-    campaign: str | None = Field(default=None, max_length=200)
-    term: str | None = Field(default=None, max_length=200)
-    content: str | None = Field(default=None, max_length=200)
+    source: Annotated[str, SingleLine(max_length=200)] | None = None
+    medium: Annotated[str, SingleLine(max_length=200)] | None = None
+    campaign: Annotated[str, SingleLine(max_length=200)] | None = None
+    term: Annotated[str, SingleLine(max_length=200)] | None = None
+    content: Annotated[str, SingleLine(max_length=200)] | None = None
 
 
 class Consent(Contract):
@@ -94,12 +111,19 @@ class Engagement(Contract):
     visits: int = Field(default=0, ge=0)
     time_on_site_seconds: int = Field(default=0, ge=0)
     page_views: int = Field(default=0, ge=0)
-    last_activity: str | None = Field(default=None, max_length=200)
-    last_activity_at: AwareDatetime | None = None
+    last_activity: Annotated[str, SingleLine(max_length=200)] | None = None
+    last_activity_at: IsoDateTime | None = None
 
+
+# What tells who a lead is: a capture must carry at least one of them.
+IDENTIFYING_FIELDS = ("person.first_name", "person.last_name", "person.email", "person.phone", "company.name")
+_IDENTIFYING_PATHS = [tuple(field.split(".")) for field in IDENTIFYING_FIELDS]
 
 CustomAttributes = Annotated[
-    dict[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")], str | int | float | bool | None],
+    dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")],
+        Annotated[str | int | float | bool | None, MultiLine().in_union()],
+    ],
     Field(max_length=50),
 ]
 
@@ -108,15 +132,18 @@ class LeadCaptured(Contract):
     """Published to ``lead.captured`` by any system that captures a lead.
 
     (``source_system``, ``external_id``) identifies the lead in the capturing system: sending
-    it again updates the same lead instead of creating another.
+    it again updates the same lead instead of creating another. A lead says who it is: at least
+    one of person.first_name, person.last_name, person.email, person.phone and company.name.
     """
 
     source_system: ShortText = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", examples=["webforms"])
-    external_id: ShortText = Field(max_length=128, examples=["form-submission-981"])
+    external_id: Annotated[str, SingleLine(min_length=1, max_length=128)] = Field(
+        examples=["form-submission-981"]
+    )
     person: Person = Person()
     company: Company = Company()
     lead_source: LeadSource = LeadSource.OTHER
-    source_detail: str | None = Field(default=None, max_length=200)
+    source_detail: Annotated[str, SingleLine(max_length=200)] | None = None
     origin: LeadOrigin = LeadOrigin.API
     campaign_id: Id | None = None
     utm: Utm | None = None
@@ -124,9 +151,22 @@ class LeadCaptured(Contract):
     engagement: Engagement = Engagement()
     owner_id: Id | None = None
     custom: CustomAttributes = Field(default_factory=dict)
-    captured_at: AwareDatetime = Field(
+    captured_at: IsoDateTime = Field(
         description="When the lead was really captured; may lie in the past for historical imports."
     )
+
+    @model_validator(mode="after")
+    def _identifiable(self) -> LeadCaptured:
+        """A lead nobody can name, mail or call is noise: refused, naming every field that would do."""
+        if any(getattr(getattr(self, part), name) for part, name in _IDENTIFYING_PATHS):
+            return self
+        reason = PydanticCustomError(
+            "lead_unidentified", "a lead needs a name, an e-mail, a phone or a company name; none is given"
+        )
+        raise ValidationError.from_exception_data(
+            type(self).__name__,
+            [InitErrorDetails(type=reason, loc=path, input=None) for path in _IDENTIFYING_PATHS],
+        )
 
 
 class LeadSnapshot(Contract):
@@ -144,7 +184,7 @@ class LeadSnapshot(Contract):
     origin: LeadOrigin
     campaign_id: Id | None = None
     owner_id: Id | None = None
-    captured_at: AwareDatetime
+    captured_at: IsoDateTime
     duplicate_of: list[Id] = Field(
         default_factory=list, description="Likely duplicates of this lead that were captured before it."
     )
@@ -166,7 +206,7 @@ class LeadQualified(Contract):
     score: Score | None = None
     lead_source: LeadSource
     campaign_id: Id | None = None
-    qualified_at: AwareDatetime
+    qualified_at: IsoDateTime
     qualified_by: Actor
 
 
@@ -175,7 +215,7 @@ class LeadDisqualified(Contract):
     reason: ShortText
     lead_source: LeadSource
     campaign_id: Id | None = None
-    disqualified_at: AwareDatetime
+    disqualified_at: IsoDateTime
     disqualified_by: Actor
 
 
@@ -193,29 +233,29 @@ class LeadMerged(Contract):
         default_factory=list,
         description="Why they were duplicates (email, phone, company_domain+name); empty if merged by hand.",
     )
-    merged_at: AwareDatetime
+    merged_at: IsoDateTime
     merged_by: Actor
 
 
 class ConvertedAccount(Contract):
     account_id: Id
     is_new: bool = Field(description="False when the lead was matched to an existing account")
-    name: str | None = Field(default=None, max_length=200)
-    domain: str | None = Field(default=None, max_length=253)
-    industry: str | None = Field(default=None, max_length=100)
+    name: Annotated[str, SingleLine(max_length=200)] | None = None
+    domain: Annotated[str, SingleLine(max_length=253)] | None = None
+    industry: Annotated[str, SingleLine(max_length=100)] | None = None
     employees: int | None = Field(default=None, ge=0)
     country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
-    city: str | None = Field(default=None, max_length=100)
+    city: Annotated[str, SingleLine(max_length=100)] | None = None
 
 
 class ConvertedContact(Contract):
     contact_id: Id
     is_new: bool
-    first_name: str | None = Field(default=None, max_length=100)
-    last_name: str | None = Field(default=None, max_length=100)
+    first_name: Annotated[str, SingleLine(max_length=100)] | None = None
+    last_name: Annotated[str, SingleLine(max_length=100)] | None = None
     email: EmailStr | None = None
-    phone: str | None = Field(default=None, max_length=40)
-    job_title: str | None = Field(default=None, max_length=200)
+    phone: Annotated[str, SingleLine(max_length=40)] | None = None
+    job_title: Annotated[str, SingleLine(max_length=200)] | None = None
 
 
 class ConvertedOpportunity(Contract):
@@ -223,7 +263,7 @@ class ConvertedOpportunity(Contract):
     name: ShortText
     amount: Money | None = None
     currency: Currency = "EUR"
-    expected_close_date: date | None = None
+    expected_close_date: IsoDate | None = None
     pipeline_id: Id | None = Field(default=None, description="None means the default pipeline")
     owner_id: Id | None = None
 
@@ -237,9 +277,9 @@ class LeadConverted(Contract):
     opportunity: ConvertedOpportunity | None = None
     lead_source: LeadSource
     campaign_id: Id | None = None
-    converted_at: AwareDatetime
+    converted_at: IsoDateTime
     converted_by: Actor
-    captured_at: AwareDatetime | None = None
+    captured_at: IsoDateTime | None = None
 
 
 def lead_captured_example() -> dict[str, Any]:

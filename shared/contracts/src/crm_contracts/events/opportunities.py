@@ -3,12 +3,12 @@ through pipeline stages until they are won or lost."""
 
 from __future__ import annotations
 
-from datetime import date
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import AwareDatetime, EmailStr, Field
+from pydantic import EmailStr, Field
 
-from .common import Actor, Contract, Currency, Id, Money, Percent, ShortText
+from .common import Actor, Contract, Currency, Id, IsoDate, IsoDateTime, Money, Percent, ShortText, SingleLine
 from .leads import LeadSource
 
 
@@ -48,13 +48,13 @@ class AccountCreated(Contract):
     account_id: Id
     name: ShortText
     type: AccountType
-    domain: str | None = Field(default=None, max_length=253)
-    industry: str | None = Field(default=None, max_length=100)
+    domain: Annotated[str, SingleLine(max_length=253)] | None = None
+    industry: Annotated[str, SingleLine(max_length=100)] | None = None
     employees: int | None = Field(default=None, ge=0)
     country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
     owner_id: Id | None = None
     originating_lead_id: Id | None = None
-    created_at: AwareDatetime
+    created_at: IsoDateTime
     tier: AccountTier | None = None
     parent_account_id: Id | None = Field(default=None, description="The parent company (subsidiaries)")
 
@@ -62,14 +62,16 @@ class AccountCreated(Contract):
 class ContactCreated(Contract):
     contact_id: Id
     account_id: Id | None = None
-    first_name: str | None = Field(default=None, max_length=100)
-    last_name: str | None = Field(default=None, max_length=100)
+    first_name: Annotated[str, SingleLine(max_length=100)] | None = None
+    last_name: Annotated[str, SingleLine(max_length=100)] | None = None
     email: EmailStr | None = None
-    job_title: str | None = Field(default=None, max_length=200)
+    job_title: Annotated[str, SingleLine(max_length=200)] | None = None
     decision_maker: bool = False
     originating_lead_id: Id | None = None
-    created_at: AwareDatetime
-    role: str | None = Field(default=None, max_length=100, description="Role at the account")
+    created_at: IsoDateTime
+    role: Annotated[str, SingleLine(max_length=100)] | None = Field(
+        default=None, description="Role at the account"
+    )
     influencer: bool = False
 
 
@@ -89,17 +91,19 @@ class OpportunityFigures(Contract):
     forecast_category: ForecastCategory
     amount: Money
     currency: Currency
-    expected_close_date: date | None = None
+    expected_close_date: IsoDate | None = None
     lead_id: Id | None = None
     lead_source: LeadSource | None = None
     campaign_id: Id | None = None
-    created_at: AwareDatetime
+    created_at: IsoDateTime
     stage_order: int | None = Field(
         default=None, ge=0, description="0-based position of the stage in its pipeline, for ordering"
     )
     sales_team_id: Id | None = None
-    sales_region: str | None = Field(default=None, max_length=100, description="The sales team's region")
-    account_industry: str | None = Field(default=None, max_length=100)
+    sales_region: Annotated[str, SingleLine(max_length=100)] | None = Field(
+        default=None, description="The sales team's region"
+    )
+    account_industry: Annotated[str, SingleLine(max_length=100)] | None = None
     product_ids: list[Id] = Field(
         default_factory=list, max_length=200, description="Products of the line items, in their order"
     )
@@ -113,7 +117,7 @@ class OpportunityCreated(Contract):
 class OpportunityUpdated(Contract):
     opportunity: OpportunityFigures
     changed_fields: list[str]
-    updated_at: AwareDatetime
+    updated_at: IsoDateTime
     updated_by: Actor
 
 
@@ -137,8 +141,8 @@ class OpportunityStageChanged(Contract):
     forecast_category: ForecastCategory
     amount: Money
     currency: Currency
-    expected_close_date: date | None = None
-    changed_at: AwareDatetime
+    expected_close_date: IsoDate | None = None
+    changed_at: IsoDateTime
     changed_by: Actor
     opportunity: OpportunityFigures
 
@@ -148,8 +152,8 @@ class OpportunityClosed(Contract):
     won: bool
     amount: Money
     currency: Currency
-    loss_reason: str | None = Field(default=None, max_length=200)
-    closed_at: AwareDatetime
+    loss_reason: Annotated[str, SingleLine(max_length=200)] | None = None
+    closed_at: IsoDateTime
     closed_by: Actor
     opportunity: OpportunityFigures
 
@@ -160,7 +164,7 @@ class AccountUpdated(AccountCreated):
     """The account as it stands after a change, and which fields changed."""
 
     changed_fields: list[str]
-    updated_at: AwareDatetime
+    updated_at: IsoDateTime
     updated_by: Actor
 
 
@@ -168,7 +172,7 @@ class ContactUpdated(ContactCreated):
     """The contact as it stands after a change, and which fields changed."""
 
     changed_fields: list[str]
-    updated_at: AwareDatetime
+    updated_at: IsoDateTime
     updated_by: Actor
 
 
@@ -188,5 +192,5 @@ class PipelineDefined(Contract):
     pipeline_id: Id
     name: ShortText
     stages: list[PipelineStage]
-    loss_reasons: list[str]
-    defined_at: AwareDatetime
+    loss_reasons: list[Annotated[str, SingleLine()]]
+    defined_at: IsoDateTime

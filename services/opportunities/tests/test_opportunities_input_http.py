@@ -1,0 +1,100 @@
+"""Input the opportunities API refuses before anything is read or stored, with a 422 (or a
+failed import row) naming the field: dates and times given as numbers, and control characters
+in text. No I/O: the app is built, not started, so a request that got past validation would
+fail here for want of a database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from crm_opportunities.bootstrap import OpportunitiesSettings, create_app
+
+ISO_DATE = "must be an ISO 8601 date, e.g. 2026-03-05"
+ISO_TIME = "must be an ISO 8601 date-time with a time zone, e.g. 2026-03-05T09:30:00Z"
+REP = {"id": "rep-1"}
+OPPORTUNITY = {"name": "50 seats", "account_id": "acc-1", "amount": "1200.00", "by": REP}
+
+
+@pytest.fixture(scope="module")
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(OpportunitiesSettings(log_level="WARNING"))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://opportunities") as client:
+        yield client
+
+
+def fields(response: httpx.Response) -> dict[str, str]:
+    assert response.status_code == 422, response.text
+    return {problem["field"]: problem["reason"] for problem in response.json()["fields"]}
+
+
+@pytest.mark.parametrize("number", [1700000000, 0, 86400, "1700000000"])
+async def test_dates_and_times_given_as_numbers_are_refused(http: httpx.AsyncClient, number: Any) -> None:
+    close = await http.post("/opportunities", json=OPPORTUNITY | {"expected_close_date": number})
+    assert fields(close) == {"expected_close_date": ISO_DATE}
+    created = await http.post("/opportunities", json=OPPORTUNITY | {"created_at": number})
+    assert fields(created) == {"created_at": ISO_TIME}
+    patch = await http.patch("/opportunities/o-1", json={"expected_close_date": number, "by": REP})
+    assert fields(patch) == {"expected_close_date": ISO_DATE}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/accounts", {"name": "Analytical\x00Engines"}, "name"),
+        ("/accounts", {"name": "Engines", "industry": "Soft\nware"}, "industry"),
+        ("/accounts", {"name": "Engines", "address": {"city": "Lon\x7fdon"}}, "address.city"),
+        ("/contacts", {"first_name": "Ada\x00"}, "first_name"),
+        ("/contacts", {"last_name": "Lovelace", "role": "buyer\x1b"}, "role"),
+        ("/opportunities", OPPORTUNITY | {"name": "50\tseats"}, "name"),
+        ("/products", {"name": "Seat", "list_price": "10.00", "description": "x\x00"}, "description"),
+        ("/sales-teams", {"name": "DACH", "region": "Central\x85Europe"}, "region"),
+    ],
+)
+async def test_control_characters_in_text_are_refused_naming_the_field(
+    http: httpx.AsyncClient, path: str, body: dict[str, Any], field: str
+) -> None:
+    reasons = fields(await http.post(path, json=body))
+    assert list(reasons) == [field] and "U+" in reasons[field]
+
+
+async def test_a_control_character_in_a_text_filter_is_refused(http: httpx.AsyncClient) -> None:
+    assert list(fields(await http.get("/sales-teams", params={"region": "DACH\x00"}))) == ["region"]
+
+
+async def test_import_rows_with_number_dates_or_control_characters_fail_alone(
+    http: httpx.AsyncClient,
+) -> None:
+    ndjson = b"\n".join(
+        [
+            b'{"external_id": "o1", "name": "Deal", "account_id": "acc-1", "expected_close_date": 20270331}',
+            b'{"external_id": "o2", "name": "Deal", "account_id": "acc-1", "created_at": 1700000000}',
+            b'{"external_id": "o3", "name": "De\\u0000al", "account_id": "acc-1"}',
+            b'{"external_id": "o4", "name": "Deal", "account_id": "acc-1",'
+            b' "stage_history": [{"stage_id": "prospecting", "entered_at": "1700000000"}]}',
+        ]
+    )
+    response = await http.post(
+        "/imports/opportunities?source_system=old-crm",
+        content=ndjson,
+        headers={"content-type": "application/x-ndjson"},
+    )
+    assert response.status_code == 200, response.text
+    rows = response.json()["rows"]
+    assert [row["status"] for row in rows] == ["failed"] * 4
+    assert rows[0]["problems"] == [{"field": "expected_close_date", "reason": ISO_DATE}]
+    assert rows[1]["problems"] == [{"field": "created_at", "reason": ISO_TIME}]
+    assert [p["field"] for p in rows[2]["problems"]] == ["name"]
+    assert rows[3]["problems"] == [{"field": "stage_history.0.entered_at", "reason": ISO_TIME}]
+
+    csv = b'external_id,first_name,created_at\nc1,Ada,1700000000\nc2,"Ada\x00",\n'
+    response = await http.post(
+        "/imports/contacts?source_system=old-crm", content=csv, headers={"content-type": "text/csv"}
+    )
+    assert response.status_code == 200, response.text
+    [c1, c2] = response.json()["rows"]
+    assert c1["problems"] == [{"field": "created_at", "reason": ISO_TIME}]
+    assert [p["field"] for p in c2["problems"]] == ["first_name"]
