@@ -27,9 +27,9 @@ from .consumer import EventConsumer
 from .dead_letters import dlq_topic
 from .health import health_router
 from .http import BodySizeLimit, TokenAuth, install_error_handlers
-from .kafka import create_broker, ensure_topics
+from .kafka import BROKER_LOGGER, create_broker, ensure_topics
 from .lag import LagMonitor
-from .logs import configure_logging
+from .logs import KafkaClientLogThrottle, configure_logging
 from .mongo import create_client, in_transaction
 from .outbox import Outbox, OutboxRelay
 from .settings import ServiceSettings
@@ -46,6 +46,9 @@ class ServiceRuntime:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         configure_logging(settings.service_name, settings.log_level)
+        # Holds back the Kafka clients' repeated connection errors; any success of ours ends it.
+        self.kafka_log_throttle = KafkaClientLogThrottle(summary_seconds=settings.log_outage_summary_seconds)
+        self.kafka_log_throttle.install([BROKER_LOGGER])
         self.registry = CollectorRegistry()
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             try:
@@ -57,9 +60,17 @@ class ServiceRuntime:
         self.db = self.client[settings.database_name]
         self.broker = create_broker(settings, tracer_provider=self.tracer_provider, registry=self.registry)
         self.outbox = Outbox(self.db, settings)
-        self.relay = OutboxRelay(self.db, self.broker, self.outbox, settings, self.registry)
+        kafka_reachable = self.kafka_log_throttle.recovered
+        self.relay = OutboxRelay(
+            self.db, self.broker, self.outbox, settings, self.registry, on_kafka_reachable=kafka_reachable
+        )
         self.consumer = EventConsumer(self.broker, self.client, self.db, self.outbox, settings, self.registry)
-        self.lag = LagMonitor(settings, self.registry, interval=settings.lag_interval_seconds)
+        self.lag = LagMonitor(
+            settings,
+            self.registry,
+            interval=settings.lag_interval_seconds,
+            on_kafka_reachable=kafka_reachable,
+        )
         self.auth = TokenAuth(settings.api_tokens.get_secret_value() if settings.api_tokens else None)
         self.source = f"/crm/{settings.service_name}"
         self._startup: list[Hook] = []
@@ -129,6 +140,7 @@ class ServiceRuntime:
     async def _check_kafka(self) -> None:
         if not await self.broker.ping(timeout=2.0):
             raise ConnectionError("Kafka did not answer")
+        self.kafka_log_throttle.recovered()
 
     async def _check_mongo(self) -> None:
         await self.db.command("ping")

@@ -37,6 +37,11 @@ class ServiceSettings(BaseSettings):
     http_host: str = "0.0.0.0"  # containers listen on all interfaces
     http_port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_outage_summary_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="During an outage, how often a component summarises its held-back failures.",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
     api_tokens: SecretStr | None = Field(
         default=None,
