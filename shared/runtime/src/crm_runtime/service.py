@@ -27,6 +27,7 @@ from .consumer import EventConsumer
 from .dead_letters import dlq_topic
 from .health import health_router
 from .http import BodySizeLimit, TokenAuth, install_error_handlers
+from .jobs import JobRunner
 from .kafka import BROKER_LOGGER, create_broker, ensure_topics
 from .lag import LagMonitor
 from .logs import KafkaClientLogThrottle, configure_logging
@@ -71,6 +72,7 @@ class ServiceRuntime:
             interval=settings.lag_interval_seconds,
             on_kafka_reachable=kafka_reachable,
         )
+        self.jobs = JobRunner(self.client, self.db, self.outbox, settings)
         self.auth = TokenAuth(settings.api_tokens.get_secret_value() if settings.api_tokens else None)
         self.source = f"/crm/{settings.service_name}"
         self._startup: list[Hook] = []
@@ -100,12 +102,15 @@ class ServiceRuntime:
         await self._wait_for_database()
         await self.relay.ensure_indexes()
         await self.consumer.ensure_indexes()
+        if self.jobs.kinds:
+            await self.jobs.ensure_indexes()
         for hook in self._startup:
             await hook()
         await ensure_topics(self.settings, self._owned_topics())
         self.consumer.bind()
         await self.broker.start()
         self.relay.start()
+        self.jobs.start()
         self.lag.start(sorted(self.consumer.routes))
         log.info("service started", extra={"database": self.settings.database_name})
 
@@ -114,6 +119,7 @@ class ServiceRuntime:
         # group), then flush the outbox while the producer still runs, then close the clients.
         await self.lag.stop()
         await asyncio.gather(*(subscriber.stop() for subscriber in self.broker.subscribers))
+        await self.jobs.stop()  # the batch in hand commits; its events are flushed next
         await self.relay.stop()
         await self.broker.stop()
         for hook in reversed(self._shutdown):

@@ -61,6 +61,12 @@ class ServiceSettings(BaseSettings):
     )
     consumer_max_attempts: int = Field(default=5, ge=1, description="Tries before a dead letter.")
     consumer_retry_backoff_seconds: float = Field(default=0.2, ge=0)
+    jobs_lease_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        description="How long a replica owns a background job without progress before another takes over.",
+    )
+    jobs_poll_seconds: float = Field(default=1.0, gt=0, description="How often idle runners look for jobs.")
     lag_interval_seconds: float = Field(default=5.0, gt=0, description="How often consumer lag is measured.")
 
     @model_validator(mode="after")
