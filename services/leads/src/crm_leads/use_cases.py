@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from crm_contracts import catalog
 from crm_contracts.catalog import EventSpec
@@ -45,9 +44,6 @@ SOURCE = "/crm/leads"
 SCORING_ACTOR = "system:scoring"
 # Merges can chain (a survivor merged later into a third lead); a capture follows the chain.
 MAX_MERGE_CHAIN = 10
-
-T = TypeVar("T")
-Transact = Callable[[Callable[[UnitOfWork], Awaitable[T]]], Awaitable[T]]
 
 
 class LeadNotFound(Exception):
