@@ -304,8 +304,10 @@ class JobRunner:
 
     async def _existing(self, kind: str, job_id: str | None, exclusive: bool, now: datetime) -> Job | None:
         if job_id is not None:
-            doc = await self._jobs.find_one({"_id": job_id, "kind": kind})
+            doc = await self._jobs.find_one({"_id": job_id})
             if doc is not None:
+                if doc["kind"] != kind:
+                    raise ValueError(f"job id {job_id} belongs to a {doc['kind']} job")
                 return _to_job(doc)
         if not exclusive:
             return None
