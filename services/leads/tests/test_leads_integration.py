@@ -606,9 +606,13 @@ async def test_scoring_rules_are_configured_as_data_and_rescoring_keeps_a_reps_r
     stale = await leads.http.put("/scoring-rules", json=rules)
     assert stale.status_code == 409 and stale.json()["fields"][0]["field"] == "expected_version"
 
+    started = await leads.http.post("/scoring-rules/rescore")  # a background job now
+    assert started.status_code == 202, started.text
+
     async def rescored() -> bool:
-        report = (await leads.http.post("/scoring-rules/rescore")).json()
-        return bool(report["remaining"] == 0)
+        job = (await leads.http.get(started.headers["location"])).json()
+        assert job["state"] in ("queued", "running", "done"), job
+        return bool(job["state"] == "done")
 
     await eventually(rescored)
     after = {lead["id"]: lead for lead in (await leads.http.get("/leads?limit=10")).json()["items"]}

@@ -202,3 +202,58 @@ def test_the_default_rules_round_trip_as_json() -> None:
     rules = default_rules()
     again = ScoringRules.model_validate_json(rules.model_dump_json())
     assert again == rules and rules.version == 0
+
+
+class RecordingRepository:
+    """Counts the storage calls a rescoring batch makes."""
+
+    def __init__(self, leads: list[Lead]) -> None:
+        self.leads = {lead.id: lead.model_copy(deep=True) for lead in leads}
+        self.calls: list[str] = []
+        self.saved: tuple[list[tuple[Lead, int]], list[str], int] | None = None
+
+    async def get_many(self, lead_ids: list[str], session: Any = None) -> list[Lead]:
+        self.calls.append("get_many")
+        return [self.leads[lead_id].model_copy(deep=True) for lead_id in lead_ids]
+
+    async def save_rescored(
+        self, changed: list[tuple[Lead, int]], unchanged: list[str], version: int, session: Any
+    ) -> None:
+        self.calls.append("save_rescored")
+        self.saved = (changed, unchanged, version)
+
+
+class RecordingOutbox:
+    def __init__(self) -> None:
+        self.writes: list[list[tuple[str, Any]]] = []
+
+    async def add_many(self, session: Any, entries: list[tuple[str, Any]]) -> None:
+        self.writes.append(entries)
+
+
+async def test_a_rescoring_batch_is_one_read_one_bulk_write_and_one_outbox_write() -> None:
+    from crm_leads.use_cases import rescore_leads
+    from crm_runtime import UnitOfWork
+
+    big = [lead(external_id=f"big-{n}", company={"size": 5000}) for n in range(30)]
+    small = [lead(external_id=f"small-{n}", company={"size": 5}) for n in range(20)]
+    generous = ScoringRules(
+        version=3,
+        rules=[rule("company.size", "gte", 1000, points=70)],
+        thresholds=RatingThresholds(hot=60, warm=30),
+    )
+    repo = RecordingRepository(big + small)
+    outbox = RecordingOutbox()
+    uow = UnitOfWork(session=None, outbox=outbox)  # type: ignore[arg-type]
+    changed = await rescore_leads(repo, uow, [x.id for x in big + small], generous)  # type: ignore[arg-type]
+
+    assert changed == 30
+    assert repo.calls == ["get_many", "save_rescored"]  # for 50 leads, not per lead
+    assert repo.saved is not None
+    saved, unchanged, version = repo.saved
+    assert [(x.id, expected) for x, expected in saved] == [(x.id, x.version) for x in big]
+    assert all(x.score == 70 and x.rating is LeadRating.HOT for x, _ in saved)
+    assert unchanged == [x.id for x in small] and version == 3  # 0 points before and after
+    [write] = outbox.writes
+    assert [topic for topic, _ in write] == ["lead.updated"] * 30
+    assert [event.subject for _, event in write] == [x.id for x in big]

@@ -27,6 +27,7 @@ from crm_contracts.events.leads import (
     lead_captured_example,
 )
 from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
+from crm_runtime.jobs import Job, JobFinished, JobView
 from crm_runtime.uploads import (
     NDJSON_TYPES,
     UPLOAD_TYPES,
@@ -55,10 +56,10 @@ from .imports import ImportReport, RowOutcome, captured_from, read_lead_upload
 from .repository import ConcurrentModification, LeadQuery, LeadRepository, LeadSort
 from .scoring import ScoreContribution, ScoringRules, ScoringRuleSet, default_rules
 from .use_cases import (
-    BackgroundRescoring,
+    RESCORING_JOB,
     CaptureResult,
     LeadNotFound,
-    RescoreReport,
+    Rescoring,
     capture_lead,
     change_status,
     convert_lead,
@@ -67,7 +68,6 @@ from .use_cases import (
     qualify_lead,
     rate_lead,
     replace_scoring_rules,
-    rescore_open_leads,
 )
 
 HTTP_SYSTEM = "crm-api"
@@ -261,11 +261,12 @@ class DuplicatesView(BaseModel):
     duplicates: list[DuplicateView]
 
 
-class RescoreView(BaseModel):
-    rules_version: int
-    examined: int
-    changed: int
-    remaining: int
+class RescoreJobView(JobView):
+    """The rescoring job: ``processed`` counts the leads examined, ``applied`` those whose
+    score, rating or explanation changed (each announced with a ``lead.updated``)."""
+
+
+RESCORE_JOBS = "/scoring-rules/rescore-jobs"
 
 
 def encode_cursor(sort: LeadSort, lead: Lead) -> str:
@@ -292,9 +293,7 @@ def decode_cursor(cursor: str, sort: LeadSort) -> tuple[Any, str]:
         ) from exc
 
 
-def leads_router(
-    runtime: ServiceRuntime, repo: LeadRepository, rescoring: BackgroundRescoring
-) -> list[APIRouter]:
+def leads_router(runtime: ServiceRuntime, repo: LeadRepository, rescoring: Rescoring) -> list[APIRouter]:
     router = APIRouter(prefix="/leads", tags=["leads"])
     read = [Depends(runtime.auth.require("read"))]
     write = [Depends(runtime.auth.require("write"))]
@@ -595,7 +594,7 @@ def leads_router(
     @rules_router.put(
         "",
         dependencies=admin,
-        summary="Replace the scoring rules; open leads are rescored in the background",
+        summary="Replace the scoring rules; the rescoring job then rescores the open leads",
     )
     async def put_rules(body: ScoringRulesChange) -> ScoringRules:
         rule_set = ScoringRuleSet(rules=body.rules, thresholds=body.thresholds)
@@ -607,16 +606,66 @@ def leads_router(
             )
         except ConcurrentModification as exc:
             raise ApiError(409, "stale_version", str(exc), field="expected_version") from exc
-        rescoring.trigger()
+        await rescoring.request()
         return rules
 
     @rules_router.post(
         "/rescore",
         dependencies=admin,
-        summary="Rescore open leads scored under older rules now (up to limit); reports what remains",
+        status_code=status.HTTP_202_ACCEPTED,
+        summary="Rescore every open lead scored under other rules, as a background job",
+        description="Answers 202 with the job at once; `Location` is where its progress is read. "
+        "There is one rescoring job at a time: asking while one is queued or running answers that one.",
+        responses={
+            202: {
+                "description": "The rescoring job (new, or the one already under way)",
+                "headers": {
+                    "Location": {"description": "Where to read the job", "schema": {"type": "string"}}
+                },
+            }
+        },
     )
-    async def rescore(limit: Annotated[int, Query(ge=1, le=5000)] = 1000) -> RescoreView:
-        report: RescoreReport = await rescore_open_leads(runtime.transaction, repo, limit=limit)
-        return RescoreView(**vars(report))
+    async def rescore(response: Response) -> RescoreJobView:
+        job, _ = await rescoring.request()
+        response.headers["Location"] = f"{RESCORE_JOBS}/{job.id}"
+        return RescoreJobView.of(job)
 
-    return [router, rules_router]
+    jobs_router = APIRouter(prefix=RESCORE_JOBS, tags=["scoring"])
+    not_found: dict[int | str, dict[str, Any]] = {404: {"description": "No such rescoring job"}}
+
+    def found(job: Job | None, job_id: uuid.UUID) -> RescoreJobView:
+        if job is None:
+            raise ApiError(404, "not_found", f"rescoring job {job_id} does not exist", field="job_id")
+        return RescoreJobView.of(job)
+
+    @jobs_router.get("", dependencies=read, summary="The latest rescoring jobs, newest first")
+    async def list_rescore_jobs(limit: Annotated[int, Query(ge=1, le=100)] = 20) -> list[RescoreJobView]:
+        jobs = await runtime.jobs.recent(RESCORING_JOB, limit)
+        return [RescoreJobView.of(job) for job in jobs]
+
+    @jobs_router.get(
+        "/{job_id}",
+        dependencies=read,
+        summary="A rescoring job's state and progress: counts, rate and estimated time left",
+        responses=not_found,
+    )
+    async def get_rescore_job(job_id: uuid.UUID) -> RescoreJobView:
+        return found(await runtime.jobs.get(str(job_id), RESCORING_JOB), job_id)
+
+    @jobs_router.delete(
+        "/{job_id}",
+        dependencies=admin,
+        status_code=status.HTTP_202_ACCEPTED,
+        summary="Cancel a rescoring job (a running one stops after the batch in hand)",
+        description="Leads already rescored keep their new scores; the rest are rescored by the next "
+        "rescoring job (a rule change, a service start or `POST /scoring-rules/rescore`).",
+        responses=not_found | {409: {"description": "The job has finished already"}},
+    )
+    async def cancel_rescore_job(job_id: uuid.UUID) -> RescoreJobView:
+        try:
+            job = await runtime.jobs.cancel(str(job_id), RESCORING_JOB)
+        except JobFinished as exc:
+            raise ApiError(409, "job_finished", str(exc), field="job_id") from exc
+        return found(job, job_id)
+
+    return [router, rules_router, jobs_router]

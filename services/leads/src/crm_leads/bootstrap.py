@@ -4,29 +4,32 @@ from __future__ import annotations
 
 from crm_runtime import ServiceRuntime, ServiceSettings
 from fastapi import FastAPI
+from pydantic import Field
 
 from .api import leads_router
 from .handlers import register_handlers
 from .repository import LeadRepository
-from .use_cases import BackgroundRescoring
+from .use_cases import RESCORING_JOB, Rescoring, rescoring_step
 
 
 class LeadsSettings(ServiceSettings):
     service_name: str = "leads"
+    rescore_batch_size: int = Field(
+        default=200, ge=1, le=1000, description="Leads the rescoring job rescores per transaction."
+    )
 
 
 def create_app(settings: LeadsSettings | None = None) -> FastAPI:
-    runtime = ServiceRuntime(settings or LeadsSettings())
+    settings = settings or LeadsSettings()
+    runtime = ServiceRuntime(settings)
     repo = LeadRepository(runtime.db)
-    rescoring = BackgroundRescoring(runtime.transaction, repo)
-    # Another replica changed the rules: rescore what this one scored under the old ones.
-    repo.on_new_scoring_rules(lambda _: rescoring.trigger())
-
-    async def start_rescoring() -> None:
-        rescoring.trigger()  # finishes a rescoring pass a restart interrupted
+    runtime.jobs.register(RESCORING_JOB, rescoring_step(repo, settings.rescore_batch_size), exclusive=True)
+    rescoring = Rescoring(runtime.jobs, repo)
+    # The rules changed (here or in another replica): the one rescoring job takes the new ones.
+    repo.on_new_scoring_rules(lambda _: rescoring.request_soon())
 
     runtime.on_startup(repo.ensure_indexes)
-    runtime.on_startup(start_rescoring)
+    runtime.on_startup(rescoring.resume_if_needed)
     runtime.on_shutdown(rescoring.stop)
     register_handlers(runtime.consumer, repo)
     return runtime.create_app(

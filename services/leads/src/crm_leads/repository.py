@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from crm_contracts.events.leads import LeadStatus
 from crm_runtime.mongo import Document, from_bson, to_bson
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, ReplaceOne, UpdateMany
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -175,33 +175,44 @@ class LeadRepository:
         )
         return [_to_lead(doc) for doc in await cursor.to_list()]
 
-    async def ids_to_rescore(self, rules_version: int, limit: int) -> list[str]:
+    async def ids_to_rescore(
+        self, rules_version: int, limit: int, session: AsyncClientSession | None = None
+    ) -> list[str]:
         """Open leads last scored under another rule set."""
         docs = await self._leads.find(
-            {
-                "scoring_rules_version": {"$ne": rules_version},
-                "status": {"$in": sorted(status.value for status in OPEN_STATUSES)},
-            },
+            _scored_under_other_rules(rules_version),
             {"_id": 1},
             sort=[("_id", ASCENDING)],
             limit=limit,
+            session=session,
         ).to_list()
         return [doc["_id"] for doc in docs]
 
-    async def count_to_rescore(self, rules_version: int) -> int:
-        return await self._leads.count_documents(
-            {
-                "scoring_rules_version": {"$ne": rules_version},
-                "status": {"$in": sorted(status.value for status in OPEN_STATUSES)},
-            }
-        )
+    async def count_to_rescore(self, rules_version: int, session: AsyncClientSession | None = None) -> int:
+        return await self._leads.count_documents(_scored_under_other_rules(rules_version), session=session)
 
-    async def mark_scored(self, lead_id: str, rules_version: int, session: AsyncClientSession) -> None:
-        """Note that a lead was scored under ``rules_version`` with no change to its score:
-        bookkeeping for the rescoring pass, not a change of the lead."""
-        await self._leads.update_one(
-            {"_id": lead_id}, {"$set": {"scoring_rules_version": rules_version}}, session=session
-        )
+    async def save_rescored(
+        self,
+        changed: list[tuple[Lead, int]],
+        unchanged_ids: list[str],
+        rules_version: int,
+        session: AsyncClientSession,
+    ) -> None:
+        """Store a rescored batch in one bulk write: each changed lead (with the version it was
+        read at), and for the others only that they were scored under ``rules_version``
+        (bookkeeping for the rescoring pass, not a change of the lead)."""
+        writes: list[ReplaceOne[Document] | UpdateMany] = [
+            ReplaceOne({"_id": lead.id, "version": expected}, _to_document(lead))
+            for lead, expected in changed
+        ]
+        if unchanged_ids:
+            scored = {"$set": {"scoring_rules_version": rules_version}}
+            writes.append(UpdateMany({"_id": {"$in": unchanged_ids}}, scored))
+        if not writes:
+            return
+        result = await self._leads.bulk_write(writes, ordered=True, session=session)
+        if result.matched_count != len(changed) + len(unchanged_ids):
+            raise ConcurrentModification("leads changed while they were rescored")
 
     # -- scoring rules ----------------------------------------------------------------------
     async def scoring_rules(
@@ -246,6 +257,13 @@ class LeadRepository:
                 raise ConcurrentModification(f"the scoring rules changed since version {expected_version}")
         # Not yet committed: drop the copy, so the next read sees whichever set is in force.
         self._cached_rules = None
+
+
+def _scored_under_other_rules(rules_version: int) -> Document:
+    return {
+        "scoring_rules_version": {"$ne": rules_version},
+        "status": {"$in": sorted(status.value for status in OPEN_STATUSES)},
+    }
 
 
 def _key_filters(keys: MatchKeys) -> list[Document]:

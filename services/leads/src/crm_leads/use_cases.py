@@ -5,15 +5,14 @@ together."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, TypeVar
+from typing import Any, Literal
 
 from crm_contracts import catalog
-from crm_contracts.envelope import utcnow
+from crm_contracts.catalog import EventSpec
+from crm_contracts.envelope import CloudEvent, utcnow
 from crm_contracts.events.common import Actor
 from crm_contracts.events.leads import (
     LeadCaptured,
@@ -26,6 +25,7 @@ from crm_contracts.events.leads import (
     LeadUpdated,
 )
 from crm_runtime import UnitOfWork, make_event
+from crm_runtime.jobs import Job, JobRunner, JobStep, Step
 
 from .domain import (
     OPEN_STATUSES,
@@ -44,9 +44,6 @@ SOURCE = "/crm/leads"
 SCORING_ACTOR = "system:scoring"
 # Merges can chain (a survivor merged later into a third lead); a capture follows the chain.
 MAX_MERGE_CHAIN = 10
-
-T = TypeVar("T")
-Transact = Callable[[Callable[[UnitOfWork], Awaitable[T]]], Awaitable[T]]
 
 
 class LeadNotFound(Exception):
@@ -74,8 +71,8 @@ async def _created(uow: UnitOfWork, lead: Lead) -> None:
     await uow.emit(catalog.LEAD_CREATED, event)
 
 
-async def _updated(uow: UnitOfWork, lead: Lead, changed: list[str]) -> None:
-    event = make_event(
+def _updated_event(lead: Lead, changed: list[str]) -> CloudEvent[LeadUpdated]:
+    return make_event(
         catalog.LEAD_UPDATED,
         LeadUpdated(lead=lead.snapshot(), changed_fields=sorted(set(changed))),
         source=SOURCE,
@@ -83,7 +80,10 @@ async def _updated(uow: UnitOfWork, lead: Lead, changed: list[str]) -> None:
         version=lead.version,
         time=lead.updated_at,
     )
-    await uow.emit(catalog.LEAD_UPDATED, event)
+
+
+async def _updated(uow: UnitOfWork, lead: Lead, changed: list[str]) -> None:
+    await uow.emit(catalog.LEAD_UPDATED, _updated_event(lead, changed))
 
 
 async def _save(store: LeadStore, uow: UnitOfWork, lead: Lead, expected: int, changed: list[str]) -> None:
@@ -361,83 +361,91 @@ async def replace_scoring_rules(
     return rules
 
 
-async def rescore_lead(repo: LeadRepository, uow: UnitOfWork, lead_id: str, rules: ScoringRules) -> bool:
-    """Score one open lead again under ``rules``; the rep's rating stays. Returns whether its
-    score, rating or explanation changed."""
-    lead = await repo.get(lead_id, uow.session)
-    if lead is None or lead.status not in OPEN_STATUSES:
-        return False
-    expected = lead.version
-    changed = lead.rescore(rules, now=now_ms(), by=SCORING_ACTOR)
-    if changed:
-        await _save(repo, uow, lead, expected, changed)
-    else:
-        await repo.mark_scored(lead.id, rules.version, uow.session)
-    return bool(changed)
+async def rescore_leads(
+    repo: LeadRepository, uow: UnitOfWork, lead_ids: list[str], rules: ScoringRules
+) -> int:
+    """Score a batch of open leads again under ``rules``, set-based: one read, one bulk write
+    and one outbox write for the batch, a ``lead.updated`` for each lead whose score, rating
+    or explanation changed (a rep's rating stays). Returns how many changed."""
+    now = now_ms()
+    changed: list[tuple[Lead, int]] = []
+    unchanged: list[str] = []
+    events: list[tuple[EventSpec[Any], CloudEvent[Any]]] = []
+    for lead in await repo.get_many(lead_ids, uow.session):
+        if lead.status not in OPEN_STATUSES:
+            continue
+        expected = lead.version
+        fields = lead.rescore(rules, now=now, by=SCORING_ACTOR)
+        if fields:
+            changed.append((lead, expected))
+            events.append((catalog.LEAD_UPDATED, _updated_event(lead, fields)))
+        else:
+            unchanged.append(lead.id)
+    await repo.save_rescored(changed, unchanged, rules.version, uow.session)
+    await uow.emit_many(events)
+    return len(changed)
 
 
-@dataclass
-class RescoreReport:
-    rules_version: int
-    examined: int
-    changed: int
-    remaining: int
+RESCORING_JOB = "lead-rescoring"
 
 
-async def rescore_open_leads(
-    transaction: Transact[bool], repo: LeadRepository, *, limit: int
-) -> RescoreReport:
-    """Rescore up to ``limit`` open leads scored under older rules, each in its own unit of
-    work (a lead changed meanwhile is simply picked up by the next pass)."""
-    rules = await repo.scoring_rules(fresh=True)
-    lead_ids = await repo.ids_to_rescore(rules.version, limit)
-    changed = 0
-    for lead_id in lead_ids:
+def rescoring_step(repo: LeadRepository, batch_size: int) -> Step:
+    """One batch of the rescoring job: the next open leads scored under other rules than the
+    ones in force. Resuming needs no position: what is rescored no longer matches. Rules that
+    change under the job are simply the ones the next batch applies."""
 
-        async def work(uow: UnitOfWork, lead_id: str = lead_id) -> bool:
-            return await rescore_lead(repo, uow, lead_id, rules)
+    async def step(job: Job, uow: UnitOfWork) -> JobStep:
+        rules = await repo.scoring_rules(uow.session, fresh=True)
+        total = job.total
+        if total is None or job.position != rules.version:
+            # The first batch, or new rules: every open lead not yet under them is ahead.
+            total = job.processed + await repo.count_to_rescore(rules.version, uow.session)
+        lead_ids = await repo.ids_to_rescore(rules.version, batch_size, uow.session)
+        changed = await rescore_leads(repo, uow, lead_ids, rules)
+        return JobStep(
+            processed=len(lead_ids),
+            applied=changed,
+            position=rules.version,
+            total=total,
+            done=len(lead_ids) < batch_size,
+        )
 
-        with contextlib.suppress(ConcurrentModification):
-            changed += await transaction(work)
-    remaining = await repo.count_to_rescore(rules.version)
-    return RescoreReport(rules.version, len(lead_ids), changed, remaining)
+    return step
 
 
-class BackgroundRescoring:
-    """Rescores open leads after a rule change (and once at start, to finish a pass that a
-    restart interrupted), in batches, one lead per transaction."""
+class Rescoring:
+    """Asks for the rescoring job: after a rule change (here or, noticed, in another
+    replica), at start when leads under older rules remain, or on an administrator's request.
+    There is one such job at a time; asking while it runs returns it."""
 
-    def __init__(self, transaction: Transact[bool], repo: LeadRepository, batch: int = 200) -> None:
-        self._transaction = transaction
+    def __init__(self, jobs: JobRunner, repo: LeadRepository) -> None:
+        self._jobs = jobs
         self._repo = repo
-        self._batch = batch
-        self._task: asyncio.Task[None] | None = None
-        self._again = False
+        self._pending: set[asyncio.Task[Any]] = set()
 
-    def trigger(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._again = True  # rules changed mid-pass: run once more afterwards
-            return
-        self._task = asyncio.create_task(self._run(), name="lead-rescoring")
+    async def request(self) -> tuple[Job, bool]:
+        """The rescoring job, and whether this request created it."""
+        return await self._jobs.submit(RESCORING_JOB)
 
-    async def _run(self) -> None:
-        while True:
-            self._again = False
-            try:
-                remaining = None
-                while True:
-                    report = await rescore_open_leads(self._transaction, self._repo, limit=self._batch)
-                    if not report.remaining or report.remaining == remaining:
-                        break  # done, or stuck on leads that keep changing: the next pass gets them
-                    remaining = report.remaining
-            except Exception:
-                log.exception("rescoring failed; it resumes at the next rule change or start")
-                return
-            if not self._again:
-                return
+    def request_soon(self) -> None:
+        """For callers that cannot wait (the rules observer is synchronous)."""
+        task = asyncio.create_task(self._request_logged(), name="request-rescoring")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _request_logged(self) -> None:
+        try:
+            await self.request()
+        except Exception:
+            log.exception("could not queue the rescoring job; the next rule change or start does")
+
+    async def resume_if_needed(self) -> None:
+        """At start: leads left under older rules (a rule change no replica acted on) get a job."""
+        rules = await self._repo.scoring_rules(fresh=True)
+        if await self._repo.count_to_rescore(rules.version):
+            await self.request()
 
     async def stop(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in list(self._pending):
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)

@@ -38,6 +38,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 
 from .dead_letters import send_to_dead_letters
 from .events import decode
+from .logs import OutageLog
 from .mongo import Document, in_transaction
 from .outbox import Outbox
 from .settings import ServiceSettings
@@ -121,6 +122,9 @@ class EventConsumer:
         self.batch_handler: BatchHandler | None = None
         self._bound = False
         self._tracer = trace.get_tracer(__name__)
+        self._database_outage = OutageLog(
+            "consumer", "mongodb", summary_seconds=settings.log_outage_summary_seconds
+        )
         self.processed = Counter("crm_events_processed", "Events applied", ["topic"], registry=registry)
         self.duplicates = Counter(
             "crm_events_duplicate", "Redelivered events ignored", ["topic"], registry=registry
@@ -223,17 +227,17 @@ class EventConsumer:
         """``apply_batch``'s outcome, or the failure to deal with. A database outage is not the
         events' fault: it propagates, the subscriber NACKs and the batch is redelivered."""
         try:
-            return await self.apply_batch(deliveries)
+            applied = await self.apply_batch(deliveries)
         except PyMongoError as exc:
             if _database_unavailable(exc):
-                log.warning(
-                    "database unavailable, will redeliver", extra={"topic": deliveries[0].record.topic}
-                )
+                self._database_outage.failed(exc)  # logged once per outage; redelivered
                 await asyncio.sleep(1.0)
                 raise
             return exc
         except Exception as exc:
             return exc
+        self._database_outage.recovered()
+        return applied
 
     def _count(self, delivery: Delivery, applied: bool) -> None:
         topic = delivery.route.spec.topic

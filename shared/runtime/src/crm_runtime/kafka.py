@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from .settings import ServiceSettings
 
+BROKER_LOGGER = "crm.kafka"
+
 
 def kafka_security(settings: ServiceSettings) -> BaseSecurity | None:
     protocol = settings.kafka_security_protocol
@@ -53,7 +55,7 @@ def create_broker(
         ),
         graceful_timeout=20.0,
         # Our logger propagates to the JSON handler, so FastStream's lines carry the trace id too.
-        logger=logging.getLogger("crm.kafka"),
+        logger=logging.getLogger(BROKER_LOGGER),
         description=f"CRM {settings.service_name} service",
     )
 

@@ -6,25 +6,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import CollectorRegistry, Gauge
 
 from .kafka import aiokafka_options
+from .logs import OutageLog
 from .settings import ServiceSettings
-
-log = logging.getLogger(__name__)
 
 
 class LagMonitor:
-    def __init__(self, settings: ServiceSettings, registry: CollectorRegistry, interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        registry: CollectorRegistry,
+        interval: float = 5.0,
+        *,
+        on_kafka_reachable: Callable[[], None] = lambda: None,
+    ) -> None:
         self._settings = settings
         self._topics: list[str] = []
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
         self.by_topic: dict[str, int] = {}
+        # Measuring every few seconds makes the monitor the service's steadiest view of Kafka.
+        self._outage = OutageLog("lag monitor", summary_seconds=settings.log_outage_summary_seconds)
+        self._on_kafka_reachable = on_kafka_reachable
         self.gauge = Gauge(
             "crm_consumer_lag",
             "Messages not yet consumed by the service's group, per logical topic",
@@ -59,7 +68,10 @@ class LagMonitor:
                 try:
                     await self.measure(admin, probe)
                 except Exception as exc:  # Kafka away: keep the last figures, try again
-                    log.debug("lag measurement failed", extra={"error": str(exc)})
+                    self._outage.failed(exc)
+                else:
+                    self._outage.recovered()
+                    self._on_kafka_reachable()
                 await asyncio.sleep(self._interval)
         finally:
             await probe.stop()

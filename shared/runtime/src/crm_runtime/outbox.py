@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +31,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from .events import encode
+from .logs import OutageLog
 from .mongo import Document
 from .settings import ServiceSettings
 
@@ -105,6 +107,8 @@ class OutboxRelay:
         outbox: Outbox,
         settings: ServiceSettings,
         registry: CollectorRegistry,
+        *,
+        on_kafka_reachable: Callable[[], None] = lambda: None,
     ) -> None:
         self._db = db
         self._broker = broker
@@ -121,6 +125,12 @@ class OutboxRelay:
         )
         self.last_error: str | None = None
         self._lease_until: datetime | None = None
+        # A failure is either the database's or Kafka's; each outage is logged once.
+        self._outages = {
+            resource: OutageLog("outbox relay", resource, summary_seconds=settings.log_outage_summary_seconds)
+            for resource in ("kafka", "mongodb")
+        }
+        self._on_kafka_reachable = on_kafka_reachable
 
     async def ensure_indexes(self) -> None:
         await self._db[OUTBOX].create_index([("created_at", ASCENDING)])
@@ -147,9 +157,13 @@ class OutboxRelay:
                 published = await self.relay_once() if await self._hold_lease() else 0
                 self.last_error = None
                 backoff = 0.1
+                for outage in self._outages.values():
+                    outage.recovered()
+                if published:
+                    self._on_kafka_reachable()
             except Exception as exc:  # Kafka or Mongo away: keep everything, try again.
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("outbox relay failed, retrying", extra={"error": self.last_error})
+                self._outages["mongodb" if isinstance(exc, PyMongoError) else "kafka"].failed(exc)
                 published = 0
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -28,9 +28,10 @@ from .consumer import EventConsumer
 from .dead_letters import dlq_topic
 from .health import Detail, health_router
 from .http import BodySizeLimit, TokenAuth, UnexpectedErrors, install_error_handlers
-from .kafka import create_broker, ensure_topics
+from .jobs import JobRunner
+from .kafka import BROKER_LOGGER, create_broker, ensure_topics
 from .lag import LagMonitor
-from .logs import configure_logging
+from .logs import KafkaClientLogThrottle, configure_logging
 from .mongo import DatabaseUnreachable, create_client, in_transaction
 from .openapi import document_error_responses
 from .outbox import Outbox, OutboxRelay
@@ -49,6 +50,9 @@ class ServiceRuntime:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         configure_logging(settings.service_name, settings.log_level)
+        # Holds back the Kafka clients' repeated connection errors; any success of ours ends it.
+        self.kafka_log_throttle = KafkaClientLogThrottle(summary_seconds=settings.log_outage_summary_seconds)
+        self.kafka_log_throttle.install([BROKER_LOGGER])
         self.registry = CollectorRegistry()
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             try:
@@ -60,9 +64,18 @@ class ServiceRuntime:
         self.db = self.client[settings.database_name]
         self.broker = create_broker(settings, tracer_provider=self.tracer_provider, registry=self.registry)
         self.outbox = Outbox(self.db, settings)
-        self.relay = OutboxRelay(self.db, self.broker, self.outbox, settings, self.registry)
+        kafka_reachable = self.kafka_log_throttle.recovered
+        self.relay = OutboxRelay(
+            self.db, self.broker, self.outbox, settings, self.registry, on_kafka_reachable=kafka_reachable
+        )
         self.consumer = EventConsumer(self.broker, self.client, self.db, self.outbox, settings, self.registry)
-        self.lag = LagMonitor(settings, self.registry, interval=settings.lag_interval_seconds)
+        self.lag = LagMonitor(
+            settings,
+            self.registry,
+            interval=settings.lag_interval_seconds,
+            on_kafka_reachable=kafka_reachable,
+        )
+        self.jobs = JobRunner(self.client, self.db, self.outbox, settings)
         self.auth = TokenAuth(settings.api_tokens.get_secret_value() if settings.api_tokens else None)
         self.source = f"/crm/{settings.service_name}"
         self._startup: list[Hook] = []
@@ -97,12 +110,15 @@ class ServiceRuntime:
         await self._wait_for_database()
         await self.relay.ensure_indexes()
         await self.consumer.ensure_indexes()
+        if self.jobs.kinds:
+            await self.jobs.ensure_indexes()
         for hook in self._startup:
             await hook()
         await ensure_topics(self.settings, self._owned_topics())
         self.consumer.bind()
         await self.broker.start()
         self.relay.start()
+        self.jobs.start()
         self.lag.start(sorted(self.consumer.routes))
         log.info("service started", extra={"database": self.settings.database_name})
 
@@ -111,6 +127,7 @@ class ServiceRuntime:
         # group), then flush the outbox while the producer still runs, then close the clients.
         await self.lag.stop()
         await asyncio.gather(*(subscriber.stop() for subscriber in self.broker.subscribers))
+        await self.jobs.stop()  # the batch in hand commits; its events are flushed next
         await self.relay.stop()
         await self.broker.stop()
         for hook in reversed(self._shutdown):
@@ -137,6 +154,7 @@ class ServiceRuntime:
     async def _check_kafka(self) -> None:
         if not await self.broker.ping(timeout=2.0):
             raise ConnectionError("Kafka did not answer")
+        self.kafka_log_throttle.recovered()
 
     async def _check_mongo(self) -> None:
         await self.db.command("ping")

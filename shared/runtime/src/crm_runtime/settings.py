@@ -44,6 +44,11 @@ class ServiceSettings(BaseSettings):
     http_host: str = "0.0.0.0"  # containers listen on all interfaces
     http_port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_outage_summary_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="During an outage, how often a component summarises its held-back failures.",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
     api_tokens: SecretStr | None = Field(
         default=None,
@@ -63,6 +68,12 @@ class ServiceSettings(BaseSettings):
     )
     consumer_max_attempts: int = Field(default=5, ge=1, description="Tries before a dead letter.")
     consumer_retry_backoff_seconds: float = Field(default=0.2, ge=0)
+    jobs_lease_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        description="How long a replica owns a background job without progress before another takes over.",
+    )
+    jobs_poll_seconds: float = Field(default=1.0, gt=0, description="How often idle runners look for jobs.")
     lag_interval_seconds: float = Field(default=5.0, gt=0, description="How often consumer lag is measured.")
 
     @model_validator(mode="after")
