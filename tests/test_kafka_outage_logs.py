@@ -74,8 +74,9 @@ async def an_outage(
 
 
 async def test_a_kafka_outage_logs_one_error_per_component_then_summaries_and_recovery(
-    infra: Any, tmp_path: Path
+    disposable_infra: Any, tmp_path: Path
 ) -> None:
+    infra = disposable_infra  # this test stops its broker: never the shared one
     isolation = isolation_key()
     topic = service_env(infra, "leads", isolation=isolation)["topic_prefix"] + "lead.created"
     env = {"CRM_LOG_LEVEL": "INFO", "CRM_LOG_OUTAGE_SUMMARY_SECONDS": str(SUMMARY_SECONDS)}

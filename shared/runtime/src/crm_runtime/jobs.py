@@ -42,6 +42,10 @@ from .unit_of_work import UnitOfWork
 log = logging.getLogger(__name__)
 
 JOBS = "jobs"
+# One document per exclusive kind while it has an active job, keyed by the kind: a second one
+# cannot be inserted. (An ``_id`` rather than a unique secondary index: SecantusDB's Rust
+# server keeps a unique index's old key after an update changes or unsets the field.)
+JOB_LOCKS = "job_locks"
 JOB_RETENTION_SECONDS = 30 * 24 * 3600  # finished jobs stay readable for a month
 FAILED_BATCH_ATTEMPTS = 5
 
@@ -244,6 +248,7 @@ class JobRunner:
     ) -> None:
         self._client = client
         self._jobs = db[JOBS]
+        self._locks = db[JOB_LOCKS]
         self._outbox = outbox
         self._lease = timedelta(seconds=settings.jobs_lease_seconds)
         self._poll_seconds = settings.jobs_poll_seconds
@@ -267,8 +272,6 @@ class JobRunner:
         return sorted(self._kinds)
 
     async def ensure_indexes(self) -> None:
-        # Holds the kind while an exclusive job is active: a second one cannot be inserted.
-        await self._jobs.create_index("active_key", unique=True, sparse=True)
         await self._jobs.create_index([("kind", ASCENDING), ("created_at", DESCENDING)])
         await self._jobs.create_index([("state", ASCENDING), ("created_at", ASCENDING)])
         await self._jobs.create_index("finished_at", expireAfterSeconds=JOB_RETENTION_SECONDS)
@@ -290,9 +293,15 @@ class JobRunner:
                 created_at=now,
                 updated_at=now,
             )
-            doc = _to_document(job) | ({"active_key": kind} if exclusive else {})
+            doc = _to_document(job)
+
+            async def queue(session: AsyncClientSession, doc: Document = doc) -> None:
+                if exclusive:
+                    await self._locks.insert_one({"_id": kind, "job_id": doc["_id"]}, session=session)
+                await self._jobs.insert_one(doc, session=session)
+
             try:
-                await self._jobs.insert_one(doc)
+                await in_transaction(self._client, queue)
             except DuplicateKeyError:
                 existing = await self._existing(kind, job_id, exclusive, now)
                 if existing is not None:
@@ -311,12 +320,24 @@ class JobRunner:
                 return _to_job(doc)
         if not exclusive:
             return None
+        lock = await self._locks.find_one({"_id": kind})
+        if lock is None:
+            return None
         # A write to the active job: if its batch is committing right now, the two conflict
         # and the batch runs again, so it sees whatever the caller committed before asking.
         doc = await self._jobs.find_one_and_update(
-            {"active_key": kind}, {"$set": {"requested_at": now}}, return_document=ReturnDocument.AFTER
+            {"_id": lock["job_id"], "state": {"$in": _ACTIVE}},
+            {"$set": {"requested_at": now}},
+            return_document=ReturnDocument.AFTER,
         )
-        return _to_job(doc) if doc is not None else None
+        if doc is None:  # the job ended without releasing its kind (a crash between the two)
+            await self._locks.delete_one({"_id": kind, "job_id": lock["job_id"]})
+            return None
+        return _to_job(doc)
+
+    async def _unlock(self, job: Job, session: AsyncClientSession | None = None) -> None:
+        """An ended job no longer holds its kind (a no-op for kinds that are not exclusive)."""
+        await self._locks.delete_one({"_id": job.kind, "job_id": job.id}, session=session)
 
     async def get(self, job_id: str, kind: str | None = None) -> Job | None:
         query: Document = {"_id": job_id} | ({"kind": kind} if kind else {})
@@ -338,16 +359,23 @@ class JobRunner:
         now = utcnow()
         idle = {"_id": job_id, "state": {"$in": _ACTIVE}} | _unowned(now)
         ended = job.cancelled(now)
-        result = await self._jobs.update_one(
-            idle,
-            {
-                "$set": to_bson(
-                    ended.model_dump(include={"state", "cancel_requested", "updated_at", "finished_at"})
-                ),
-                "$unset": {"active_key": "", "owner": "", "lease_until": ""},
-            },
-        )
-        if not result.modified_count:
+
+        async def end(session: AsyncClientSession) -> int:
+            result = await self._jobs.update_one(
+                idle,
+                {
+                    "$set": to_bson(
+                        ended.model_dump(include={"state", "cancel_requested", "updated_at", "finished_at"})
+                    ),
+                    "$unset": {"owner": "", "lease_until": ""},
+                },
+                session=session,
+            )
+            if result.modified_count:
+                await self._unlock(job, session)
+            return result.modified_count
+
+        if not await in_transaction(self._client, end):
             await self._jobs.update_one(
                 {"_id": job_id, "state": {"$in": _ACTIVE}}, {"$set": {"cancel_requested": True}}
             )
@@ -507,7 +535,7 @@ class JobRunner:
         unset: dict[str, str] = {name: "" for name, value in fields.items() if value is None}
         update: Document = {"$set": {name: value for name, value in fields.items() if value is not None}}
         if job.finished:
-            unset |= {"active_key": "", "owner": "", "lease_until": ""}
+            unset |= {"owner": "", "lease_until": ""}
         else:
             update["$set"]["lease_until"] = now + self._lease
         if unset:
@@ -515,6 +543,8 @@ class JobRunner:
         result = await self._jobs.update_one({"_id": job.id, "owner": token}, update, session=session)
         if result.matched_count != 1:
             raise LeaseLost(job.id)  # aborts the transaction: the batch is not applied
+        if job.finished:
+            await self._unlock(job, session)
 
     async def _fail(self, claim: _Claim, error: str) -> bool:
         """Mark the job failed (if this claim still owns it); whether it did."""
