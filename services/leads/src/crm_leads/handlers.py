@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from crm_contracts import catalog
 from crm_contracts.envelope import CloudEvent
 from crm_contracts.events.leads import LeadCaptured
 from crm_runtime import EventConsumer, UnitOfWork
 
 from .repository import LeadRepository
-from .use_cases import capture_lead
+from .use_cases import capture_lead, capture_leads
+
+
+def _captured_by(event: CloudEvent[Any]) -> str:
+    return f"system:{event.source}"
 
 
 def register_handlers(consumer: EventConsumer, repo: LeadRepository) -> None:
-    @consumer.on(catalog.LEAD_CAPTURED)
+    """A fetched batch of captures is applied set-based (``capture_leads``); a single event,
+    and each event of a batch that failed, goes through ``capture_lead`` on its own."""
+
     async def on_lead_captured(event: CloudEvent[LeadCaptured], uow: UnitOfWork) -> None:
-        await capture_lead(repo, uow, event.data, by=f"system:{event.source}")
+        with uow.applying(event):
+            await capture_lead(repo, uow, event.data, by=_captured_by(event))
+
+    async def on_captured_batch(events: list[CloudEvent[Any]], uow: UnitOfWork) -> None:
+        unexpected = sorted({event.type for event in events if not isinstance(event.data, LeadCaptured)})
+        if unexpected:
+            raise TypeError(f"no batch handler for {', '.join(unexpected)}")
+        if len(events) == 1:
+            await on_lead_captured(events[0], uow)
+            return
+        await capture_leads(
+            repo,
+            uow,
+            [(event.data, _captured_by(event)) for event in events],
+            each=lambda index: uow.applying(events[index]),
+        )
+
+    consumer.subscribe(catalog.LEAD_CAPTURED, on_lead_captured)
+    consumer.handle_batches_with(on_captured_batch)

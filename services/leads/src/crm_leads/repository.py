@@ -12,12 +12,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+import bson
+from bson.codec_options import CodecOptions
 from crm_contracts.events.leads import LeadStatus
 from crm_runtime.mongo import Document, from_bson, to_bson
 from pymongo import ASCENDING, DESCENDING, ReplaceOne, UpdateMany
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from .domain import MAX_DUPLICATE_LINKS, OPEN_STATUSES, Lead, MatchKeys
 from .scoring import ScoringRules, default_rules
@@ -26,6 +28,7 @@ LEADS = "leads"
 SCORING_RULES = "scoring_rules"
 CURRENT_RULES = "current"
 RULES_TTL_SECONDS = 5.0
+_STORED: CodecOptions[Document] = CodecOptions(tz_aware=True)
 
 
 class ConcurrentModification(Exception):
@@ -151,6 +154,59 @@ class LeadRepository:
         return sorted(found.values(), key=lambda match: (match.captured_at, match.id))[
             : MAX_DUPLICATE_LINKS * 2
         ]
+
+    async def find_by_match_keys(
+        self,
+        emails: set[str],
+        phones: set[str],
+        names_at_domains: set[tuple[str, str]],
+        session: AsyncClientSession,
+    ) -> list[Lead]:
+        """Every stored lead (merged ones too) with one of ``emails``, ``phones`` or
+        (company domain, name key) pairs: a batch's duplicate candidates, one ``$in`` query
+        per key kind, each on its own index."""
+        queries: list[Document] = []
+        if emails:
+            queries.append({"email_normalised": {"$in": sorted(emails)}})
+        if phones:
+            queries.append({"phone_key": {"$in": sorted(phones)}})
+        if names_at_domains:
+            # Both ``$in`` on the compound index: the cross product, narrowed to the pairs here.
+            queries.append(
+                {
+                    "company_domain": {"$in": sorted({domain for domain, _ in names_at_domains})},
+                    "name_key": {"$in": sorted({name for _, name in names_at_domains})},
+                }
+            )
+        found: dict[str, Lead] = {}
+        for query in queries:
+            for doc in await self._leads.find(query, session=session).to_list():
+                if doc["_id"] not in found:
+                    found[doc["_id"]] = _to_lead(doc)
+        return list(found.values())
+
+    async def save_captured(
+        self, added: list[Lead], changed: list[tuple[Lead, int]], session: AsyncClientSession
+    ) -> None:
+        """Store a captured batch: the new leads in one insert, the changed ones in one bulk
+        write, each guarded by the version it was read at."""
+        if added:
+            try:
+                await self._leads.insert_many([_to_document(lead) for lead in added], session=session)
+            except BulkWriteError as exc:
+                # Another transaction stored one of the capture keys first: retrying finds it.
+                raise ConcurrentModification("a captured lead was stored concurrently") from exc
+        if changed:
+            result = await self._leads.bulk_write(
+                [
+                    ReplaceOne({"_id": lead.id, "version": expected}, _to_document(lead))
+                    for lead, expected in changed
+                ],
+                ordered=False,
+                session=session,
+            )
+            if result.matched_count != len(changed):
+                raise ConcurrentModification("leads changed while their captures were applied")
 
     async def search(self, query: LeadQuery) -> list[Lead]:
         clauses: list[Document] = [{name: value} for name, value in sorted(query.filters.items())]
@@ -281,6 +337,12 @@ def _to_document(lead: Lead) -> Document:
     doc: Document = to_bson(lead.model_dump(exclude={"id"}))
     doc["_id"] = lead.id
     return doc
+
+
+def stored_form(lead: Lead) -> Lead:
+    """``lead`` as reading it back after storing it gives (times at millisecond precision):
+    what a batch held in memory must equal, so it decides as the database-backed path would."""
+    return _to_lead(bson.decode(bson.encode(_to_document(lead)), codec_options=_STORED))
 
 
 def _to_lead(doc: Document) -> Lead:

@@ -7,7 +7,9 @@ both describe the one state the change produced."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -29,6 +31,7 @@ from crm_contracts.events.opportunities import (
 from crm_runtime import UnitOfWork, make_event
 from pydantic import BaseModel
 
+from .batch_records import ConversionBatch
 from .domain import (
     DEFAULT_LOSS_REASONS,
     DEFAULT_PIPELINE_ID,
@@ -782,6 +785,29 @@ async def apply_lead_conversion(
     )
     outcome.created.append("opportunity")
     return outcome
+
+
+async def apply_lead_conversions(
+    repos: Repositories,
+    uow: UnitOfWork,
+    conversions: Sequence[LeadConverted],
+    *,
+    each: Callable[[int], AbstractContextManager[object]] = lambda _: contextlib.nullcontext(),
+) -> list[ConversionOutcome]:
+    """``apply_lead_conversion`` for each of ``conversions`` in order, set-based: the records
+    they name are read with one ``$in`` query per collection, the conversions applied by
+    ``apply_lead_conversion`` itself over them in memory, and the new records stored with one
+    insert per collection and one outbox write. ``each(i)`` is entered around the i-th (the
+    consumer's per-event trace). Anything a conversion does not normally do, or a record
+    stored concurrently, raises and nothing is written."""
+    batch = await ConversionBatch.load(repos, uow.session, list(conversions))
+    outcomes = []
+    async with uow.one_outbox_write():
+        for index, converted in enumerate(conversions):
+            with each(index):
+                outcomes.append(await apply_lead_conversion(batch.repos, uow, converted))
+        await batch.save()
+    return outcomes
 
 
 async def _conversion_account(

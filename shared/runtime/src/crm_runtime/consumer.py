@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -163,7 +164,9 @@ class EventConsumer:
     def handle_batches_with(self, handler: BatchHandler) -> None:
         """Apply each batch's new events with ``handler`` (still inside the consumer's
         transaction) instead of calling each route's handler in turn. A batch that fails is
-        applied again one event at a time, each as a batch of one through ``handler``."""
+        applied again one event at a time, each as a batch of one through ``handler``. What
+        the handler does for one event belongs inside ``with uow.applying(event):``, so the
+        events it emits continue that event's trace."""
         self.batch_handler = handler
 
     def bind(self) -> None:
@@ -265,7 +268,8 @@ class EventConsumer:
                     new.append(delivery)
             if not new:
                 return applied
-            uow = UnitOfWork(session, self._outbox)
+            by_event = {id(d.event): d for d in new}
+            uow = UnitOfWork(session, self._outbox, event_scope=lambda event: self._span(by_event[id(event)]))
             if self.batch_handler is not None:
                 await self.batch_handler([d.event for d in new], uow)
             else:
@@ -283,14 +287,17 @@ class EventConsumer:
         return applied
 
     async def _run_handler(self, delivery: Delivery, uow: UnitOfWork) -> None:
+        with self._span(delivery):
+            await delivery.route.handler(delivery.event, uow)
+
+    def _span(self, delivery: Delivery) -> AbstractContextManager[object]:
         # Each event under its producer's trace, so the events it emits continue that trace.
-        with self._tracer.start_as_current_span(
+        return self._tracer.start_as_current_span(
             f"{delivery.route.spec.topic} apply",
             context=_trace_context(delivery.record),
             kind=trace.SpanKind.CONSUMER,
             attributes={"messaging.message.id": delivery.event.id},
-        ):
-            await delivery.route.handler(delivery.event, uow)
+        )
 
     async def handle_event(self, delivery: Delivery) -> None:
         """Apply one event in its own transaction, with retries, then the dead-letter topic."""

@@ -57,16 +57,22 @@ class Outbox:
         self._wake = asyncio.Event()
 
     async def add(self, session: AsyncClientSession, topic: str, event: CloudEvent[Any]) -> None:
-        await self._collection.insert_one(
-            self._entry(topic, event, _current_trace_carrier()), session=session
-        )
+        await self._collection.insert_one(self.entry(topic, event), session=session)
 
     async def add_many(self, session: AsyncClientSession, entries: list[tuple[str, CloudEvent[Any]]]) -> None:
         """Several events in one write (bulk operations), in the given order."""
+        trace = _current_trace_carrier()
+        await self.add_entries(session, [self._entry(topic, event, trace) for topic, event in entries])
+
+    def entry(self, topic: str, event: CloudEvent[Any]) -> Document:
+        """The outbox entry of ``event`` under the current trace context, to be written later
+        with ``add_entries`` (a batch whose events each continue their own trace)."""
+        return self._entry(topic, event, _current_trace_carrier())
+
+    async def add_entries(self, session: AsyncClientSession, entries: list[Document]) -> None:
+        """Entries made by ``entry``, in one write, in the given order."""
         if entries:
-            trace = _current_trace_carrier()
-            documents = [self._entry(topic, event, trace) for topic, event in entries]
-            await self._collection.insert_many(documents, ordered=True, session=session)
+            await self._collection.insert_many(entries, ordered=True, session=session)
 
     def _entry(self, topic: str, event: CloudEvent[Any], trace: dict[str, str]) -> Document:
         return {
