@@ -67,6 +67,12 @@ class JobFinished(Exception):
     """The job has ended already (done, failed or cancelled): there is nothing to cancel."""
 
 
+class RedoBatch(Exception):
+    """Raised by a step that learned something that changes its batch (e.g. a row that cannot
+    be applied and must be left out): the batch's transaction is aborted and the batch runs
+    again at once, not counted as a failed attempt. The step must make progress each time."""
+
+
 class LeaseLost(Exception):
     """Another replica owns the job now (this one's lease expired): its batch is not applied."""
 
@@ -435,6 +441,8 @@ class JobRunner:
             while not self._stopping.is_set():
                 try:
                     finished = await in_transaction(self._client, lambda s: self._batch(claim, s))
+                except RedoBatch:
+                    continue
                 except LeaseLost:
                     owned = False
                     log.warning("another replica took the job over", extra={"job_id": job.id})

@@ -75,6 +75,8 @@ class ServiceRuntime:
         self.jobs = JobRunner(self.client, self.db, self.outbox, settings)
         self.auth = TokenAuth(settings.api_tokens.get_secret_value() if settings.api_tokens else None)
         self.source = f"/crm/{settings.service_name}"
+        # Routes that stream their body (imports): CRM_MAX_IMPORT_BYTES instead of CRM_MAX_BODY_BYTES.
+        self.streamed_upload_paths: set[str] = set()
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
 
@@ -186,7 +188,12 @@ class ServiceRuntime:
             return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
         instrument_app(app)
-        app.add_middleware(BodySizeLimit, max_bytes=self.settings.max_body_bytes)
+        app.add_middleware(
+            BodySizeLimit,
+            max_bytes=self.settings.max_body_bytes,
+            large_paths=frozenset(self.streamed_upload_paths),
+            large_max_bytes=self.settings.max_import_bytes,
+        )
         app.state.runtime = self
         return app
 
