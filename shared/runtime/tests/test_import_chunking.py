@@ -106,7 +106,7 @@ def test_a_multibyte_character_split_between_pieces_is_read_whole() -> None:
 def test_suggestions_are_the_closest_known_values_as_spelled() -> None:
     products = ["Widget Pro", "Widget Basic", "Gadget", "Support Plan"]
     assert closest("widget pro ", products)[0] == "Widget Pro"  # case and blanks aside: exact
-    assert set(closest("Widgit", products)) == {"Widget Pro", "Widget Basic"}
+    assert closest("Widgit Pro", products) == ["Widget Pro"]
     assert closest("Zebra", products) == []
     assert did_you_mean("Gadgte", products) == "; did you mean 'Gadget'?"
     assert did_you_mean("nothing alike", products) == ""
