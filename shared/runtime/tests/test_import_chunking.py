@@ -99,7 +99,7 @@ def test_ndjson_lines_are_numbered_and_bad_lines_kept_as_unreadable(piece: int) 
 
 
 def test_a_multibyte_character_split_between_pieces_is_read_whole() -> None:
-    chunks = chunk_all('name\nJosé Müller\n'.encode(), "text/csv", piece=1)
+    chunks = chunk_all("name\nJosé Müller\n".encode(), "text/csv", piece=1)
     assert chunks[0][0].fields == {"name": "José Müller"}
 
 
