@@ -199,7 +199,7 @@ class ImportJobs:
         # them; the redone chunk finds them again).
         self._left_out: dict[str, dict[int, Rejection]] = {}
         for target in self.targets.values():
-            self._jobs.register(target.kind, self._step(target))
+            self._jobs.register(target.kind, self._step(target), on_cancel=self._drop_chunks)
             runtime.streamed_upload_paths.add(f"/imports/{target.object}")
         runtime.on_startup(self.ensure_indexes)
 
@@ -319,6 +319,11 @@ class ImportJobs:
 
         return step
 
+    async def _drop_chunks(self, job: Job, uow: UnitOfWork) -> JobStep:
+        """A cancelled import's rest of the file goes."""
+        await self._chunks.delete_many({"job_id": job.id}, session=uow.session)
+        return JobStep(processed=0)
+
     # -- reading ------------------------------------------------------------------------------
     async def get(self, job_id: str) -> Job | None:
         job = await self._jobs.get(job_id)
@@ -344,7 +349,7 @@ class ImportJobs:
             return None
         cancelled = await self._jobs.cancel(job_id, job.kind)
         if cancelled is not None and cancelled.finished:
-            await self._chunks.delete_many({"job_id": job_id})  # a running one's go with their TTL
+            await self._chunks.delete_many({"job_id": job_id})  # a running one's: on_cancel
         return cancelled
 
     # -- HTTP ---------------------------------------------------------------------------------

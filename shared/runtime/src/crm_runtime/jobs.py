@@ -225,6 +225,7 @@ Step = Callable[[Job, UnitOfWork], Awaitable[JobStep]]
 class _Kind:
     step: Step
     exclusive: bool
+    on_cancel: Step | None = None
 
 
 @dataclass(frozen=True)
@@ -263,10 +264,13 @@ class JobRunner:
         self._outage = OutageLog("job runner", "mongodb", summary_seconds=settings.log_outage_summary_seconds)
 
     # -- composition ------------------------------------------------------------------------
-    def register(self, kind: str, step: Step, *, exclusive: bool = False) -> None:
+    def register(
+        self, kind: str, step: Step, *, exclusive: bool = False, on_cancel: Step | None = None
+    ) -> None:
         """Let this replica work jobs of ``kind`` with ``step``. An ``exclusive`` kind has at
-        most one queued or running job: submitting another returns that one."""
-        self._kinds[kind] = _Kind(step, exclusive)
+        most one queued or running job: submitting another returns that one. ``on_cancel``
+        tidies up after a running job stopped by a cancellation, in its last transaction."""
+        self._kinds[kind] = _Kind(step, exclusive, on_cancel)
 
     @property
     def kinds(self) -> list[str]:
@@ -492,6 +496,9 @@ class JobRunner:
         now = utcnow()
         if job.cancel_requested:
             after = job.cancelled(now)
+            on_cancel = self._kinds[job.kind].on_cancel
+            if on_cancel is not None:
+                await on_cancel(job, UnitOfWork(session, self._outbox))
         else:
             step = await self._kinds[job.kind].step(job, UnitOfWork(session, self._outbox))
             after = job.advanced(step, now)
