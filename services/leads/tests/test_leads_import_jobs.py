@@ -7,10 +7,13 @@ row of the file once and each lead's ``lead.created`` once."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -234,3 +237,38 @@ def _alive(pid: int) -> bool:
     from crm_localinfra._proc import pid_alive
 
     return pid_alive(pid)
+
+
+@pytest.mark.e2e
+async def test_crm_import_uploads_follows_the_job_and_prints_where_the_rejections_are(
+    infra: Any, tmp_path: Path
+) -> None:
+    isolation = isolation_key()
+    upload = tmp_path / "leads.ndjson"
+    upload.write_bytes(leads_file(600) + b'{"external_id": "bad", "person": {"email": "nope"}}\n')
+    async with running_services(
+        infra, ["leads"], log_dir=tmp_path, isolation=isolation, extra_env={"CRM_IMPORT_CHUNK_ROWS": "100"}
+    ) as services:
+        base = services["leads"].base_url
+        command = [str(Path(sys.executable).parent / "crm-import"), str(upload), "--kind", "leads"]
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [*command, "--url", base, "--source-system", "cli", "--interval", "0.2"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "leads from cli): done" in done.stdout
+        assert "applied 600; rejected 1" in done.stdout
+        [where] = [line for line in done.stdout.splitlines() if "rejections:" in line]
+        async with httpx.AsyncClient() as http:
+            rejections = (await http.get(where.split("rejections: ")[1])).text
+        assert "person.email" in rejections and "nope" in rejections
+        # stderr is no terminal here: plain progress lines, the last one at 100%
+        progress = [line for line in done.stderr.splitlines() if line.startswith("[")]
+        assert progress and "100% 601/601 rows" in progress[-1]
+        refused = await asyncio.to_thread(
+            subprocess.run, [*command, "--url", base, "--format", "csv"], capture_output=True, text=True
+        )
+        assert refused.returncode == 2 and "refused (422)" in refused.stderr
