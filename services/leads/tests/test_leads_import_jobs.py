@@ -170,6 +170,7 @@ async def test_an_upload_over_the_import_limit_is_refused(
     )
     assert response.status_code == 413 and response.json()["error"] == "payload_too_large"
     assert await runtime.db.jobs.count_documents({}) == 0
+    assert await runtime.db.import_chunks.count_documents({}) == 0  # the chunks stored before it went
     # Other routes keep the ordinary limit.
     other = await http.post(
         "/leads", content=b"x" * (settings.max_body_bytes + 1), headers={"content-type": "application/json"}

@@ -19,6 +19,7 @@ without it (the row becomes a rejection)."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import uuid
@@ -32,7 +33,6 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from pymongo import ASCENDING
-from starlette.requests import ClientDisconnect
 
 from .chunking import UploadChunker
 from .http import ApiError
@@ -235,8 +235,8 @@ class ImportJobs:
             async for piece in body:
                 await store(chunker.feed(piece))
             await store(chunker.finish())
-        except (UnreadableUpload, ClientDisconnect):
-            await self._chunks.delete_many({"job_id": job_id})
+        except BaseException:  # unreadable, too large (413), the client gone, cancelled
+            await asyncio.shield(self._chunks.delete_many({"job_id": job_id}))
             raise
         params = ImportParams(
             object=target.object,
