@@ -165,10 +165,19 @@ async def test_an_upload_over_the_import_limit_is_refused(
     http, settings, runtime = service
     body = leads_file(40_000)
     assert len(body) > settings.max_import_bytes
-    response = await http.post(
+    declared = await http.post(
         "/imports/leads", content=body, headers={"content-type": "application/x-ndjson"}
     )
-    assert response.status_code == 413 and response.json()["error"] == "payload_too_large"
+    assert declared.status_code == 413 and declared.json()["error"] == "payload_too_large"
+
+    async def undeclared() -> AsyncIterator[bytes]:  # no Content-Length: refused mid-stream
+        for start in range(0, len(body), 65_536):
+            yield body[start : start + 65_536]
+
+    streamed = await http.post(
+        "/imports/leads", content=undeclared(), headers={"content-type": "application/x-ndjson"}
+    )
+    assert streamed.status_code == 413 and streamed.json()["error"] == "payload_too_large"
     assert await runtime.db.jobs.count_documents({}) == 0
     assert await runtime.db.import_chunks.count_documents({}) == 0  # the chunks stored before it went
     # Other routes keep the ordinary limit.
