@@ -4,6 +4,8 @@ rules, search and paging, qualification and conversion, bad input."""
 
 from __future__ import annotations
 
+import csv
+import io
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -234,7 +236,7 @@ async def test_capture_needs_the_write_scope(infra: Any) -> None:
             "/leads/capture", json=body, headers={"Authorization": f"Bearer {READ_TOKEN}"}
         )
         assert (anonymous.status_code, reader.status_code) == (401, 403)
-        for path in ("/leads", "/leads/imports"):
+        for path in ("/leads", "/imports/leads"):
             assert (await leads.http.post(path, json=body)).status_code == 401
         writer = await leads.http.post(
             "/leads/capture", json=body, headers={"Authorization": f"Bearer {WRITE_TOKEN}"}
@@ -301,71 +303,84 @@ CSV = (
 )
 
 
-async def test_an_ndjson_import_reports_each_row_and_keeps_historical_times(leads: Leads) -> None:
+async def run_import(
+    leads: Leads, body: bytes, content_type: str, query: str = ""
+) -> tuple[dict[str, Any], dict[int, list[dict[str, str]]]]:
+    """The import job once it has ended, and its rejections by row."""
     response = await leads.http.post(
-        "/leads/imports", content=NDJSON, headers={"content-type": "application/x-ndjson"}
+        f"/imports/leads{query}", content=body, headers={"content-type": content_type}
     )
-    assert response.status_code == 200, response.text
-    report = response.json()
-    assert report["counts"] == {"created": 2, "updated": 0, "unchanged": 0, "rejected": 3}
-    rows = {row["row"]: row for row in report["rows"]}
-    assert sorted(rows) == [1, 3, 4, 5, 6]  # line numbers; the blank line 2 is not a row
-    assert rows[1]["status"] == "created" and rows[1]["lead_id"] == lead_id_for("list-import", "r1")
-    assert rows[3]["problems"][0]["field"] == "person.email"
-    assert rows[4]["problems"] == [{"field": "(row)", "reason": "not a JSON object"}]
-    assert rows[5]["problems"] == [{"field": "captured_at", "reason": "Field required"}]
-    assert rows[6]["lead_id"] == lead_id_for("tradeshow", "r4")
-    r1 = (await leads.http.get(f"/leads/{rows[1]['lead_id']}")).json()
+    assert response.status_code == 202, response.text
+    location = response.headers["location"]
+
+    async def ended() -> dict[str, Any] | None:
+        job: dict[str, Any] = (await leads.http.get(location)).json()
+        return job if job["state"] not in ("queued", "running") else None
+
+    job = await eventually(ended)
+    rejected = await leads.http.get(f"{location}/rejections")
+    assert rejected.headers["content-type"].startswith("text/csv")
+    by_row: dict[int, list[dict[str, str]]] = {}
+    for line in csv.DictReader(io.StringIO(rejected.text)):
+        by_row.setdefault(int(line["row"]), []).append(line)
+    return job, by_row
+
+
+async def test_an_ndjson_import_reports_each_row_and_keeps_historical_times(leads: Leads) -> None:
+    job, rejected = await run_import(leads, NDJSON, "application/x-ndjson")
+    assert job["state"] == "done" and job["object"] == "leads" and job["format"] == "ndjson"
+    assert (job["file_rows"], job["processed"], job["applied"], job["failed"]) == (5, 5, 2, 3)
+    assert sorted(rejected) == [3, 4, 5]  # line numbers; the blank line 2 is not a row
+    assert rejected[3][0]["column"] == "person.email" and rejected[3][0]["external_id"] == "r2"
+    assert rejected[3][0]["value"] == "not-an-email"
+    assert [(r["column"], r["reason"]) for r in rejected[4]] == [("(row)", "not a JSON object")]
+    assert [(r["column"], r["reason"]) for r in rejected[5]] == [("captured_at", "Field required")]
+    r1 = (await leads.http.get(f"/leads/{lead_id_for('list-import', 'r1')}")).json()
     assert r1["captured_at"] == "2024-05-01T08:00:00Z" and r1["origin"] == "import"
     assert r1["lead_source"] == "list_import"
+    assert (await leads.http.get(f"/leads/{lead_id_for('tradeshow', 'r4')}")).status_code == 200
     assert await leads.topic_size("lead.created") == 2
     [created, _] = await leads.events("lead.created", 2)
     assert created.json()["time"].startswith("2024-05-0")  # the event keeps the historical time
 
-    again = (
-        await leads.http.post(
-            "/leads/imports", content=NDJSON, headers={"content-type": "application/x-ndjson"}
-        )
-    ).json()
-    assert again["counts"] == {"created": 0, "updated": 0, "unchanged": 2, "rejected": 3}
+    again, rejected_again = await run_import(leads, NDJSON, "application/x-ndjson")
+    assert (again["applied"], again["failed"], sorted(rejected_again)) == (2, 3, [3, 4, 5])
     assert await leads.topic_size("lead.created") == 2 and await leads.topic_size("lead.updated") == 0
+    assert len(await leads.stored()) == 2
 
 
 async def test_a_csv_import_nests_dotted_columns_and_rejects_bad_rows_alone(leads: Leads) -> None:
-    response = await leads.http.post(
-        "/leads/imports?source_system=crm-export",
-        content=CSV,
-        headers={"content-type": "text/csv; charset=utf-8"},
-    )
-    assert response.status_code == 200, response.text
-    report = response.json()
-    assert report["counts"] == {"created": 2, "updated": 0, "unchanged": 0, "rejected": 1}
-    [c1, c2, c3] = report["rows"]
-    assert c2["problems"] == [{"field": "company.size", "reason": c2["problems"][0]["reason"]}]
-    assert c2["external_id"] == "c2" and c2["lead_id"] is None
-    ada = (await leads.http.get(f"/leads/{c1['lead_id']}")).json()
+    job, rejected = await run_import(leads, CSV, "text/csv; charset=utf-8", "?source_system=crm-export")
+    assert (job["state"], job["source_system"], job["applied"], job["failed"]) == ("done", "crm-export", 2, 1)
+    [problem] = rejected[2]
+    assert (problem["column"], problem["value"], problem["external_id"]) == ("company.size", "many", "c2")
+    ada = (await leads.http.get(f"/leads/{lead_id_for('crm-export', 'c1')}")).json()
     assert ada["person"]["email"] == "ada@engines.example" and ada["company"]["size"] == 120
     assert ada["consent"]["do_not_call"] is True and ada["custom"] == {"booth": "B12"}
     assert ada["captured_at"] == "2023-01-15T08:00:00Z"
-    carol = (await leads.http.get(f"/leads/{c3['lead_id']}")).json()
+    carol = (await leads.http.get(f"/leads/{lead_id_for('crm-export', 'c3')}")).json()
     assert (carol["person"]["first_name"], carol["company"]["name"]) == ("Carol, Jr.", "Acme, Inc.")
+    assert len(await leads.stored()) == 2
 
 
 async def test_an_unreadable_upload_is_refused_whole(leads: Leads) -> None:
     unknown = await leads.http.post(
-        "/leads/imports", content=b"external_id,person.mail\nx,y\n", headers={"content-type": "text/csv"}
+        "/imports/leads", content=b"external_id,person.mail\nx,y\n", headers={"content-type": "text/csv"}
     )
     assert unknown.status_code == 422 and unknown.json()["fields"][0]["field"] == "person.mail"
     wrong_type = await leads.http.post(
-        "/leads/imports", content=b"{}", headers={"content-type": "text/plain"}
+        "/imports/leads", content=b"{}", headers={"content-type": "text/plain"}
     )
     assert wrong_type.status_code == 415
-    too_many = b"\n".join(b'{"external_id": "x"}' for _ in range(5001))
-    refused = await leads.http.post(
-        "/leads/imports", content=too_many, headers={"content-type": "application/x-ndjson"}
+    not_utf8 = await leads.http.post(
+        "/imports/leads",
+        content=b'{"external_id": "x"}\n\xff\xfe\n',
+        headers={"content-type": "application/x-ndjson"},
     )
-    assert refused.status_code == 422 and "at most 5000 rows" in refused.json()["message"]
+    assert not_utf8.status_code == 422 and "not UTF-8" in not_utf8.json()["message"]
     assert await leads.stored() == []
+    db = leads.mongo[leads.settings.database_name]
+    assert await db.import_chunks.count_documents({}) == 0 and (await leads.http.get("/imports")).json() == []
 
 
 # -- de-duplication and merge ----------------------------------------------------------------------

@@ -28,15 +28,7 @@ from crm_contracts.events.leads import (
 )
 from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
 from crm_runtime.jobs import Job, JobFinished, JobView
-from crm_runtime.uploads import (
-    NDJSON_TYPES,
-    UPLOAD_TYPES,
-    RowProblem,
-    UnreadableUpload,
-    UploadRecord,
-    problems_of,
-)
-from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
@@ -52,7 +44,6 @@ from .domain import (
     ManualRating,
     search_tokens,
 )
-from .imports import ImportReport, RowOutcome, captured_from, read_lead_upload
 from .repository import ConcurrentModification, LeadQuery, LeadRepository, LeadSort
 from .scoring import ScoreContribution, ScoringRules, ScoringRuleSet, default_rules
 from .use_cases import (
@@ -382,71 +373,6 @@ def leads_router(runtime: ServiceRuntime, repo: LeadRepository, rescoring: Resco
             return await capture(captured, by)
         except ConcurrentModification as exc:
             raise ApiError(409, "concurrent_modification", str(exc)) from exc
-
-    upload_body = {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "text/csv": {
-                    "schema": {"type": "string"},
-                    "example": "external_id,captured_at,person.first_name,person.email,"
-                    "company.name,company.size\n"
-                    "row-1,2025-03-04T10:00:00Z,Ada,ada@engines.example,Analytical Engines,120\n",
-                },
-                **{
-                    media_type: {
-                        "schema": {"type": "string", "description": "One lead.captured payload per line"},
-                        "example": '{"external_id": "row-1", "captured_at": "2025-03-04T10:00:00Z", '
-                        '"person": {"email": "ada@engines.example"}}\n',
-                    }
-                    for media_type in NDJSON_TYPES
-                },
-            },
-        }
-    }
-
-    @router.post(
-        "/imports",
-        dependencies=write,
-        openapi_extra=upload_body,
-        summary="Import leads from CSV or NDJSON (same upsert as capture); a report per row",
-    )
-    async def import_leads(
-        request: Request,
-        source_system: Annotated[
-            SourceSystem, Query(description="Capturing system of rows that do not name one")
-        ] = "list-import",
-    ) -> ImportReport:
-        content_type = request.headers.get("content-type", "")
-        if content_type.split(";")[0].strip().lower() not in UPLOAD_TYPES:
-            raise ApiError(415, "unsupported_media_type", f"send one of {', '.join(UPLOAD_TYPES)}")
-        try:
-            records = read_lead_upload(await request.body(), content_type)
-        except UnreadableUpload as exc:
-            raise ApiError(422, "unreadable_upload", str(exc), field=exc.field) from exc
-        outcomes = [await import_record(record, source_system) for record in records]
-        return ImportReport.of(source_system, outcomes)
-
-    async def import_record(record: UploadRecord, source_system: str) -> RowOutcome:
-        """One row in its own unit of work: its lead and events commit together or not at all."""
-        rejected = RowOutcome(row=record.number, external_id=record.external_id, status="rejected")
-        if record.problem is not None:
-            return rejected.model_copy(update={"problems": [record.problem]})
-        try:
-            captured = captured_from(record, source_system)
-            result = await capture(captured, f"import:{source_system}")
-        except ValidationError as exc:
-            return rejected.model_copy(update={"problems": problems_of(exc)})
-        except ConcurrentModification as exc:
-            return rejected.model_copy(update={"problems": [RowProblem(field="(row)", reason=str(exc))]})
-        return RowOutcome(
-            row=record.number,
-            external_id=captured.external_id,
-            status=result.outcome,
-            lead_id=result.lead_id,
-            merged_into=result.lead.id if result.lead.id != result.lead_id else None,
-            changed_fields=result.changed_fields,
-        )
 
     @router.get("/{lead_id}", dependencies=read, summary="One lead with its score, duplicates and history")
     async def get_lead(lead_id: Id) -> LeadView:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from crm_runtime import ServiceRuntime, ServiceSettings
+from crm_runtime.imports import ImportJobs
 from fastapi import FastAPI
 from pydantic import Field
 
 from .api import leads_router
 from .handlers import register_handlers
+from .imports import lead_import
 from .repository import LeadRepository
 from .use_cases import RESCORING_JOB, Rescoring, rescoring_step
 
@@ -25,6 +27,7 @@ def create_app(settings: LeadsSettings | None = None) -> FastAPI:
     repo = LeadRepository(runtime.db)
     runtime.jobs.register(RESCORING_JOB, rescoring_step(repo, settings.rescore_batch_size), exclusive=True)
     rescoring = Rescoring(runtime.jobs, repo)
+    imports = ImportJobs(runtime, [lead_import(repo)])
     # The rules changed (here or in another replica): the one rescoring job takes the new ones.
     repo.on_new_scoring_rules(lambda _: rescoring.request_soon())
 
@@ -35,12 +38,16 @@ def create_app(settings: LeadsSettings | None = None) -> FastAPI:
     return runtime.create_app(
         title="CRM leads",
         description="Capture leads from any system, de-duplicate, qualify hot/warm/cold, convert.",
-        routers=leads_router(runtime, repo, rescoring),
+        routers=[*leads_router(runtime, repo, rescoring), imports.router()],
         openapi_tags=[
             {
                 "name": "leads",
                 "description": "Capture, import, search, work, qualify, merge and convert leads",
             },
             {"name": "scoring", "description": "Qualification scoring rules an administrator configures"},
+            {
+                "name": "imports",
+                "description": "Import jobs: a CSV or NDJSON file of leads worked in the background",
+            },
         ],
     )

@@ -1,56 +1,68 @@
-"""Bulk import of leads: an NDJSON or CSV upload read into records, each validated on its own as
-a ``lead.captured`` payload, so one bad row is reported and the others still go in."""
+"""Import jobs for leads: each row of a CSV or NDJSON file is validated on its own as a
+``lead.captured`` payload and captured, a chunk of rows per transaction (``crm_runtime.imports``);
+a bad row is rejected naming its column and the others still go in."""
 
 from __future__ import annotations
 
 import types
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Union, get_args, get_origin
 
 from crm_contracts.events.leads import LeadCaptured
-from crm_runtime.uploads import (
-    RowProblem,
-    UnreadableUpload,
-    UploadRecord,
-    count_statuses,
-    read_upload,
-)
-from pydantic import BaseModel, Field
+from crm_runtime import UnitOfWork
+from crm_runtime.imports import ImportContext, ImportRow, ImportTarget, Rejection, rejections_of
+from crm_runtime.uploads import UnreadableUpload
+from pydantic import BaseModel, ValidationError
+
+from .repository import LeadStore
+from .use_cases import capture_lead
 
 # Rows of an import are list imports unless they say otherwise.
 IMPORT_DEFAULTS: dict[str, Any] = {"origin": "import", "lead_source": "list_import"}
 CUSTOM_PREFIX = "custom."
 
 
-class RowOutcome(BaseModel):
-    row: int = Field(description="NDJSON: line number; CSV: record number after the header (1 = first)")
-    external_id: str | None = None
-    status: Literal["created", "updated", "unchanged", "rejected"]
-    lead_id: str | None = Field(default=None, description="The lead the row's capture key identifies")
-    merged_into: str | None = Field(default=None, description="Where that lead lives on if it was merged")
-    changed_fields: list[str] = Field(default_factory=list)
-    problems: list[RowProblem] = Field(default_factory=list)
+def captured_from(fields: dict[str, Any], source_system: str) -> LeadCaptured:
+    """The row as a capture; raises ValidationError naming each bad field."""
+    return LeadCaptured.model_validate({"source_system": source_system, **IMPORT_DEFAULTS, **fields})
 
 
-class ImportReport(BaseModel):
-    source_system: str
-    counts: dict[str, int] = Field(examples=[{"created": 2, "updated": 0, "unchanged": 1, "rejected": 1}])
-    rows: list[RowOutcome]
-
-    @classmethod
-    def of(cls, source_system: str, rows: list[RowOutcome]) -> ImportReport:
-        counts = count_statuses((row.status for row in rows), ("created", "updated", "unchanged", "rejected"))
-        return cls(source_system=source_system, counts=counts, rows=rows)
+def capture_key(fields: dict[str, Any], source_system: str) -> str | None:
+    """Rows with one capture key (capturing system and its id) are one lead."""
+    external_id = fields.get("external_id")
+    if external_id is None:
+        return None
+    return f"{fields.get('source_system') or source_system}\x1f{external_id}"
 
 
-def read_lead_upload(body: bytes, content_type: str) -> list[UploadRecord]:
-    """The upload's records; a CSV may only use the capture's (dotted) fields as columns."""
-    return read_upload(body, content_type, check_columns=_check_columns)
+def lead_import(repo: LeadStore) -> ImportTarget:
+    """``POST /imports/leads``: each row is a ``lead.captured`` payload and goes through the
+    one capture path (upsert by capture key, de-duplication, scoring, ``lead.created`` /
+    ``lead.updated`` with the row's own capture time)."""
 
+    async def apply(rows: list[ImportRow], context: ImportContext, uow: UnitOfWork) -> list[Rejection]:
+        rejections: list[Rejection] = []
+        captures: list[LeadCaptured] = []
+        for row in rows:  # everything validated before the chunk writes anything
+            try:
+                captures.append(captured_from(row.fields, context.source_system))
+            except ValidationError as exc:
+                rejections += rejections_of(row, exc)
+        for captured in captures:
+            await capture_lead(repo, uow, captured, by=f"import:{context.source_system}")
+        return rejections
 
-def captured_from(record: UploadRecord, source_system: str) -> LeadCaptured:
-    """The record as a capture; raises ValidationError naming each bad field."""
-    assert record.fields is not None
-    return LeadCaptured.model_validate({"source_system": source_system, **IMPORT_DEFAULTS, **record.fields})
+    return ImportTarget(
+        object="leads",
+        summary="Import leads from CSV or NDJSON as a background job (same upsert as capture)",
+        apply=apply,
+        default_source_system="list-import",
+        check_columns=_check_columns,
+        row_key=capture_key,
+        example_csv="external_id,captured_at,person.first_name,person.email,company.name,company.size\n"
+        "row-1,2025-03-04T10:00:00Z,Ada,ada@engines.example,Analytical Engines,120\n",
+        example_ndjson='{"external_id": "row-1", "captured_at": "2025-03-04T10:00:00Z", '
+        '"person": {"email": "ada@engines.example"}}\n',
+    )
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:

@@ -240,19 +240,32 @@ class BodySizeLimit:
     it arrives: once it passes the limit, reading stops (the rest is never buffered) and
     whatever the app then answers (FastAPI turns the failed read into a 400, a route into an
     error of its own) is replaced by the 413. Routes read their whole body before they write
-    anything, so a refused request has changed nothing."""
+    anything, so a refused request has changed nothing.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    The ``large_paths`` (streamed imports) have their own, larger ``large_max_bytes``."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        large_paths: frozenset[str] = frozenset(),
+        large_max_bytes: int = 0,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.large_paths = large_paths
+        self.large_max_bytes = large_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.max_bytes
+        if scope.get("path") in self.large_paths:
+            max_bytes = max(max_bytes, self.large_max_bytes)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await self._refuse(send, max_bytes)
             return
         received = 0
         exceeded = False
@@ -265,7 +278,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     exceeded = True
                     raise _TooLarge
             return message
@@ -284,11 +297,11 @@ class BodySizeLimit:
             if not exceeded:
                 raise
         if exceeded and not started:
-            await self._refuse(send)
+            await self._refuse(send, max_bytes)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, max_bytes: int) -> None:
         body = (
-            Problem(error="payload_too_large", message=f"The request body exceeds {self.max_bytes} bytes.")
+            Problem(error="payload_too_large", message=f"The request body exceeds {max_bytes} bytes.")
             .model_dump_json()
             .encode()
         )

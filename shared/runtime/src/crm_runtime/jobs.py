@@ -71,6 +71,12 @@ class JobFinished(Exception):
     """The job has ended already (done, failed or cancelled): there is nothing to cancel."""
 
 
+class RedoBatch(Exception):
+    """Raised by a step that learned something that changes its batch (e.g. a row that cannot
+    be applied and must be left out): the batch's transaction is aborted and the batch runs
+    again at once, not counted as a failed attempt. The step must make progress each time."""
+
+
 class LeaseLost(Exception):
     """Another replica owns the job now (this one's lease expired): its batch is not applied."""
 
@@ -223,6 +229,7 @@ Step = Callable[[Job, UnitOfWork], Awaitable[JobStep]]
 class _Kind:
     step: Step
     exclusive: bool
+    on_cancel: Step | None = None
 
 
 @dataclass(frozen=True)
@@ -262,10 +269,13 @@ class JobRunner:
         self._outage = OutageLog("job runner", "mongodb", summary_seconds=settings.log_outage_summary_seconds)
 
     # -- composition ------------------------------------------------------------------------
-    def register(self, kind: str, step: Step, *, exclusive: bool = False) -> None:
+    def register(
+        self, kind: str, step: Step, *, exclusive: bool = False, on_cancel: Step | None = None
+    ) -> None:
         """Let this replica work jobs of ``kind`` with ``step``. An ``exclusive`` kind has at
-        most one queued or running job: submitting another returns that one."""
-        self._kinds[kind] = _Kind(step, exclusive)
+        most one queued or running job: submitting another returns that one. ``on_cancel``
+        tidies up after a running job stopped by a cancellation, in its last transaction."""
+        self._kinds[kind] = _Kind(step, exclusive, on_cancel)
 
     @property
     def kinds(self) -> list[str]:
@@ -463,6 +473,8 @@ class JobRunner:
             while not self._stopping.is_set():
                 try:
                     finished = await in_transaction(self._client, lambda s: self._batch(claim, s))
+                except RedoBatch:
+                    continue
                 except LeaseLost:
                     owned = False
                     log.warning("another replica took the job over", extra={"job_id": job.id})
@@ -512,6 +524,9 @@ class JobRunner:
         now = utcnow()
         if job.cancel_requested:
             after = job.cancelled(now)
+            on_cancel = self._kinds[job.kind].on_cancel
+            if on_cancel is not None:
+                await on_cancel(job, UnitOfWork(session, self._outbox))
         else:
             step = await self._kinds[job.kind].step(job, UnitOfWork(session, self._outbox))
             after = job.advanced(step, now)

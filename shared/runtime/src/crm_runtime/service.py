@@ -78,6 +78,8 @@ class ServiceRuntime:
         self.jobs = JobRunner(self.client, self.db, self.outbox, settings)
         self.auth = TokenAuth(settings.api_tokens.get_secret_value() if settings.api_tokens else None)
         self.source = f"/crm/{settings.service_name}"
+        # Routes that stream their body (imports): CRM_MAX_IMPORT_BYTES instead of CRM_MAX_BODY_BYTES.
+        self.streamed_upload_paths: set[str] = set()
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
 
@@ -206,7 +208,12 @@ class ServiceRuntime:
 
         document_error_responses(app)
         instrument_app(app)
-        app.add_middleware(BodySizeLimit, max_bytes=self.settings.max_body_bytes)
+        app.add_middleware(
+            BodySizeLimit,
+            max_bytes=self.settings.max_body_bytes,
+            large_paths=frozenset(self.streamed_upload_paths),
+            large_max_bytes=self.settings.max_import_bytes,
+        )
         app.add_middleware(UnexpectedErrors)  # added last: outermost, so it sees every failure
         app.state.runtime = self
         return app

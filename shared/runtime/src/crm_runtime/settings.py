@@ -50,6 +50,14 @@ class ServiceSettings(BaseSettings):
         description="During an outage, how often a component summarises its held-back failures.",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
+    max_import_bytes: int = Field(
+        default=200 * 1024 * 1024,
+        ge=1024,
+        description="Largest accepted import upload (POST /imports/...), streamed in chunks.",
+    )
+    import_chunk_rows: int = Field(
+        default=500, ge=1, le=5000, description="Rows of an import applied together in one transaction."
+    )
     api_tokens: SecretStr | None = Field(
         default=None,
         description="Comma-separated 'token:scope' pairs (scope read or write); unset disables auth.",

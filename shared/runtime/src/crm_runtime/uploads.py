@@ -90,7 +90,7 @@ def count_statuses(statuses: Iterable[str], known: Iterable[str] = ()) -> dict[s
     return counts
 
 
-def _unreadable(number: int, reason: str) -> UploadRecord:
+def unreadable_record(number: int, reason: str) -> UploadRecord:
     return UploadRecord(number, None, RowProblem(field="(row)", reason=reason))
 
 
@@ -102,10 +102,10 @@ def _ndjson_records(text: str) -> list[UploadRecord]:
         try:
             value = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            records.append(_unreadable(number, f"not JSON: {exc}"))
+            records.append(unreadable_record(number, f"not JSON: {exc}"))
             continue
         if not isinstance(value, dict):
-            records.append(_unreadable(number, "not a JSON object"))
+            records.append(unreadable_record(number, "not a JSON object"))
             continue
         records.append(UploadRecord(number, value))
     return records
@@ -127,13 +127,13 @@ def _csv_records(text: str, check_columns: Callable[[list[str]], None] | None) -
         if not any(value.strip() for value in values):
             continue
         if len(values) > len(columns):
-            records.append(_unreadable(number, f"{len(values)} values for {len(columns)} columns"))
+            records.append(unreadable_record(number, f"{len(values)} values for {len(columns)} columns"))
             continue
-        records.append(UploadRecord(number, _nest(zip(columns, values, strict=False))))
+        records.append(UploadRecord(number, nest_columns(zip(columns, values, strict=False))))
     return records
 
 
-def _nest(cells: Iterable[tuple[str, str]]) -> dict[str, Any]:
+def nest_columns(cells: Iterable[tuple[str, str]]) -> dict[str, Any]:
     """``person.email`` columns into ``{"person": {"email": ...}}``. Empty cells are "not
     given", so defaults apply as they would for a key missing from a JSON record."""
     record: dict[str, Any] = {}

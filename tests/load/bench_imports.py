@@ -1,0 +1,104 @@
+"""Import jobs through HTTP, as a migration would run them: ``./crm import`` of a generated
+file into the service run as a real process (``python -m crm_<service>``).
+
+    ./crm bench imports [--rows 10000] [--kind leads]
+
+Prints the time to the 202 (the upload and its chunks stored), the job's rows/s, the time from
+upload to the end, and the service's peak RSS (VmHWM from /proc) during the import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+from crm_localinfra.testing import running_services
+from harness import BenchInfra, run_bounded
+
+DEADLINE_SECONDS = 1800
+SERVICE_OF = {"leads": "leads"}
+
+
+def leads_file(path: Path, rows: int) -> None:
+    """Deterministic leads of a CRM export: a person, a company, a source and a date each."""
+    sources = ["web", "event", "referral", "partner", "email", "paid_search"]
+    with path.open("wb") as out:
+        for n in range(1, rows + 1):
+            record = {
+                "external_id": f"EXP-{n:07d}",
+                "captured_at": f"2023-{1 + n % 12:02d}-{1 + n % 28:02d}T09:00:00Z",
+                "lead_source": sources[n % len(sources)],
+                "person": {
+                    "first_name": f"First{n}",
+                    "last_name": f"Last{n}",
+                    "email": f"person{n}@company{n % 997}.example",
+                },
+                "company": {"name": f"Company {n % 997}", "size": 10 + n % 5000},
+            }
+            out.write(orjson.dumps(record) + b"\n")
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"VmHWM:\s+(\d+) kB", status)
+    return int(match.group(1)) / 1024 if match else None
+
+
+async def run(infra: BenchInfra, root: Path, kind: str, rows: int) -> None:
+    upload = root / f"{kind}.ndjson"
+    leads_file(upload, rows)
+    isolation = f"b{uuid.uuid4().hex[:8]}."
+    service = SERVICE_OF[kind]
+    async with running_services(infra, [service], log_dir=root / "logs", isolation=isolation) as services:
+        running = services[service]
+        before = peak_rss_mb(running.pid)
+        command = [
+            str(Path(sys.executable).parent / "crm-import"),
+            str(upload),
+            "--kind",
+            kind,
+            "--url",
+            running.base_url,
+            "--source-system",
+            "bench",
+        ]
+        started = time.monotonic()
+        done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
+        wall = time.monotonic() - started
+        peak = peak_rss_mb(running.pid)
+    uploaded = re.search(r"uploaded \S+ in ([\d.]+)s", done.stderr)
+    print(f"{kind}: {rows:,} rows, {upload.stat().st_size / 1e6:.1f} MB NDJSON, service as a real process")
+    print(f"  ./crm import exit {done.returncode}")
+    print("  " + done.stdout.strip().replace("\n", "\n  "))
+    print(f"  time to 202 (upload + chunks stored): {uploaded.group(1) if uploaded else '?'}s")
+    print(f"  upload to end: {wall:.1f}s = {rows / wall:,.0f} rows/s end to end")
+    print(f"  service peak RSS: {before:.0f} MB at start, {peak:.0f} MB after" if peak and before else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=10_000, help="rows in the file (at most 200000)")
+    parser.add_argument("--kind", choices=sorted(SERVICE_OF), default="leads")
+    args = parser.parse_args()
+    rows = max(1, min(args.rows, 200_000))
+
+    async def work(infra: BenchInfra, root: Path) -> None:
+        await run(infra, root, args.kind, rows)
+
+    run_bounded("imports", work, deadline_seconds=DEADLINE_SECONDS)
+
+
+if __name__ == "__main__":
+    main()
