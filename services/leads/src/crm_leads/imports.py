@@ -13,8 +13,8 @@ from crm_runtime.imports import ImportContext, ImportRow, ImportTarget, Rejectio
 from crm_runtime.uploads import UnreadableUpload
 from pydantic import BaseModel, ValidationError
 
-from .repository import LeadStore
-from .use_cases import capture_lead
+from .repository import LeadRepository
+from .use_cases import capture_leads
 
 # Rows of an import are list imports unless they say otherwise.
 IMPORT_DEFAULTS: dict[str, Any] = {"origin": "import", "lead_source": "list_import"}
@@ -34,10 +34,12 @@ def capture_key(fields: dict[str, Any], source_system: str) -> str | None:
     return f"{fields.get('source_system') or source_system}\x1f{external_id}"
 
 
-def lead_import(repo: LeadStore) -> ImportTarget:
+def lead_import(repo: LeadRepository) -> ImportTarget:
     """``POST /imports/leads``: each row is a ``lead.captured`` payload and goes through the
     one capture path (upsert by capture key, de-duplication, scoring, ``lead.created`` /
-    ``lead.updated`` with the row's own capture time)."""
+    ``lead.updated`` with the row's own capture time), a chunk set-based like a fetched batch
+    of ``lead.captured`` (``capture_leads``: a few ``$in`` reads, one insert, one bulk write,
+    one outbox write)."""
 
     async def apply(rows: list[ImportRow], context: ImportContext, uow: UnitOfWork) -> list[Rejection]:
         rejections: list[Rejection] = []
@@ -47,8 +49,8 @@ def lead_import(repo: LeadStore) -> ImportTarget:
                 captures.append(captured_from(row.fields, context.source_system))
             except ValidationError as exc:
                 rejections += rejections_of(row, exc)
-        for captured in captures:
-            await capture_lead(repo, uow, captured, by=f"import:{context.source_system}")
+        by = f"import:{context.source_system}"
+        await capture_leads(repo, uow, [(captured, by) for captured in captures])
         return rejections
 
     return ImportTarget(
