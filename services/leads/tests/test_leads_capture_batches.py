@@ -44,16 +44,32 @@ NAMES = [("Ada", "Lovelace"), ("ada", "LOVELACE"), ("Bob", "Babbage"), (None, No
 WEBSITES = [None, "https://engines.example", "www.acme.io"]
 TIMES = ["2026-11-01T10:00:00Z", "2026-11-02T10:00:00Z", "2026-11-02T10:00:00.000500Z"]
 
-captures = st.builds(
-    lambda key, email, phone, name, website, size, at: LeadCaptured.model_validate(
+
+def _capture(
+    key: str,
+    email: str | None,
+    phone: str | None,
+    name: tuple[str | None, str | None],
+    website: str | None,
+    size: int | None,
+    at: str,
+) -> LeadCaptured:
+    first, last = name
+    if not (email or phone or first or last):
+        last = "Unnamed"  # a capture must name someone (a lead without any identity is refused)
+    return LeadCaptured.model_validate(
         {
             "source_system": "webforms",
             "external_id": key,
-            "person": {"email": email, "phone": phone, "first_name": name[0], "last_name": name[1]},
+            "person": {"email": email, "phone": phone, "first_name": first, "last_name": last},
             "company": {"website": website, "size": size},
             "captured_at": at,
         }
-    ),
+    )
+
+
+captures = st.builds(
+    _capture,
     st.sampled_from(KEYS),
     st.sampled_from(EMAILS),
     st.sampled_from(PHONES),

@@ -360,20 +360,24 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
         wait_for_mongo(url, timeout=30)
         yield _make_infra(bootstrap, url, _ExternalBackend())
         return
+    yield from _own_servers(kind, tmp_path_factory, "crm-infra")
+
+
+def _own_servers(kind: str, tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Infra]:
+    """Kafka and MongoDB started here (Docker containers or local processes), stopped after."""
+    backend: _DockerBackend | _LocalBackend
     if kind == "docker":
-        docker = _DockerBackend()
-        try:
-            docker.start()
-            yield _make_infra(docker.kafka_bootstrap, docker.mongo_url, docker)
-        finally:
-            docker.close()
-        return
-    local = _LocalBackend(tmp_path_factory.mktemp("crm-infra", numbered=True))
+        backend = _DockerBackend()
+    else:
+        backend = _LocalBackend(tmp_path_factory.mktemp(name, numbered=True))
     try:
-        local.start()
-        yield _make_infra(local.stack.kafka_bootstrap, local.stack.mongo_url, local)
+        backend.start()
+        if isinstance(backend, _DockerBackend):
+            yield _make_infra(backend.kafka_bootstrap, backend.mongo_url, backend)
+        else:
+            yield _make_infra(backend.stack.kafka_bootstrap, backend.stack.mongo_url, backend)
     finally:
-        local.close()
+        backend.close()
 
 
 @pytest.fixture
@@ -385,20 +389,7 @@ def disposable_infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra
     kind = _choose_backend()
     if kind == "external":
         pytest.skip("external Kafka and MongoDB cannot be stopped by the tests")
-    if kind == "docker":
-        docker = _DockerBackend()
-        try:
-            docker.start()
-            yield _make_infra(docker.kafka_bootstrap, docker.mongo_url, docker)
-        finally:
-            docker.close()
-        return
-    local = _LocalBackend(tmp_path_factory.mktemp("crm-disposable-infra", numbered=True))
-    try:
-        local.start()
-        yield _make_infra(local.stack.kafka_bootstrap, local.stack.mongo_url, local)
-    finally:
-        local.close()
+    yield from _own_servers(kind, tmp_path_factory, "crm-disposable-infra")
 
 
 @pytest.fixture(scope="session")
