@@ -108,7 +108,6 @@ async def oversized(opening: bytes) -> AsyncIterator[bytes]:
 
 BODIES = [
     ("leads", "/leads", "application/json", b'{"source_system": "web", "external_id": "'),
-    ("leads", "/leads/imports", "application/x-ndjson", b'{"external_id": "'),
     ("opportunities", "/accounts", "application/json", b'{"name": "'),
     ("opportunities", "/imports/accounts?source_system=legacy", "text/csv", b"external_id,name\n"),
     ("campaigns", "/campaigns", "application/json", b'{"name": "'),

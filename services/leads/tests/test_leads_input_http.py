@@ -12,6 +12,10 @@ import httpx
 import pytest
 from crm_contracts.events.leads import IDENTIFYING_FIELDS, lead_captured_example
 from crm_leads.bootstrap import LeadsSettings, create_app
+from crm_leads.imports import captured_from
+from crm_runtime.chunking import UploadChunker
+from crm_runtime.imports import ImportRow, Rejection, rejections_of
+from pydantic import ValidationError
 
 ISO_TIME = "must be an ISO 8601 date-time with a time zone, e.g. 2026-03-05T09:30:00Z"
 CAPTURES = ("/leads", "/leads/capture")
@@ -91,9 +95,25 @@ async def test_a_lead_without_name_email_phone_or_company_is_refused_naming_thos
     }
 
 
-async def test_import_rows_with_number_times_control_characters_or_no_identity_are_rejected_alone(
-    http: httpx.AsyncClient,
-) -> None:
+def _import_rejections(body: bytes, content_type: str) -> list[list[Rejection]]:
+    """Each row's rejections as the leads import job finds them: the same chunker and the same
+    row check (``captured_from``) before anything is written."""
+    chunker = UploadChunker(content_type)
+    records = [record for chunk in chunker.feed(body) + chunker.finish() for record in chunk]
+    found = []
+    for record in records:
+        assert record.fields is not None, record
+        row = ImportRow(record.number, record.fields)
+        try:
+            captured_from(row.fields, "list-import")
+        except ValidationError as exc:
+            found.append(rejections_of(row, exc))
+        else:
+            found.append([])
+    return found
+
+
+def test_import_rows_with_number_times_control_characters_or_no_identity_are_rejected_alone() -> None:
     ndjson = b"\n".join(
         [
             b'{"external_id": "r1", "captured_at": 1700000000, "person": {"first_name": "Ada"}}',
@@ -102,20 +122,12 @@ async def test_import_rows_with_number_times_control_characters_or_no_identity_a
             b'{"external_id": "r3", "captured_at": "2026-01-01T00:00:00Z", "company": {"size": 40}}',
         ]
     )
-    report = await http.post(
-        "/leads/imports", content=ndjson, headers={"content-type": "application/x-ndjson"}
-    )
-    assert report.status_code == 200, report.text
-    rows = report.json()["rows"]
-    assert [row["status"] for row in rows] == ["rejected"] * 3
-    assert rows[0]["problems"] == [{"field": "captured_at", "reason": ISO_TIME}]
-    assert [p["field"] for p in rows[1]["problems"]] == ["person.first_name"]
-    assert "U+0000" in rows[1]["problems"][0]["reason"]
-    assert [p["field"] for p in rows[2]["problems"]] == list(IDENTIFYING_FIELDS)
+    r1, r2, r3 = _import_rejections(ndjson, "application/x-ndjson")
+    assert [(r.column, r.reason) for r in r1] == [("captured_at", ISO_TIME)]
+    assert [r.column for r in r2] == ["person.first_name"] and "U+0000" in r2[0].reason
+    assert [r.column for r in r3] == list(IDENTIFYING_FIELDS)
 
     csv = b'external_id,captured_at,person.first_name\nc1,1700000000,Ada\nc2,2026-01-01T00:00:00Z,"Ada\x07"\n'
-    report = await http.post("/leads/imports", content=csv, headers={"content-type": "text/csv"})
-    assert report.status_code == 200, report.text
-    [c1, c2] = report.json()["rows"]
-    assert c1["problems"] == [{"field": "captured_at", "reason": ISO_TIME}]
-    assert [p["field"] for p in c2["problems"]] == ["person.first_name"]
+    c1, c2 = _import_rejections(csv, "text/csv")
+    assert [(r.column, r.reason) for r in c1] == [("captured_at", ISO_TIME)]
+    assert [r.column for r in c2] == ["person.first_name"]
