@@ -14,8 +14,10 @@ from crm_runtime.logs import (
     AIOKAFKA_LOGGERS,
     KafkaClientLogThrottle,
     OutageLog,
+    Outages,
     describe_duration,
 )
+from prometheus_client import CollectorRegistry
 
 
 class FakeClock:
@@ -80,6 +82,7 @@ def test_the_next_outage_logs_its_first_error_again_and_success_alone_logs_nothi
     outage = OutageLog("lag monitor", summary_seconds=5, clock=clock)
     outage.recovered()  # never down: nothing to say
     outage.failed("first outage")
+    clock.now += 10
     outage.recovered()
     clock.now += 100
     outage.failed("second outage")
@@ -96,7 +99,7 @@ def record(name: str, level: int, message: str, exc: BaseException | None = None
 def test_kafka_client_loggers_show_the_first_line_of_an_outage_and_hold_back_repeats(
     clock: FakeClock, lines: pytest.LogCaptureFixture
 ) -> None:
-    throttle = KafkaClientLogThrottle(summary_seconds=10, clock=clock)
+    throttle = KafkaClientLogThrottle(Outages(summary_seconds=10, clock=clock))
     shown = []
     for n in range(500):
         clock.now += 0.0625
@@ -107,6 +110,9 @@ def test_kafka_client_loggers_show_the_first_line_of_an_outage_and_hold_back_rep
     # Informational lines are never held back, nor warnings of other loggers.
     assert throttle.filter(record("aiokafka.consumer.group_coordinator", logging.INFO, "joined group"))
     assert throttle.filter(record("crm_leads.api", logging.WARNING, "something else"))
+    throttle.recovered()  # Kafka answers, but the clients failed a moment ago: not settled yet
+    assert [m for level, m in outage_lines(lines) if level == "INFO"] == []
+    clock.now += 5
     throttle.recovered()
     summaries = [m for level, m in outage_lines(lines) if level == "WARNING" and m.startswith("aiokafka:")]
     assert summaries == [
@@ -126,14 +132,56 @@ def test_kafka_client_loggers_show_the_first_line_of_an_outage_and_hold_back_rep
 def test_a_single_client_warning_ends_without_a_recovery_line(
     clock: FakeClock, lines: pytest.LogCaptureFixture
 ) -> None:
-    throttle = KafkaClientLogThrottle(summary_seconds=10, clock=clock)
+    throttle = KafkaClientLogThrottle(Outages(summary_seconds=10, clock=clock))
     assert throttle.filter(record("aiokafka.consumer.group_coordinator", logging.WARNING, "rebalancing"))
+    clock.now += 5
     throttle.recovered()
     assert outage_lines(lines) == []
+    assert throttle.filter(record("aiokafka.consumer.group_coordinator", logging.WARNING, "rebalancing"))
+
+
+def test_a_relapse_before_the_outage_settles_is_the_same_outage(
+    clock: FakeClock, lines: pytest.LogCaptureFixture
+) -> None:
+    """A broker coming back answers one request and fails the next: still one ERROR line."""
+    outage = OutageLog("outbox relay", summary_seconds=60, settle_seconds=5, clock=clock)
+    assert outage.failed("broker away")
+    for _ in range(29):  # a retry a second
+        clock.now += 1
+        outage.failed("broker away")
+    clock.now += 0.5
+    outage.recovered()  # a first answer
+    clock.now += 0.5
+    assert not outage.failed("GroupCoordinatorNotAvailableError")  # and a relapse
+    clock.now += 0.5
+    outage.recovered()  # the first success after the last failure: the outage ends here
+    clock.now += 3
+    outage.recovered()  # not quiet long enough yet
+    assert outage.down
+    clock.now += 2
+    outage.recovered()
+    assert not outage.down
+    assert outage_lines(lines) == [
+        ("ERROR", "outbox relay: kafka unreachable: broker away"),
+        ("INFO", "outbox relay: kafka reachable again after 30s, 31 failed attempts"),
+    ]
+
+
+def test_without_settling_the_first_success_ends_the_outage(
+    clock: FakeClock, lines: pytest.LogCaptureFixture
+) -> None:
+    outage = OutageLog("consumer", "mongodb", settle_seconds=0, clock=clock)
+    outage.failed("no primary")
+    clock.now += 12
+    outage.recovered()
+    assert outage_lines(lines)[-1] == (
+        "INFO",
+        "consumer: mongodb reachable again after 12s, 1 failed attempts",
+    )
 
 
 def test_only_kafka_errors_on_faststreams_logger_are_held_back(clock: FakeClock) -> None:
-    throttle = KafkaClientLogThrottle(clock=clock)
+    throttle = KafkaClientLogThrottle(Outages(clock=clock))
     kafka_error = KafkaConnectionError("broker away")
     assert throttle.filter(record("crm.kafka", logging.ERROR, "Kafka error occurred", kafka_error))
     assert not throttle.filter(record("crm.kafka", logging.ERROR, "Kafka error occurred", kafka_error))
@@ -165,3 +213,20 @@ def test_every_aiokafka_logger_is_throttled() -> None:
         if name.startswith("aiokafka") and isinstance(getattr(module, "log", None), logging.Logger)
     }
     assert names and names <= set(AIOKAFKA_LOGGERS), names - set(AIOKAFKA_LOGGERS)
+
+
+def test_open_outages_show_as_a_gauge_until_they_end(clock: FakeClock) -> None:
+    registry = CollectorRegistry()
+    outages = Outages(registry, clock=clock)
+    relay = outages.log("outbox relay", "mongodb")
+
+    def active() -> float | None:
+        labels = {"component": "outbox relay", "resource": "mongodb"}
+        return registry.get_sample_value("crm_outage_active", labels)
+
+    assert active() == 0.0  # known before anything fails, so an alert has a series to watch
+    relay.failed("no primary")
+    assert active() == 1.0
+    clock.now += 10
+    relay.recovered()
+    assert active() == 0.0

@@ -39,7 +39,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 
 from .dead_letters import send_to_dead_letters
 from .events import decode
-from .logs import OutageLog
+from .logs import Outages
 from .mongo import Document, in_transaction
 from .outbox import Outbox
 from .settings import ServiceSettings
@@ -112,6 +112,8 @@ class EventConsumer:
         outbox: Outbox,
         settings: ServiceSettings,
         registry: CollectorRegistry,
+        *,
+        outages: Outages | None = None,
     ) -> None:
         self._broker = broker
         self._client = client
@@ -123,9 +125,9 @@ class EventConsumer:
         self.batch_handler: BatchHandler | None = None
         self._bound = False
         self._tracer = trace.get_tracer(__name__)
-        self._database_outage = OutageLog(
-            "consumer", "mongodb", summary_seconds=settings.log_outage_summary_seconds
-        )
+        # Settles at once: the next batch (its next success) may be a long time coming.
+        outages = outages or Outages(summary_seconds=settings.log_outage_summary_seconds)
+        self._database_outage = outages.log("consumer", "mongodb", settle_seconds=0)
         self.processed = Counter("crm_events_processed", "Events applied", ["topic"], registry=registry)
         self.duplicates = Counter(
             "crm_events_duplicate", "Redelivered events ignored", ["topic"], registry=registry

@@ -33,7 +33,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
-from .logs import OutageLog
+from .logs import Outages
 from .mongo import Document, in_transaction, to_bson
 from .outbox import Outbox
 from .settings import ServiceSettings
@@ -252,6 +252,7 @@ class JobRunner:
         settings: ServiceSettings,
         *,
         concurrency: int = 2,
+        outages: Outages | None = None,
     ) -> None:
         self._client = client
         self._jobs = db[JOBS]
@@ -266,7 +267,8 @@ class JobRunner:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._workers: dict[str, asyncio.Task[None]] = {}  # by job id
-        self._outage = OutageLog("job runner", "mongodb", summary_seconds=settings.log_outage_summary_seconds)
+        outages = outages or Outages(summary_seconds=settings.log_outage_summary_seconds)
+        self._outage = outages.log("job runner", "mongodb")
 
     # -- composition ------------------------------------------------------------------------
     def register(

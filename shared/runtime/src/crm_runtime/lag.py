@@ -13,7 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import CollectorRegistry, Gauge
 
 from .kafka import aiokafka_options
-from .logs import OutageLog
+from .logs import Outages
 from .settings import ServiceSettings
 
 
@@ -24,6 +24,7 @@ class LagMonitor:
         registry: CollectorRegistry,
         interval: float = 5.0,
         *,
+        outages: Outages | None = None,
         on_kafka_reachable: Callable[[], None] = lambda: None,
     ) -> None:
         self._settings = settings
@@ -32,7 +33,8 @@ class LagMonitor:
         self._task: asyncio.Task[None] | None = None
         self.by_topic: dict[str, int] = {}
         # Measuring every few seconds makes the monitor the service's steadiest view of Kafka.
-        self._outage = OutageLog("lag monitor", summary_seconds=settings.log_outage_summary_seconds)
+        outages = outages or Outages(summary_seconds=settings.log_outage_summary_seconds)
+        self._outage = outages.log("lag monitor")
         self._on_kafka_reachable = on_kafka_reachable
         self.gauge = Gauge(
             "crm_consumer_lag",

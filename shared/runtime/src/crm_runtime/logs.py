@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from aiokafka.errors import KafkaError
 from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Gauge
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -81,12 +82,19 @@ def describe_error(error: BaseException | str) -> str:
     return (text if text.startswith(name) else f"{name}: {text}")[:500]
 
 
+SETTLE_SECONDS = 5.0
+
+
 class OutageLog:
     """How one component reports the outage of something it depends on without flooding the
     log. The first failure of an outage is one ERROR line with the error; repeats are only
     counted, and summarised at most once per ``summary_seconds`` as a WARNING ("kafka
-    unreachable for 2m, 1,234 failed attempts"); the first success after them is one INFO line
-    ("kafka reachable again after 3m12s"). The next failure starts a new outage."""
+    unreachable for 2m, 1,234 failed attempts"); a success once nothing has failed for
+    ``settle_seconds`` ends it with one INFO line ("kafka reachable again after 3m12s", up to
+    the first success after the last failure). The settling keeps a broker that is coming
+    back (a request that works, the next that fails) to one outage; a component whose
+    successes are not periodic (it may not get another) passes 0. The next failure after the
+    end starts a new outage."""
 
     def __init__(
         self,
@@ -94,16 +102,22 @@ class OutageLog:
         resource: str = "kafka",
         *,
         summary_seconds: float = 60.0,
+        settle_seconds: float = SETTLE_SECONDS,
         logger: logging.Logger = OUTAGE_LOGGER,
         clock: Clock = time.monotonic,
+        on_change: Callable[[bool], None] | None = None,
     ) -> None:
         self.component = component
         self.resource = resource
         self.summary_seconds = summary_seconds
+        self.settle_seconds = settle_seconds
         self._logger = logger
         self._clock = clock
+        self._on_change = on_change
         self._since: float | None = None
+        self._last_failure = 0.0
         self._last_summary = 0.0
+        self._healthy_since: float | None = None  # the first success after the last failure
         self.failures = 0
         self.last_error = ""
 
@@ -116,9 +130,13 @@ class OutageLog:
         as the ERROR line (a caller that shows its own first line passes False)."""
         now = self._clock()
         self.last_error = describe_error(error)
+        self._last_failure = now
+        self._healthy_since = None
         if self._since is None:
             self._since = self._last_summary = now
             self.failures = 1
+            if self._on_change is not None:
+                self._on_change(True)
             if announce:
                 self._logger.error(
                     "%s: %s unreachable: %s",
@@ -142,21 +160,27 @@ class OutageLog:
         return False
 
     def recovered(self, *, announce: bool = True) -> None:
-        """The component reached the resource again: ends the outage (one INFO line)."""
+        """The component reached the resource: ends the outage once it has settled."""
         if self._since is None:
             return
         now = self._clock()
+        if self._healthy_since is None:
+            self._healthy_since = now
+        if now - self._last_failure < self.settle_seconds:
+            return
         if announce:
             self._logger.info(
                 "%s: %s reachable again after %s, %s failed attempts",
                 self.component,
                 self.resource,
-                describe_duration(now - self._since),
+                describe_duration(self._healthy_since - self._since),
                 f"{self.failures:,}",
-                extra=self._fields(now),
+                extra=self._fields(self._healthy_since),
             )
-        self._since = None
+        self._since = self._healthy_since = None
         self.failures = 0
+        if self._on_change is not None:
+            self._on_change(False)
 
     def _fields(self, now: float) -> dict[str, Any]:
         assert self._since is not None
@@ -166,6 +190,47 @@ class OutageLog:
             "outage_seconds": round(now - self._since, 1),
             "failed_attempts": self.failures,
         }
+
+
+class Outages:
+    """Makes a service's outage logs, and exports which are open as the gauge
+    ``crm_outage_active{component, resource}`` (1 while an outage lasts), so a dashboard or an
+    alert sees the outage the log reports once."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        summary_seconds: float = 60.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.summary_seconds = summary_seconds
+        self._clock = clock
+        self._gauge = (
+            Gauge(
+                "crm_outage_active",
+                "1 while a component of the service counts an outage of a resource it depends on",
+                ["component", "resource"],
+                registry=registry,
+            )
+            if registry is not None
+            else None
+        )
+
+    def log(
+        self, component: str, resource: str = "kafka", *, settle_seconds: float = SETTLE_SECONDS
+    ) -> OutageLog:
+        gauge = self._gauge.labels(component, resource) if self._gauge is not None else None
+        if gauge is not None:
+            gauge.set(0)
+        return OutageLog(
+            component,
+            resource,
+            summary_seconds=self.summary_seconds,
+            settle_seconds=settle_seconds,
+            clock=self._clock,
+            on_change=(lambda down: gauge.set(int(down))) if gauge is not None else None,
+        )
 
 
 # The loggers of aiokafka's modules (a filter on a logger sees only the records it creates, not
@@ -196,14 +261,14 @@ class KafkaClientLogThrottle(logging.Filter):
     connect, fetch, heartbeat and produce while the broker is away (about 100 lines a second
     per service). Per logger, the first warning or error of an outage passes unchanged; the
     repeats are held back, counted and summarised through an ``OutageLog``; ``recovered()``,
-    called when the service reaches Kafka again, ends the outage (with one INFO line when
-    something was held back), so the next outage shows its first line again. On FastStream's
+    called whenever the service reaches Kafka, ends the outage of each logger that has been
+    quiet for ``settle_seconds`` (with one INFO line when something was held back), so the
+    next outage shows its first line again. On FastStream's
     logger only records carrying a ``KafkaError`` count; everything else passes."""
 
-    def __init__(self, *, summary_seconds: float = 60.0, clock: Clock = time.monotonic) -> None:
+    def __init__(self, outages: Outages | None = None) -> None:
         super().__init__()
-        self._summary_seconds = summary_seconds
-        self._clock = clock
+        self._factory = outages or Outages()
         self._outages: dict[str, OutageLog] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -213,9 +278,7 @@ class KafkaClientLogThrottle(logging.Filter):
             return True
         outage = self._outages.get(record.name)
         if outage is None:
-            outage = self._outages[record.name] = OutageLog(
-                record.name, summary_seconds=self._summary_seconds, clock=self._clock
-            )
+            outage = self._outages[record.name] = self._factory.log(record.name)
         return outage.failed(record.getMessage(), announce=False)
 
     def recovered(self) -> None:

@@ -31,7 +31,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from .events import encode
-from .logs import OutageLog
+from .logs import Outages
 from .mongo import Document
 from .settings import ServiceSettings
 
@@ -114,6 +114,7 @@ class OutboxRelay:
         settings: ServiceSettings,
         registry: CollectorRegistry,
         *,
+        outages: Outages | None = None,
         on_kafka_reachable: Callable[[], None] = lambda: None,
     ) -> None:
         self._db = db
@@ -132,10 +133,8 @@ class OutboxRelay:
         self.last_error: str | None = None
         self._lease_until: datetime | None = None
         # A failure is either the database's or Kafka's; each outage is logged once.
-        self._outages = {
-            resource: OutageLog("outbox relay", resource, summary_seconds=settings.log_outage_summary_seconds)
-            for resource in ("kafka", "mongodb")
-        }
+        outages = outages or Outages(summary_seconds=settings.log_outage_summary_seconds)
+        self._outages = {resource: outages.log("outbox relay", resource) for resource in ("kafka", "mongodb")}
         self._on_kafka_reachable = on_kafka_reachable
 
     async def ensure_indexes(self) -> None:

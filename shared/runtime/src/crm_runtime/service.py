@@ -31,7 +31,7 @@ from .http import BodySizeLimit, TokenAuth, UnexpectedErrors, install_error_hand
 from .jobs import JobRunner
 from .kafka import BROKER_LOGGER, create_broker, ensure_topics
 from .lag import LagMonitor
-from .logs import KafkaClientLogThrottle, configure_logging
+from .logs import KafkaClientLogThrottle, Outages, configure_logging
 from .mongo import DatabaseUnreachable, create_client, in_transaction
 from .openapi import document_error_responses
 from .outbox import Outbox, OutboxRelay
@@ -50,32 +50,43 @@ class ServiceRuntime:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         configure_logging(settings.service_name, settings.log_level)
-        # Holds back the Kafka clients' repeated connection errors; any success of ours ends it.
-        self.kafka_log_throttle = KafkaClientLogThrottle(summary_seconds=settings.log_outage_summary_seconds)
-        self.kafka_log_throttle.install([BROKER_LOGGER])
         self.registry = CollectorRegistry()
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             try:
                 self.registry.register(collector)
             except ValueError:
                 pass
+        # Each component logs an outage once (crm_outage_active shows the open ones); the Kafka
+        # clients' repeated connection errors are held back, and any success of ours ends it.
+        self.outages = Outages(self.registry, summary_seconds=settings.log_outage_summary_seconds)
+        self.kafka_log_throttle = KafkaClientLogThrottle(self.outages)
+        self.kafka_log_throttle.install([BROKER_LOGGER])
+        kafka_reachable = self.kafka_log_throttle.recovered
         self.tracer_provider = configure_tracing(settings.service_name)
         self.client = create_client(settings)
         self.db = self.client[settings.database_name]
         self.broker = create_broker(settings, tracer_provider=self.tracer_provider, registry=self.registry)
         self.outbox = Outbox(self.db, settings)
-        kafka_reachable = self.kafka_log_throttle.recovered
         self.relay = OutboxRelay(
-            self.db, self.broker, self.outbox, settings, self.registry, on_kafka_reachable=kafka_reachable
+            self.db,
+            self.broker,
+            self.outbox,
+            settings,
+            self.registry,
+            outages=self.outages,
+            on_kafka_reachable=kafka_reachable,
         )
-        self.consumer = EventConsumer(self.broker, self.client, self.db, self.outbox, settings, self.registry)
+        self.consumer = EventConsumer(
+            self.broker, self.client, self.db, self.outbox, settings, self.registry, outages=self.outages
+        )
         self.lag = LagMonitor(
             settings,
             self.registry,
             interval=settings.lag_interval_seconds,
+            outages=self.outages,
             on_kafka_reachable=kafka_reachable,
         )
-        self.jobs = JobRunner(self.client, self.db, self.outbox, settings)
+        self.jobs = JobRunner(self.client, self.db, self.outbox, settings, outages=self.outages)
         self.auth = TokenAuth(settings.api_tokens.get_secret_value() if settings.api_tokens else None)
         self.source = f"/crm/{settings.service_name}"
         # Routes that stream their body (imports): CRM_MAX_IMPORT_BYTES instead of CRM_MAX_BODY_BYTES.
