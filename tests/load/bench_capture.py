@@ -29,11 +29,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from crm_contracts import catalog
 from crm_contracts.events.leads import LeadCaptured
 from crm_leads.bootstrap import LeadsSettings
-from crm_localinfra.testing import read_topic, running_services, service_env
+from crm_localinfra.testing import read_topic, running_services, service_env, topic_size
 from crm_runtime.events import encode, make_event
 from crm_runtime.mongo import in_transaction
 from harness import BenchInfra, run_bounded
@@ -86,23 +86,6 @@ def capture(run_id: str, n: int) -> LeadCaptured:
             "captured_at": "2026-11-20T10:00:00Z",
         }
     )
-
-
-async def topic_size(bootstrap: str, topic: str) -> int:
-    consumer, producer = (
-        AIOKafkaConsumer(bootstrap_servers=bootstrap),
-        AIOKafkaProducer(bootstrap_servers=bootstrap),
-    )
-    await consumer.start()
-    await producer.start()
-    try:
-        if topic not in await consumer.topics():
-            return 0
-        partitions = [TopicPartition(topic, p) for p in await producer.partitions_for(topic)]
-        return sum((await consumer.end_offsets(partitions)).values())
-    finally:
-        await producer.stop()
-        await consumer.stop()
 
 
 async def captured_end_to_end(

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from crm_contracts import catalog
 from crm_contracts.events.leads import LeadCaptured
 from crm_leads.domain import lead_id_for
@@ -26,6 +26,7 @@ from crm_localinfra.testing import (
     read_topic,
     running_services,
     service_env,
+    topic_size,
 )
 from crm_runtime.dead_letters import H_ERROR
 from crm_runtime.events import encode, make_event
@@ -135,23 +136,7 @@ class Running:
         return self.mongo[service_env(self.infra, "leads", isolation=self.isolation)["mongo_database"]]
 
     async def topic_size(self, name: str) -> int:
-        bootstrap = self.infra.kafka_bootstrap
-        consumer, producer = (
-            AIOKafkaConsumer(bootstrap_servers=bootstrap),
-            AIOKafkaProducer(bootstrap_servers=bootstrap),
-        )
-        await consumer.start()
-        await producer.start()
-        try:
-            if self.topic(name) not in await consumer.topics():
-                return 0
-            partitions = [
-                TopicPartition(self.topic(name), p) for p in await producer.partitions_for(self.topic(name))
-            ]
-            return sum((await consumer.end_offsets(partitions)).values())
-        finally:
-            await producer.stop()
-            await consumer.stop()
+        return await topic_size(self.infra.kafka_bootstrap, self.topic(name))
 
     async def metric(self, name: str) -> float:
         text = (await self.http.get(self.service.base_url + "/metrics")).text

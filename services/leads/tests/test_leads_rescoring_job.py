@@ -10,10 +10,16 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from crm_contracts.events.leads import lead_captured_example
 from crm_leads.bootstrap import LeadsSettings, create_app
-from crm_localinfra.testing import eventually, isolation_key, read_topic, service_client, service_env
+from crm_localinfra.testing import (
+    eventually,
+    isolation_key,
+    read_topic,
+    service_client,
+    service_env,
+    topic_size,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -61,21 +67,6 @@ async def service(infra: Any) -> AsyncIterator[tuple[httpx.AsyncClient, LeadsSet
     async with service_client(app) as http:
         http.headers.update(bearer(ADMIN))
         yield http, settings, app.state.runtime
-
-
-async def topic_size(bootstrap: str, topic: str) -> int:
-    consumer, producer = (
-        AIOKafkaConsumer(bootstrap_servers=bootstrap),
-        AIOKafkaProducer(bootstrap_servers=bootstrap),
-    )
-    await consumer.start()
-    await producer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in await producer.partitions_for(topic)]
-        return sum((await consumer.end_offsets(partitions)).values())
-    finally:
-        await producer.stop()
-        await consumer.stop()
 
 
 async def capture(http: httpx.AsyncClient, name: str, size: int) -> dict[str, Any]:

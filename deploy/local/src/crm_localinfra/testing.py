@@ -102,6 +102,24 @@ async def publish_raw(bootstrap: str, topic: str, value: bytes, key: bytes | Non
     await publish_all(bootstrap, topic, [Outgoing(value, key)])
 
 
+async def topic_size(bootstrap: str, topic: str) -> int:
+    """How many records ``topic`` holds (its partitions' end offsets); 0 if it does not exist."""
+    consumer, producer = (
+        AIOKafkaConsumer(bootstrap_servers=bootstrap),
+        AIOKafkaProducer(bootstrap_servers=bootstrap),
+    )
+    await consumer.start()
+    await producer.start()
+    try:
+        if topic not in await consumer.topics():
+            return 0
+        partitions = [TopicPartition(topic, p) for p in await producer.partitions_for(topic)]
+        return sum((await consumer.end_offsets(partitions)).values())
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
 async def read_topic(
     bootstrap: str,
     topic: str,
