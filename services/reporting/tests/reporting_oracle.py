@@ -361,6 +361,7 @@ def lead_sources(store: MemoryFactStore, q: LeadSourceQuery) -> list[LeadSourceR
                 qualified_rate=ratio(counts[1], counts[0]),
                 converted_rate=ratio(counts[2], counts[0]),
                 win_rate=ratio(won, won + lost),
+                lead_conversion_rate=ratio(counts[2], counts[0]),
             )
         )
     return rows
@@ -546,6 +547,7 @@ def campaign_roi(store: MemoryFactStore, q: CampaignRoiQuery) -> list[CampaignRo
                 },
                 cost_per_lead=cost_per_lead(actual, len(leads)),
                 roi=return_on_investment(revenue, actual),
+                lead_conversion_rate=ratio(converted, len(leads)),
             )
         )
     return rows

@@ -79,7 +79,7 @@ def queries() -> list[tuple[Any, Any, Any]]:
             ),
         ),
         (views.forecast_rows, oracle.forecast, views.ForecastQuery(owner_id="rep-1")),
-        (views.win_loss_rows, oracle.win_loss, views.WinLossQuery()),
+        (views.win_loss_rows, oracle.win_loss, views.WinLossQuery(currency="EUR")),
         (
             views.win_loss_rows,
             oracle.win_loss,
@@ -89,24 +89,34 @@ def queries() -> list[tuple[Any, Any, Any]]:
             views.win_loss_rows,
             oracle.win_loss,
             views.WinLossQuery.model_validate(
-                {"from": d(2026, 3, 20), "to": d(2026, 9, 1), "period": "month", "group_by": "owner_id"}
+                {
+                    "from": d(2026, 3, 20),
+                    "to": d(2026, 9, 1),
+                    "period": "month",
+                    "group_by": "owner_id",
+                    "currency": "EUR",
+                }
             ),
         ),
         (
             views.win_loss_rows,
             oracle.win_loss,
-            views.WinLossQuery(group_by=views.WinLossDimension.PRODUCT, sales_team_id="north"),
+            views.WinLossQuery(currency="EUR", group_by=views.WinLossDimension.PRODUCT, sales_team_id="north"),
         ),
         (
             views.win_loss_rows,
             oracle.win_loss,
-            views.WinLossQuery(group_by=views.WinLossDimension.CAMPAIGN, lead_source=LeadSource.WEB),
+            views.WinLossQuery(
+                currency="EUR", group_by=views.WinLossDimension.CAMPAIGN, lead_source=LeadSource.WEB
+            ),
         ),
-        (views.lead_source_rows, oracle.lead_sources, views.LeadSourceQuery()),
+        (views.lead_source_rows, oracle.lead_sources, views.LeadSourceQuery(currency="EUR")),
         (
             views.lead_source_rows,
             oracle.lead_sources,
-            views.LeadSourceQuery.model_validate({"period": "month", "campaign_id": "spring"}),
+            views.LeadSourceQuery.model_validate(
+                {"period": "month", "campaign_id": "spring", "currency": "EUR"}
+            ),
         ),
         (views.velocity_rows, oracle.velocity, views.VelocityQuery()),
         (

@@ -127,8 +127,8 @@ async def shown(source: views.ViewSource) -> dict[str, Any]:
     """The same figures as every money view shows them."""
     pipeline = await views.pipeline_rows(source, views.PipelineQuery(), START)
     forecast = await views.forecast_rows(source, views.ForecastQuery())
-    [win_loss] = await views.win_loss_rows(source, views.WinLossQuery())
-    sources = await views.lead_source_rows(source, views.LeadSourceQuery())
+    [win_loss] = await views.win_loss_rows(source, views.WinLossQuery(currency="EUR"))
+    sources = await views.lead_source_rows(source, views.LeadSourceQuery(currency="EUR"))
     [campaign] = await views.campaign_roi_rows(source, views.CampaignRoiQuery())
     history = await views.history_rows(
         source, views.PipelineHistoryQuery.model_validate({"from": date(2026, 3, 2), "to": date(2026, 3, 4)})

@@ -97,7 +97,7 @@ def counts(row: views.FunnelRow) -> tuple[Any, ...]:
 def test_the_funnel_counts_each_step_when_it_happened() -> None:
     [total] = rows(views.funnel_rows, FUNNEL_STORY, views.FunnelQuery())
     assert counts(total) == (None, None, 3, 3, 2, 1, 1)
-    assert (total.qualified_rate, total.converted_rate, total.won_rate, total.overall_rate) == (
+    assert (total.qualified_rate, total.qualified_to_converted_rate, total.won_rate, total.overall_rate) == (
         D("1.0000"),
         D("0.6667"),
         D("1.0000"),
@@ -235,7 +235,7 @@ def closed_deals() -> list[CloudEvent[Any]]:
 
 
 def test_win_loss_counts_rates_revenue_deal_size_and_cycle() -> None:
-    [total] = rows(views.win_loss_rows, closed_deals(), views.WinLossQuery())
+    [total] = rows(views.win_loss_rows, closed_deals(), views.WinLossQuery(currency="EUR"))
     assert (total.opportunities_created, total.won, total.lost, total.win_rate) == (4, 3, 1, D("0.7500"))
     assert (total.won_revenue, total.average_deal_size, total.won_revenue_in_other_currencies) == (
         D("4000.00"),
@@ -244,7 +244,7 @@ def test_win_loss_counts_rates_revenue_deal_size_and_cycle() -> None:
     )
     assert (total.average_cycle_days, total.average_won_cycle_days) == (D("25.0000"), D("20.0000"))
     reasons = rows(
-        views.win_loss_rows, closed_deals(), views.WinLossQuery(group_by=views.WinLossDimension.LOSS_REASON)
+        views.win_loss_rows, closed_deals(), views.WinLossQuery(currency="EUR", group_by=views.WinLossDimension.LOSS_REASON)
     )
     assert [(r.group, r.won, r.lost) for r in reasons] == [("price", 0, 1), (None, 3, 0)]
     by_owner = rows(
@@ -261,7 +261,7 @@ def test_win_loss_counts_rates_revenue_deal_size_and_cycle() -> None:
 
 def test_lead_sources_join_lead_counts_with_the_deals_of_the_source() -> None:
     story = [*FUNNEL_STORY, *closed_deals()]
-    result = {r.lead_source: r for r in rows(views.lead_source_rows, story, views.LeadSourceQuery())}
+    result = {r.lead_source: r for r in rows(views.lead_source_rows, story, views.LeadSourceQuery(currency="EUR"))}
     web = result["web"]
     assert (web.leads, web.qualified, web.converted, web.opportunities, web.won, web.lost) == (
         2,
@@ -271,7 +271,7 @@ def test_lead_sources_join_lead_counts_with_the_deals_of_the_source() -> None:
         3,
         1,
     )
-    assert (web.won_revenue, web.win_rate, web.converted_rate) == (D("16500.50"), D("0.7500"), D("1.0000"))
+    assert (web.won_revenue, web.win_rate, web.lead_conversion_rate) == (D("16500.50"), D("0.7500"), D("1.0000"))
     assert (result["event"].leads, result["event"].qualified_rate) == (1, D("1.0000"))
 
 
@@ -348,7 +348,8 @@ def test_campaign_roi_uses_the_campaigns_service_definitions() -> None:
     )
     assert row.cost_per_lead == campaigns_domain.cost_per_lead(D("750.00"), 3) == D("250.00")
     assert row.roi == campaigns_domain.return_on_investment(D("2500.00"), D("750.00")) == D("2.3333")
-    assert row.conversion_rate == campaigns_domain.conversion_rate(1, 3) == D("33.33")
+    assert row.model_dump()["conversion_rate"] == campaigns_domain.conversion_rate(1, 3) == D("33.33")
+    assert row.lead_conversion_rate == D("0.3333")  # converted_leads / leads, as lead sources say it
     assert rows(views.campaign_roi_rows, story, views.CampaignRoiQuery(status=CampaignStatus.COMPLETED)) == []
 
 
@@ -375,7 +376,7 @@ def test_a_historical_import_lands_in_the_periods_it_happened_in() -> None:
         (None, date(2020, 1, 1), 0, 0, 0, 0, 1),
     ]
     [won] = rows(
-        views.win_loss_rows, story, q(views.WinLossQuery, period="year", **{"from": date(2020, 1, 1)})
+        views.win_loss_rows, story, q(views.WinLossQuery, period="year", currency="EUR", **{"from": date(2020, 1, 1)})
     )
     assert (won.period, won.won, won.average_won_cycle_days) == (date(2020, 1, 1), 1, D("63.0000"))
     history = rows(

@@ -249,13 +249,20 @@ FromDay = Annotated[
 ToDay = Annotated[IsoDate | None, Query(alias="to", description="End day, exclusive (YYYY-MM-DD, UTC).")]
 Split = Annotated[Grain | None, Query(description="Split into periods by when things happened.")]
 MoneyCurrency = Annotated[
-    Currency, Query(description="Currency of the money columns; other currencies are listed apart.")
+    Currency,
+    Query(
+        description="Currency of the money columns; other currencies are listed apart. Defaults to "
+        "the company currency (CRM_COMPANY_CURRENCY); filters.currency and each row say which was used."
+    ),
 ]
 
 
 def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRouter:
     router = APIRouter(prefix="/reports", tags=["reports"])
     read = [Depends(runtime.auth.require("read"))]
+    # Read when the router is built, not at import: the setting is the default (and the
+    # OpenAPI shows it) whatever the code was imported with.
+    company_currency = runtime.settings.company_currency
 
     async def live() -> tuple[Generation, GenerationSource]:
         generation = await repo.live()
@@ -273,7 +280,8 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
             "lead source, origin, campaign, rating or owner (group_by) and period. Periods use when "
             "things happened (captured, qualified, converted, the opportunity's creation and win). "
             "Filters and group_by together may name one dimension, or two of lead_source, "
-            "campaign_id, rating and owner_id."
+            "campaign_id, rating and owner_id. Each rate's formula is in its field's description; "
+            "converted_rate is a deprecated alias of qualified_to_converted_rate."
         ),
     )
     async def funnel(
@@ -413,8 +421,8 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
         description=(
             "Opportunities closed in each period (by closing day) and created in it, by owner, "
             "pipeline, loss reason, lead source or campaign (group_by). win_rate = won / (won + lost); "
-            "cycle lengths run from creation to closing. Money in the chosen currency; other "
-            "currencies are listed apart. Besides pipeline_id, filters and group_by together may name "
+            "cycle lengths run from creation to closing. Money in the chosen currency (by default the "
+            "company currency, CRM_COMPANY_CURRENCY); other currencies are listed apart. Besides pipeline_id, filters and group_by together may name "
             "one dimension, or owner_id or sales_team_id with one other, or lead_source with campaign_id."
         ),
     )
@@ -433,7 +441,7 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
         period_to: ToDay = None,
         period: Split = None,
         group_by: WinLossDimension | None = None,
-        currency: MoneyCurrency = "EUR",
+        currency: MoneyCurrency = company_currency,
         format: ReportFormat | None = None,
     ) -> Response:
         _check_range(period_from, period_to)
@@ -526,8 +534,11 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
         summary="Lead sources: leads, qualified, converted, opportunities, won revenue, rates",
         description=(
             "Per lead source (and period): leads captured, qualified and converted in it, "
-            "opportunities created from the source, won and lost, and the revenue won. An "
-            "opportunity's source is its own, else the one its lead's conversion named."
+            "opportunities created from the source, won and lost, and the revenue won (in the chosen "
+            "currency, by default the company currency). An opportunity's source is its own, else the "
+            "one its lead's conversion named. Rates are shares of the leads captured (qualified_rate, "
+            "lead_conversion_rate) or of the closed opportunities (win_rate); converted_rate is a "
+            "deprecated alias of lead_conversion_rate."
         ),
     )
     async def lead_sources(
@@ -536,7 +547,7 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
         period_from: FromDay = None,
         period_to: ToDay = None,
         period: Split = None,
-        currency: MoneyCurrency = "EUR",
+        currency: MoneyCurrency = company_currency,
         format: ReportFormat | None = None,
     ) -> Response:
         _check_range(period_from, period_to)
@@ -565,7 +576,8 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
             "Per campaign, all time: actual cost (its cost ledger), members, leads and converted "
             "leads, opportunities attributed to it, won revenue in the campaign's currency, cost "
             "per lead and ROI = (won revenue - actual cost) / actual cost, as the campaigns "
-            "service's summary defines them."
+            "service's summary defines them. lead_conversion_rate = converted_leads / leads as in "
+            "the lead-sources view; conversion_rate (the same in percent) is deprecated."
         ),
     )
     async def campaign_roi(

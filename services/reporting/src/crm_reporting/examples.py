@@ -71,6 +71,7 @@ funnel = Example(
             opportunity_rate=D("0.9333"),
             won_rate=D("0.2500"),
             overall_rate=D("0.0292"),
+            qualified_to_converted_rate=D("0.3125"),
         )
     ],
     {"group_by": "lead_source"},
@@ -110,7 +111,12 @@ forecast = Example(
 )
 win_loss = Example(
     WinLossQuery.model_validate(
-        {"from": date(2026, 1, 1), "to": date(2026, 4, 1), "group_by": WinLossDimension.OWNER}
+        {
+            "from": date(2026, 1, 1),
+            "to": date(2026, 4, 1),
+            "group_by": WinLossDimension.OWNER,
+            "currency": "EUR",
+        }
     ),
     [
         WinLossRow(
@@ -159,7 +165,7 @@ conversion = Example(
     ],
 )
 lead_sources = Example(
-    LeadSourceQuery.model_validate({"from": date(2026, 1, 1), "to": date(2026, 4, 1)}),
+    LeadSourceQuery.model_validate({"from": date(2026, 1, 1), "to": date(2026, 4, 1), "currency": "EUR"}),
     [
         LeadSourceRow(
             lead_source="event",
@@ -176,6 +182,7 @@ lead_sources = Example(
             qualified_rate=D("0.4000"),
             converted_rate=D("0.1200"),
             win_rate=D("0.4000"),
+            lead_conversion_rate=D("0.1200"),
         )
     ],
 )
@@ -201,6 +208,7 @@ campaign_roi = Example(
             won_revenue_in_other_currencies={},
             cost_per_lead=D("45.00"),
             roi=D("4.3333"),
+            lead_conversion_rate=D("0.1200"),
         )
     ],
 )

@@ -58,6 +58,9 @@ WEIGHTED_QUANTUM = Decimal("0.0001")
 DAYS_QUANTUM = Decimal("0.0001")
 MAX_DAY_BUCKETS = 1100
 MAX_HISTORY_DAYS = 3700
+# Said by every rate's description, after its formula.
+RATE_NOTE = " A fraction with four decimals (half even), as a string; null when the divisor is 0."
+DEPRECATED_ALIAS = "Deprecated: read {new}; this name goes in the next release."
 
 
 class QueryError(ValueError):
@@ -397,6 +400,8 @@ class FunnelCounts:
 
 
 class FunnelRow(BaseModel):
+    """Step-to-step rates: each step's count over the step before it."""
+
     group: str | None = Field(description="The value of group_by, null for none/unknown.")
     group_name: str | None = Field(description="Display name of the group (campaign name).")
     period: date | None = Field(description="First day of the period (null when not split).")
@@ -405,11 +410,26 @@ class FunnelRow(BaseModel):
     converted: int
     opportunities: int
     won: int
-    qualified_rate: Decimal | None = Field(description="qualified / captured")
-    converted_rate: Decimal | None = Field(description="converted / qualified")
-    opportunity_rate: Decimal | None = Field(description="opportunities / converted")
-    won_rate: Decimal | None = Field(description="won / opportunities")
-    overall_rate: Decimal | None = Field(description="won / captured")
+    qualified_rate: Decimal | None = Field(
+        description="qualified / captured: the captured leads that were qualified." + RATE_NOTE
+    )
+    converted_rate: Decimal | None = Field(
+        deprecated=DEPRECATED_ALIAS.format(new="qualified_to_converted_rate"),
+        description="converted / qualified: qualified_to_converted_rate under its old name. "
+        + DEPRECATED_ALIAS.format(new="qualified_to_converted_rate"),
+    )
+    opportunity_rate: Decimal | None = Field(
+        description="opportunities / converted: converted leads that brought an opportunity." + RATE_NOTE
+    )
+    won_rate: Decimal | None = Field(
+        description="won / opportunities: opportunities from these leads that were won." + RATE_NOTE
+    )
+    overall_rate: Decimal | None = Field(
+        description="won / captured: captured leads that ended in a won opportunity." + RATE_NOTE
+    )
+    qualified_to_converted_rate: Decimal | None = Field(
+        description="converted / qualified: qualified leads that were converted." + RATE_NOTE
+    )
 
 
 def funnel_row(group: str | None, name: str | None, period: date | None, c: FunnelCounts) -> FunnelRow:
@@ -427,6 +447,7 @@ def funnel_row(group: str | None, name: str | None, period: date | None, c: Funn
         opportunity_rate=ratio(c.opportunity, c.converted),
         won_rate=ratio(c.won, c.opportunity),
         overall_rate=ratio(c.won, c.captured),
+        qualified_to_converted_rate=ratio(c.converted, c.qualified),
     )
 
 
@@ -474,7 +495,10 @@ async def campaign_names(source: ViewSource, ids: Iterable[str | None], wanted: 
 # -- lead sources -----------------------------------------------------------------------------
 class LeadSourceQuery(Period):
     campaign_id: str | None = None
-    currency: str = Field(default="EUR", description="Currency of won_revenue; others are listed apart.")
+    currency: str = Field(
+        description="Currency of won_revenue (the company currency unless the request named one); "
+        "others are listed apart."
+    )
 
 
 class LeadSourceRow(BaseModel):
@@ -486,12 +510,23 @@ class LeadSourceRow(BaseModel):
     opportunities: int = Field(description="Opportunities created from the source.")
     won: int
     lost: int
-    currency: str
+    currency: str = Field(description="Currency of won_revenue.")
     won_revenue: Decimal
     won_revenue_in_other_currencies: dict[str, Decimal]
-    qualified_rate: Decimal | None = Field(description="qualified / leads")
-    converted_rate: Decimal | None = Field(description="converted / leads")
-    win_rate: Decimal | None = Field(description="won / (won + lost)")
+    qualified_rate: Decimal | None = Field(
+        description="qualified / leads: the captured leads that were qualified." + RATE_NOTE
+    )
+    converted_rate: Decimal | None = Field(
+        deprecated=DEPRECATED_ALIAS.format(new="lead_conversion_rate"),
+        description="converted / leads: lead_conversion_rate under its old name. "
+        + DEPRECATED_ALIAS.format(new="lead_conversion_rate"),
+    )
+    win_rate: Decimal | None = Field(
+        description="won / (won + lost): the closed opportunities that were won." + RATE_NOTE
+    )
+    lead_conversion_rate: Decimal | None = Field(
+        description="converted / leads: the captured leads that were converted." + RATE_NOTE
+    )
 
 
 async def lead_source_rows(source: ViewSource, query: LeadSourceQuery) -> list[LeadSourceRow]:
@@ -526,6 +561,7 @@ async def lead_source_rows(source: ViewSource, query: LeadSourceQuery) -> list[L
                 qualified_rate=ratio(count["qualified"], count["captured"]),
                 converted_rate=ratio(count["converted"], count["captured"]),
                 win_rate=ratio(won, won + lost),
+                lead_conversion_rate=ratio(count["converted"], count["captured"]),
             )
         )
     return rows
@@ -556,7 +592,8 @@ class WinLossQuery(Period):
     loss_reason: str | None = None
     group_by: WinLossDimension | None = None
     currency: str = Field(
-        default="EUR", description="Currency of the money columns; others are listed apart."
+        description="Currency of the money columns (the company currency unless the request named "
+        "one); others are listed apart."
     )
 
     def match(self) -> dict[str, str]:
@@ -570,10 +607,14 @@ class WinLossRow(BaseModel):
     opportunities_created: int
     won: int
     lost: int
-    win_rate: Decimal | None = Field(description="won / (won + lost)")
-    currency: str
+    win_rate: Decimal | None = Field(
+        description="won / (won + lost): the closed opportunities that were won." + RATE_NOTE
+    )
+    currency: str = Field(description="Currency of won_revenue and average_deal_size.")
     won_revenue: Decimal
-    average_deal_size: Decimal | None = Field(description="Won revenue / deals won in this currency.")
+    average_deal_size: Decimal | None = Field(
+        description="won_revenue / the deals won in this currency: to the cent; null without such deals."
+    )
     won_revenue_in_other_currencies: dict[str, Decimal]
     average_cycle_days: Decimal | None = Field(description="Created to closed, won and lost.")
     average_won_cycle_days: Decimal | None = Field(description="Created to won.")
@@ -858,7 +899,10 @@ class StageConversionRow(BaseModel):
     to_stage_name: str | None
     entered: int = Field(description="Times opportunities entered stage_id.")
     moves: int = Field(description="Moves from stage_id to to_stage_id.")
-    conversion_rate: Decimal | None = Field(description="moves / entered")
+    conversion_rate: Decimal | None = Field(
+        description="moves / entered: the stays in stage_id that ended with a move to to_stage_id."
+        + RATE_NOTE
+    )
 
 
 def _kth(histogram: Mapping[int, int], rank: int) -> tuple[int, int]:
@@ -1074,15 +1118,26 @@ class CampaignRoiRow(BaseModel):
     members: int
     leads: int
     converted_leads: int
-    conversion_rate: Decimal | None = Field(description="Converted leads per lead, in percent.")
+    conversion_rate: Decimal | None = Field(
+        deprecated=DEPRECATED_ALIAS.format(new="lead_conversion_rate"),
+        description="converted_leads / leads * 100: lead_conversion_rate in percent (two decimals), "
+        "as the campaigns service's summary has it. "
+        + DEPRECATED_ALIAS.format(new="lead_conversion_rate"),
+    )
     opportunities: int
     won_opportunities: int
     lost_opportunities: int
     won_revenue: Decimal = Field(description="Won amounts in the campaign's currency.")
     won_revenue_in_other_currencies: dict[str, Decimal]
-    cost_per_lead: Decimal | None = Field(description="Actual cost / leads, to the cent; null without leads.")
+    cost_per_lead: Decimal | None = Field(
+        description="actual_cost / leads: to the cent (half up); null without leads."
+    )
     roi: Decimal | None = Field(
-        description="(won revenue - actual cost) / actual cost; null while nothing was spent."
+        description="(won_revenue - actual_cost) / actual_cost: return on the money spent, four "
+        "decimals (half up); null while nothing was spent."
+    )
+    lead_conversion_rate: Decimal | None = Field(
+        description="converted_leads / leads: the campaign's leads that were converted." + RATE_NOTE
     )
 
 
@@ -1149,6 +1204,7 @@ async def campaign_roi_rows(source: ViewSource, query: CampaignRoiQuery) -> list
                 won_revenue_in_other_currencies={c: from_cents(v) for c, v in sorted(amounts.items())},
                 cost_per_lead=cost_per_lead(actual, leads),
                 roi=return_on_investment(revenue, actual),
+                lead_conversion_rate=ratio(converted, leads),
             )
         )
     return rows

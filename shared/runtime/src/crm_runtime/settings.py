@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from crm_contracts.events.common import Currency
+from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+_CURRENCY: TypeAdapter[str] = TypeAdapter(Currency)
 
 
 class ServiceSettings(BaseSettings):
@@ -63,6 +67,13 @@ class ServiceSettings(BaseSettings):
         description="Comma-separated 'token:scope' pairs (scope read or write); unset disables auth.",
     )
 
+    company_currency: str = Field(
+        default="EUR",
+        description="The organisation's corporate currency (ISO 4217, e.g. EUR or USD): the currency of "
+        "new opportunities, products, campaigns and import rows that name none, and of the money "
+        "columns of the win/loss and lead-source reports. Every service must be given the same one.",
+    )
+
     outbox_batch_size: int = Field(default=200, ge=1, le=5000)
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
     outbox_linger_seconds: float = Field(
@@ -83,6 +94,17 @@ class ServiceSettings(BaseSettings):
     )
     jobs_poll_seconds: float = Field(default=1.0, gt=0, description="How often idle runners look for jobs.")
     lag_interval_seconds: float = Field(default=5.0, gt=0, description="How often consumer lag is measured.")
+
+    @field_validator("company_currency")
+    @classmethod
+    def _iso_4217(cls, value: str) -> str:
+        try:
+            return _CURRENCY.validate_python(value)
+        except ValidationError:
+            raise ValueError(
+                f"CRM_COMPANY_CURRENCY must be an ISO 4217 code of three capital letters "
+                f"(e.g. EUR, USD), not {value!r}"
+            ) from None
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> ServiceSettings:
