@@ -49,7 +49,9 @@ def options(
 
 
 def plan(**overrides: Any) -> Campaign:
-    details = CampaignDetails.model_validate({"name": "Webinar", "type": "webinar", **overrides})
+    details = CampaignDetails.model_validate(
+        {"name": "Webinar", "type": "webinar", "currency": "EUR", **overrides}
+    )
     return Campaign.plan("c-1", details, now=NOW, by="rep-1")
 
 

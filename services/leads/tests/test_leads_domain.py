@@ -227,8 +227,10 @@ def test_qualifying_keeps_the_reps_rating_as_an_override_of_the_score() -> None:
 def test_only_qualified_leads_convert_unless_explicitly_allowed() -> None:
     lead = lead_of()
     with pytest.raises(LeadRuleViolation, match="only qualified leads convert"):
-        lead.convert(ConversionRequest(), now=NOW, by=REP)
-    converted = lead.convert(ConversionRequest(allow_unqualified=True), now=NOW, by=REP)
+        lead.convert(ConversionRequest(), now=NOW, by=REP, company_currency="EUR")
+    converted = lead.convert(
+        ConversionRequest(allow_unqualified=True), now=NOW, by=REP, company_currency="EUR"
+    )
     assert converted.lead_id == lead.id and lead.status is LeadStatus.CONVERTED
     with pytest.raises(LeadAlreadyConverted):
         lead.work(LeadStatus.WORKING, now=NOW, by="rep-1")
@@ -242,6 +244,7 @@ def test_conversion_carries_new_ids_source_and_campaign_and_cannot_happen_twice(
         ConversionRequest(opportunity=OpportunityRequest(name="Engines deal", amount="5000")),
         now=NOW,
         by=REP,
+        company_currency="EUR",
         new_id=lambda: next(ids),
     )
     assert (event.account.account_id, event.contact.contact_id) == ("id-1", "id-2")
@@ -250,13 +253,26 @@ def test_conversion_carries_new_ids_source_and_campaign_and_cannot_happen_twice(
     assert event.lead_source.value == "web" and event.campaign_id == "camp-1"
     assert lead.conversion is not None and lead.conversion.opportunity_id == "id-3"
     with pytest.raises(LeadAlreadyConverted):
-        lead.convert(ConversionRequest(), now=NOW, by=REP)
+        lead.convert(ConversionRequest(), now=NOW, by=REP, company_currency="EUR")
+
+
+def test_a_conversion_opens_its_opportunity_in_the_company_currency_unless_it_names_one() -> None:
+    def converted_currency(request: OpportunityRequest) -> str | None:
+        lead = lead_of()
+        lead.qualify(LeadRating.HOT, now=NOW, by="rep-1")
+        event = lead.convert(ConversionRequest(opportunity=request), now=NOW, by=REP, company_currency="USD")
+        return event.opportunity.currency if event.opportunity else None
+
+    assert converted_currency(OpportunityRequest(name="Deal", amount="5000")) == "USD"
+    assert converted_currency(OpportunityRequest(name="Deal", amount="5000", currency="GBP")) == "GBP"
 
 
 def test_conversion_into_an_existing_account_reuses_its_id() -> None:
     lead = lead_of()
     lead.qualify(LeadRating.WARM, now=NOW, by="rep-1")
-    event = lead.convert(ConversionRequest(existing_account_id="acc-9"), now=NOW, by=REP)
+    event = lead.convert(
+        ConversionRequest(existing_account_id="acc-9"), now=NOW, by=REP, company_currency="EUR"
+    )
     assert event.account.account_id == "acc-9" and not event.account.is_new
     assert event.opportunity is None
 
@@ -317,7 +333,7 @@ def test_merge_refuses_itself_a_merged_or_converted_duplicate_and_a_merged_survi
         c.merge(b, RULES, now=NOW, by="rep")
     with pytest.raises(LeadRuleViolation, match="was itself merged into"):
         b.merge(c, RULES, now=NOW, by="rep")
-    c.convert(ConversionRequest(allow_unqualified=True), now=NOW, by=REP)
+    c.convert(ConversionRequest(allow_unqualified=True), now=NOW, by=REP, company_currency="EUR")
     with pytest.raises(LeadRuleViolation, match="converted and cannot be merged"):
         a.merge(c, RULES, now=NOW, by="rep")
     with pytest.raises(LeadRuleViolation, match="was merged into"):

@@ -150,7 +150,8 @@ async def new_records(service: ServiceRuntime) -> Records:
     await repos.ensure_indexes()
     outbox = Outbox(db, service.settings)
     await in_transaction(
-        service.client, lambda s: seed_default_pipeline(repos, UnitOfWork(s, outbox), Policy())
+        service.client,
+        lambda s: seed_default_pipeline(repos, UnitOfWork(s, outbox), Policy(company_currency="EUR")),
     )
     consumer = EventConsumer(
         service.broker, service.client, db, outbox, service.settings, CollectorRegistry()

@@ -534,6 +534,7 @@ def test_an_imported_opportunity_keeps_its_original_stage_and_dates() -> None:
         name="Old deal",
         account_id="acc-1",
         amount=Decimal("900"),
+        currency="EUR",
     )
     won = imported.opportunity
     assert (won.status, won.created_at, won.closed_at, won.version) == (OpportunityStatus.WON, T0, at(240), 2)
@@ -558,6 +559,7 @@ def test_an_imported_lost_opportunity_needs_a_reason_and_a_close_after_its_creat
         "opportunity_id": "o",
         "name": "n",
         "account_id": "a",
+        "currency": "EUR",
     }
     with pytest.raises(InvalidRequest) as no_reason:
         Opportunity.imported(closed_at=at(1), loss_reason=None, **common)  # type: ignore[arg-type]
@@ -695,6 +697,7 @@ def import_with(**overrides: object) -> Opportunity:
         "opportunity_id": "opp-old",
         "name": "Old deal",
         "account_id": "acc-1",
+        "currency": "EUR",
     }
     args.update(overrides)
     return Opportunity.imported(**args).opportunity  # type: ignore[arg-type]
@@ -714,6 +717,7 @@ def test_an_imported_history_is_replayed_with_its_original_dates() -> None:
         opportunity_id="opp-old",
         name="Old deal",
         account_id="acc-1",
+        currency="EUR",
     )
     lost = imported.opportunity
     assert (lost.status, lost.loss_reason, lost.created_at, lost.closed_at, lost.version) == (

@@ -101,7 +101,9 @@ def queries() -> list[tuple[Any, Any, Any]]:
         (
             views.win_loss_rows,
             oracle.win_loss,
-            views.WinLossQuery(currency="EUR", group_by=views.WinLossDimension.PRODUCT, sales_team_id="north"),
+            views.WinLossQuery(
+                currency="EUR", group_by=views.WinLossDimension.PRODUCT, sales_team_id="north"
+            ),
         ),
         (
             views.win_loss_rows,

@@ -244,7 +244,9 @@ def test_win_loss_counts_rates_revenue_deal_size_and_cycle() -> None:
     )
     assert (total.average_cycle_days, total.average_won_cycle_days) == (D("25.0000"), D("20.0000"))
     reasons = rows(
-        views.win_loss_rows, closed_deals(), views.WinLossQuery(currency="EUR", group_by=views.WinLossDimension.LOSS_REASON)
+        views.win_loss_rows,
+        closed_deals(),
+        views.WinLossQuery(currency="EUR", group_by=views.WinLossDimension.LOSS_REASON),
     )
     assert [(r.group, r.won, r.lost) for r in reasons] == [("price", 0, 1), (None, 3, 0)]
     by_owner = rows(
@@ -261,7 +263,9 @@ def test_win_loss_counts_rates_revenue_deal_size_and_cycle() -> None:
 
 def test_lead_sources_join_lead_counts_with_the_deals_of_the_source() -> None:
     story = [*FUNNEL_STORY, *closed_deals()]
-    result = {r.lead_source: r for r in rows(views.lead_source_rows, story, views.LeadSourceQuery(currency="EUR"))}
+    result = {
+        r.lead_source: r for r in rows(views.lead_source_rows, story, views.LeadSourceQuery(currency="EUR"))
+    }
     web = result["web"]
     assert (web.leads, web.qualified, web.converted, web.opportunities, web.won, web.lost) == (
         2,
@@ -271,7 +275,11 @@ def test_lead_sources_join_lead_counts_with_the_deals_of_the_source() -> None:
         3,
         1,
     )
-    assert (web.won_revenue, web.win_rate, web.lead_conversion_rate) == (D("16500.50"), D("0.7500"), D("1.0000"))
+    assert (web.won_revenue, web.win_rate, web.lead_conversion_rate) == (
+        D("16500.50"),
+        D("0.7500"),
+        D("1.0000"),
+    )
     assert (result["event"].leads, result["event"].qualified_rate) == (1, D("1.0000"))
 
 
@@ -376,7 +384,9 @@ def test_a_historical_import_lands_in_the_periods_it_happened_in() -> None:
         (None, date(2020, 1, 1), 0, 0, 0, 0, 1),
     ]
     [won] = rows(
-        views.win_loss_rows, story, q(views.WinLossQuery, period="year", currency="EUR", **{"from": date(2020, 1, 1)})
+        views.win_loss_rows,
+        story,
+        q(views.WinLossQuery, period="year", currency="EUR", **{"from": date(2020, 1, 1)}),
     )
     assert (won.period, won.won, won.average_won_cycle_days) == (date(2020, 1, 1), 1, D("63.0000"))
     history = rows(

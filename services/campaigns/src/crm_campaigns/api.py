@@ -30,6 +30,7 @@ from .domain import (
     Campaign,
     CampaignDetails,
     CampaignMember,
+    CampaignPlan,
     CampaignSummary,
     IllegalTransition,
     InvalidCampaign,
@@ -72,7 +73,7 @@ ExpectedVersion = Annotated[
 ]
 
 
-class NewCampaign(CampaignDetails):
+class NewCampaign(CampaignPlan):
     """A campaign to plan (or to record afterwards, in any status)."""
 
     model_config = ConfigDict(
@@ -96,6 +97,9 @@ class NewCampaign(CampaignDetails):
         },
     )
 
+    currency: Currency | None = Field(
+        default=None, description="The company currency (CRM_COMPANY_CURRENCY) when omitted"
+    )
     campaign_id: Id | None = Field(
         default=None, description="Choose the id (e.g. the one used in ad links); generated when omitted."
     )
@@ -364,7 +368,10 @@ def campaigns_router(
 
     @router.post("", status_code=status.HTTP_201_CREATED, dependencies=write, summary="Create a campaign")
     async def create(body: NewCampaign) -> CampaignView:
-        details = CampaignDetails.model_validate(body.model_dump(exclude={"campaign_id", "status", "by"}))
+        details = CampaignDetails.model_validate(
+            body.model_dump(exclude={"campaign_id", "status", "by"})
+            | {"currency": body.currency or runtime.settings.company_currency}
+        )
 
         async def work(uow: UnitOfWork) -> Campaign:
             return await create_campaign(

@@ -111,8 +111,8 @@ class IllegalTransition(CampaignRuleViolation):
     """The change does not fit the campaign's current state."""
 
 
-class CampaignDetails(BaseModel):
-    """What a user decides about a campaign when planning it."""
+class CampaignPlan(BaseModel):
+    """What a user decides about a campaign when planning it, but its currency."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -126,8 +126,14 @@ class CampaignDetails(BaseModel):
     budgeted_cost: Money | None = None
     expected_revenue: Money | None = None
     expected_response: ResponsePercent | None = None
-    currency: Currency = "EUR"
     member_statuses: MemberStatuses = DEFAULT_MEMBER_STATUSES
+
+
+class CampaignDetails(CampaignPlan):
+    """What a user decides about a campaign when planning it; the currency its budget, costs and
+    revenue are counted in (the HTTP API fills in the company currency when none is given)."""
+
+    currency: Currency
 
 
 class StatusChange(BaseModel):
@@ -170,7 +176,7 @@ class Campaign(BaseModel):
     budgeted_cost: Decimal | None = None
     expected_revenue: Decimal | None = None
     expected_response: Decimal | None = None
-    currency: str = "EUR"
+    currency: str
     member_statuses: tuple[MemberStatusOption, ...] = DEFAULT_MEMBER_STATUSES
     cost_entries: list[CostEntry] = Field(default_factory=list)
     status_history: list[StatusChange] = Field(default_factory=list)

@@ -500,7 +500,12 @@ def leads_router(runtime: ServiceRuntime, repo: LeadRepository, rescoring: Resco
     )
     async def convert(lead_id: Id, body: ConvertRequest) -> LeadView:
         request = ConversionRequest.model_validate(body.model_dump(exclude={"by"}))
-        return LeadView.of(await run(lambda uow: convert_lead(repo, uow, lead_id, request, body.by)))
+        currency = runtime.settings.company_currency
+        return LeadView.of(
+            await run(
+                lambda uow: convert_lead(repo, uow, lead_id, request, body.by, company_currency=currency)
+            )
+        )
 
     @router.post(
         "/{lead_id}/merge",

@@ -587,10 +587,12 @@ class Lead(BaseModel):
         *,
         now: datetime,
         by: Actor,
+        company_currency: str,
         new_id: Any = uuid.uuid4,
     ) -> LeadConverted:
-        """Convert into an account, a contact and optionally an opportunity. Only qualified
-        leads convert, unless ``allow_unqualified`` is set for an open one."""
+        """Convert into an account, a contact and optionally an opportunity (in the company
+        currency unless the request names one). Only qualified leads convert, unless
+        ``allow_unqualified`` is set for an open one."""
         self._refuse_if_closed()
         if self.status != LeadStatus.QUALIFIED and not (
             request.allow_unqualified and self.status in OPEN_STATUSES
@@ -625,7 +627,7 @@ class Lead(BaseModel):
                 opportunity_id=str(new_id()),
                 name=spec.name,
                 amount=spec.amount,
-                currency=spec.currency,
+                currency=spec.currency or company_currency,
                 expected_close_date=spec.expected_close_date,
                 pipeline_id=spec.pipeline_id,
                 owner_id=spec.owner_id or self.owner_id,
@@ -863,7 +865,9 @@ class OpportunityRequest(BaseModel):
 
     name: ShortText
     amount: Money | None = None
-    currency: Currency = "EUR"
+    currency: Currency | None = Field(
+        default=None, description="The company currency (CRM_COMPANY_CURRENCY) when omitted"
+    )
     expected_close_date: IsoDate | None = None
     pipeline_id: Id | None = Field(default=None, description="Default pipeline when omitted")
     owner_id: Id | None = None

@@ -311,12 +311,18 @@ async def disqualify_lead(store: LeadStore, uow: UnitOfWork, lead_id: str, reaso
 
 
 async def convert_lead(
-    store: LeadStore, uow: UnitOfWork, lead_id: str, request: ConversionRequest, by: Actor
+    store: LeadStore,
+    uow: UnitOfWork,
+    lead_id: str,
+    request: ConversionRequest,
+    by: Actor,
+    *,
+    company_currency: str,
 ) -> Lead:
     lead = await load(store, uow, lead_id)
     expected = lead.version
     now = now_ms()
-    converted = lead.convert(request, now=now, by=by)
+    converted = lead.convert(request, now=now, by=by, company_currency=company_currency)
     await store.update(lead, expected, uow.session)
     await uow.emit(
         catalog.LEAD_CONVERTED,

@@ -162,7 +162,9 @@ class NewProduct(_Body):
     name: ShortText
     description: Annotated[str, MultiLine(max_length=2000)] | None = None
     list_price: Money
-    currency: Currency = "EUR"
+    currency: Currency | None = Field(
+        default=None, description="The company currency (CRM_COMPANY_CURRENCY) when omitted"
+    )
     active: bool = True
 
 
@@ -301,7 +303,9 @@ class NewOpportunityBody(_Body):
     stage_id: Id | None = Field(default=None, description="The pipeline's first stage when omitted")
     probability: Percent | None = Field(default=None, description="Overrides the stage's default")
     amount: Money | None = None
-    currency: Currency = "EUR"
+    currency: Currency | None = Field(
+        default=None, description="The company currency (CRM_COMPANY_CURRENCY) when omitted"
+    )
     expected_close_date: IsoDate | None = None
     lead_id: Id | None = None
     lead_source: LeadSource | None = None
@@ -451,7 +455,11 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
     async def post_product(body: NewProduct) -> Product:
         now = utcnow()
         product = Product(
-            **body.model_dump(exclude={"id"}), id=body.id or str(uuid.uuid4()), created_at=now, updated_at=now
+            **body.model_dump(exclude={"id", "currency"}),
+            id=body.id or str(uuid.uuid4()),
+            currency=body.currency or policy.company_currency,
+            created_at=now,
+            updated_at=now,
         )
         return await run(lambda uow: create_product(repos, uow, product))
 
@@ -685,7 +693,7 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
             stage_id=body.stage_id,
             probability=body.probability,
             amount=body.amount,
-            currency=body.currency,
+            currency=body.currency or policy.company_currency,
             expected_close_date=body.expected_close_date,
             owner_id=body.owner_id,
             primary_contact_id=body.primary_contact_id,

@@ -26,7 +26,9 @@ def create_app(settings: OpportunitiesSettings | None = None) -> FastAPI:
     settings = settings or OpportunitiesSettings()
     runtime = ServiceRuntime(settings)
     repos = Repositories.of(runtime.db)
-    policy = Policy(default_loss_reasons=tuple(settings.default_loss_reasons))
+    policy = Policy(
+        company_currency=settings.company_currency, default_loss_reasons=tuple(settings.default_loss_reasons)
+    )
 
     async def prepare_storage() -> None:
         await repos.ensure_indexes()

@@ -772,7 +772,7 @@ class Opportunity(BaseModel):
     probability_overridden: bool = False
     forecast_category: ForecastCategory
     amount: Decimal = Decimal("0")
-    currency: str = "EUR"
+    currency: str
     expected_close_date: date | None = None
     lead_id: str | None = None
     lead_source: LeadSource | None = None
@@ -808,8 +808,8 @@ class Opportunity(BaseModel):
         now: datetime,
         stage_id: str | None = None,
         probability: int | None = None,
+        currency: str,
         amount: Decimal | None = None,
-        currency: str = "EUR",
         expected_close_date: date | None = None,
         owner_id: str | None = None,
         primary_contact_id: str | None = None,

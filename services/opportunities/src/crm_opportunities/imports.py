@@ -106,7 +106,7 @@ class OpportunityRow(ImportRow):
     stage_id: Id | None = Field(default=None, description="The original stage; the first one when omitted")
     probability: Percent | None = None
     amount: Money | None = None
-    currency: Currency = "EUR"
+    currency: Currency | None = Field(default=None, description="The company currency when omitted")
     expected_close_date: IsoDate | None = None
     owner_id: Id | None = None
     lead_source: LeadSource | None = None

@@ -85,6 +85,7 @@ class DuplicateRecord(Exception):
 class Policy:
     """Installation-wide settings the rules need."""
 
+    company_currency: str  # of new records that name no currency (CRM_COMPANY_CURRENCY)
     default_loss_reasons: Sequence[str] = DEFAULT_LOSS_REASONS
 
 
@@ -423,11 +424,11 @@ class NewOpportunity:
     name: str
     account_id: str
     by: Actor
+    currency: str
     pipeline_id: str = DEFAULT_PIPELINE_ID
     stage_id: str | None = None
     probability: int | None = None
     amount: Decimal | None = None
-    currency: str = "EUR"
     expected_close_date: date | None = None
     owner_id: str | None = None
     primary_contact_id: str | None = None
@@ -1055,6 +1056,8 @@ async def import_opportunity(
     if existing is None:
         return await _import_new_opportunity(repos, uow, policy, row, opportunity_id, account, pipeline, by)
     given = row.model_fields_set & set(_IMPORTED_FIGURES)
+    if row.currency is None:
+        given.discard("currency")  # a blank currency keeps the opportunity's own
     changes = OpportunityChanges.model_validate({name: getattr(row, name) for name in given})
     other_pipeline = existing.pipeline_id != pipeline.id
     target_stage = row.stage_id if row.stage_id not in (None, existing.stage_id) else None
@@ -1121,7 +1124,7 @@ async def _import_new_opportunity(
         account_id=account.id,
         probability=row.probability,
         amount=row.amount,
-        currency=row.currency,
+        currency=row.currency or policy.company_currency,
         expected_close_date=row.expected_close_date,
         owner_id=row.owner_id,
         lead_source=row.lead_source,

@@ -422,8 +422,9 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
             "Opportunities closed in each period (by closing day) and created in it, by owner, "
             "pipeline, loss reason, lead source or campaign (group_by). win_rate = won / (won + lost); "
             "cycle lengths run from creation to closing. Money in the chosen currency (by default the "
-            "company currency, CRM_COMPANY_CURRENCY); other currencies are listed apart. Besides pipeline_id, filters and group_by together may name "
-            "one dimension, or owner_id or sales_team_id with one other, or lead_source with campaign_id."
+            "company currency, CRM_COMPANY_CURRENCY); other currencies are listed apart. Besides "
+            "pipeline_id, filters and group_by together may name one dimension, or owner_id or "
+            "sales_team_id with one other, or lead_source with campaign_id."
         ),
     )
     async def win_loss(

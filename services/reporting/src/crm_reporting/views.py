@@ -1121,8 +1121,7 @@ class CampaignRoiRow(BaseModel):
     conversion_rate: Decimal | None = Field(
         deprecated=DEPRECATED_ALIAS.format(new="lead_conversion_rate"),
         description="converted_leads / leads * 100: lead_conversion_rate in percent (two decimals), "
-        "as the campaigns service's summary has it. "
-        + DEPRECATED_ALIAS.format(new="lead_conversion_rate"),
+        "as the campaigns service's summary has it. " + DEPRECATED_ALIAS.format(new="lead_conversion_rate"),
     )
     opportunities: int
     won_opportunities: int

@@ -8,7 +8,6 @@ from crm_contracts.events.common import Currency
 from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 _CURRENCY: TypeAdapter[str] = TypeAdapter(Currency)
 
 
