@@ -247,6 +247,12 @@ def test_service_configuration_comes_from_its_config_map(
         assert container["envFrom"] == [{"configMapRef": {"name": name}}]
 
 
+def test_every_service_gets_the_one_company_currency(render: Render, full_manifests: list[Manifest]) -> None:
+    for manifests, currency in ((render(), "EUR"), (full_manifests, "USD")):
+        config = {m["metadata"]["name"]: m["data"] for m in find(manifests, "ConfigMap")}
+        assert {config[f"{RELEASE}-{s}"]["CRM_COMPANY_CURRENCY"] for s in SERVICES} == {currency}
+
+
 def test_a_config_change_rolls_only_the_affected_service(render: Render) -> None:
     def checksums(*args: str) -> dict[str, str]:
         return {
@@ -395,6 +401,8 @@ def test_pods_carry_prometheus_scrape_annotations(default_manifests: list[Manife
         ("defaults.replicaCount=-1", "/defaults/replicaCount"),
         ("services.leads.replicaCount=-1", "/services/leads/replicaCount"),
         ("services.leads.env.CRM_MONGO_URL=mongodb://u:p@db", "CRM_MONGO_URL"),
+        ("companyCurrency=usd", "/companyCurrency"),
+        ("services.leads.env.CRM_COMPANY_CURRENCY=USD", "CRM_COMPANY_CURRENCY"),
         ("services.billing.enabled=true", "billing"),
         ("kafka.securityProtocol=TLS", "/kafka/securityProtocol"),
         ("defaults.autoscaling.targetCPUUtilizationPercentage=150", "targetCPUUtilization"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from functools import cache
 from typing import Any
 
@@ -112,3 +113,81 @@ def test_every_view_documents_the_422_for_a_bad_filter() -> None:
     for path in VIEWS:
         operation = openapi()["paths"][path]["get"]
         assert "422" in operation["responses"]
+
+
+RATE_FIELD = re.compile(r"_rate$|^roi$")
+# Deprecated for one release: the old name of a rate that meant two things.
+DEPRECATED = {
+    ("FunnelRow", "converted_rate"): "qualified_to_converted_rate",
+    ("LeadSourceRow", "converted_rate"): "lead_conversion_rate",
+    ("CampaignRoiRow", "conversion_rate"): "lead_conversion_rate",
+}
+
+
+def row_schemas() -> dict[str, dict[str, Any]]:
+    schemas: dict[str, dict[str, Any]] = openapi()["components"]["schemas"]
+    return {name: schema for name, schema in schemas.items() if name.endswith("Row")}
+
+
+def test_every_rate_in_the_reports_states_its_formula_in_the_fields_of_its_row() -> None:
+    rates = [
+        (model, name, field)
+        for model, schema in row_schemas().items()
+        for name, field in schema["properties"].items()
+        if RATE_FIELD.search(name)
+    ]
+    assert {(m, n) for m, n, _ in rates} >= {
+        ("FunnelRow", "qualified_to_converted_rate"),
+        ("LeadSourceRow", "lead_conversion_rate"),
+        ("WinLossRow", "win_rate"),
+        ("StageConversionRow", "conversion_rate"),
+        ("CampaignRoiRow", "roi"),
+    }
+    for model, name, field in rates:
+        formula, colon, meaning = field.get("description", "").partition(":")
+        assert colon and "/" in formula and meaning.strip(), (model, name, field.get("description"))
+        operands = set(re.findall(r"[a-z_]+", formula))
+        assert operands <= set(row_schemas()[model]["properties"]), (model, name, formula)
+
+
+def test_one_rate_name_has_one_meaning_across_the_views() -> None:
+    """The same name in two views says the same thing of them (its formula names each row's own
+    columns); converted_rate, once converted/qualified and converted/leads, is only an alias."""
+    meanings: dict[str, dict[str, str]] = {}
+    for model, schema in row_schemas().items():
+        for name, field in schema["properties"].items():
+            if RATE_FIELD.search(name) and not field.get("deprecated"):
+                meanings.setdefault(name, {})[model] = field["description"].partition(":")[2]
+    assert {name: m for name, m in meanings.items() if len(set(m.values())) > 1} == {}
+    assert set(meanings["lead_conversion_rate"]) == {"LeadSourceRow", "CampaignRoiRow"}
+    assert "converted_rate" not in meanings
+
+
+def test_the_old_rate_names_stay_one_release_as_deprecated_aliases_in_json_and_csv() -> None:
+    schemas = row_schemas()
+    deprecated = {
+        (model, name)
+        for model, schema in schemas.items()
+        for name, field in schema["properties"].items()
+        if field.get("deprecated")
+    }
+    assert deprecated == set(DEPRECATED)
+    for (model, old), new in DEPRECATED.items():
+        assert new in schemas[model]["properties"]
+        assert f"read {new}" in schemas[model]["properties"][old]["description"]
+    for columns in (FUNNEL_CSV_COLUMNS, LEAD_SOURCE_CSV_COLUMNS):
+        assert {"converted_rate", "qualified_rate"} <= set(columns)
+    assert "qualified_to_converted_rate" in FUNNEL_CSV_COLUMNS
+    assert (
+        "lead_conversion_rate" in LEAD_SOURCE_CSV_COLUMNS
+        and "lead_conversion_rate" in CAMPAIGN_ROI_CSV_COLUMNS
+    )
+
+
+def test_the_money_views_default_to_the_company_currency_the_service_was_started_with() -> None:
+    usd = create_app(ReportingSettings(log_level="WARNING", company_currency="USD")).openapi()
+    for spec, currency in ((openapi(), "EUR"), (usd, "USD")):
+        for path in ("/reports/win-loss", "/reports/lead-sources"):
+            [parameter] = [p for p in spec["paths"][path]["get"]["parameters"] if p["name"] == "currency"]
+            assert parameter["schema"]["default"] == currency, path
+            assert "company currency" in parameter["description"]

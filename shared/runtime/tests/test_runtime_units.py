@@ -147,3 +147,17 @@ def test_older_event_versions_are_upcast_to_the_current_model() -> None:
     without_upcaster = replace(LEAD_CAPTURED, version=2)
     with pytest.raises(ValueError, match=r"expected 'com\.crmsuite\.lead\.captured\.v2'"):
         decode(without_upcaster, raw)
+
+
+def test_the_company_currency_is_an_iso_code_refused_at_start_up_when_malformed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from crm_runtime import ServiceSettings
+
+    assert ServiceSettings(service_name="leads").company_currency == "EUR"
+    monkeypatch.setenv("CRM_COMPANY_CURRENCY", "USD")
+    assert ServiceSettings(service_name="leads").company_currency == "USD"
+    for wrong in ("usd", "US", "US$", ""):
+        monkeypatch.setenv("CRM_COMPANY_CURRENCY", wrong)
+        with pytest.raises(ValidationError, match="CRM_COMPANY_CURRENCY must be an ISO 4217 code"):
+            ServiceSettings(service_name="leads")

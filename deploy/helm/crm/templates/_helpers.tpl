@@ -91,6 +91,7 @@ Fills .out with a service's effective settings: .Values.defaults overridden by
   "CRM_KAFKA_BOOTSTRAP_SERVERS" $root.Values.kafka.bootstrapServers
   "CRM_KAFKA_SECURITY_PROTOCOL" $root.Values.kafka.securityProtocol
   "CRM_TOPIC_PREFIX" $root.Values.topicPrefix
+  "CRM_COMPANY_CURRENCY" $root.Values.companyCurrency
   "CRM_MONGO_DATABASE" (default (printf "crm_%s" .name) $cfg.mongoDatabase)
   "CRM_HTTP_HOST" "0.0.0.0"
   "CRM_HTTP_PORT" "8000"

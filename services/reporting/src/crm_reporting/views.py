@@ -1136,7 +1136,7 @@ class CampaignRoiRow(BaseModel):
         "decimals (half up); null while nothing was spent."
     )
     lead_conversion_rate: Decimal | None = Field(
-        description="converted_leads / leads: the campaign's leads that were converted." + RATE_NOTE
+        description="converted_leads / leads: the captured leads that were converted." + RATE_NOTE
     )
 
 
