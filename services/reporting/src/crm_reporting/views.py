@@ -400,7 +400,7 @@ class FunnelCounts:
 
 
 class FunnelRow(BaseModel):
-    """Step-to-step rates: each step's count over the step before it."""
+    """Each step's rate is its count over the step before it; overall_rate spans the funnel."""
 
     group: str | None = Field(description="The value of group_by, null for none/unknown.")
     group_name: str | None = Field(description="Display name of the group (campaign name).")
@@ -433,6 +433,7 @@ class FunnelRow(BaseModel):
 
 
 def funnel_row(group: str | None, name: str | None, period: date | None, c: FunnelCounts) -> FunnelRow:
+    qualified_to_converted = ratio(c.converted, c.qualified)
     return FunnelRow(
         group=group,
         group_name=name,
@@ -443,11 +444,11 @@ def funnel_row(group: str | None, name: str | None, period: date | None, c: Funn
         opportunities=c.opportunity,
         won=c.won,
         qualified_rate=ratio(c.qualified, c.captured),
-        converted_rate=ratio(c.converted, c.qualified),
+        converted_rate=qualified_to_converted,
         opportunity_rate=ratio(c.opportunity, c.converted),
         won_rate=ratio(c.won, c.opportunity),
         overall_rate=ratio(c.won, c.captured),
-        qualified_to_converted_rate=ratio(c.converted, c.qualified),
+        qualified_to_converted_rate=qualified_to_converted,
     )
 
 
@@ -545,6 +546,7 @@ async def lead_source_rows(source: ViewSource, query: LeadSourceQuery) -> list[L
         won, lost = int(df.get("won", 0)), int(df.get("lost", 0))
         if not any(count.values()) and not df.get("created") and not won and not lost:
             continue
+        lead_conversion = ratio(count["converted"], count["captured"])
         rows.append(
             LeadSourceRow(
                 lead_source=key[0][0],
@@ -559,9 +561,9 @@ async def lead_source_rows(source: ViewSource, query: LeadSourceQuery) -> list[L
                 won_revenue=from_cents(won_amounts.pop(query.currency, 0)),
                 won_revenue_in_other_currencies={c: from_cents(v) for c, v in sorted(won_amounts.items())},
                 qualified_rate=ratio(count["qualified"], count["captured"]),
-                converted_rate=ratio(count["converted"], count["captured"]),
+                converted_rate=lead_conversion,
                 win_rate=ratio(won, won + lost),
-                lead_conversion_rate=ratio(count["converted"], count["captured"]),
+                lead_conversion_rate=lead_conversion,
             )
         )
     return rows
