@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +133,29 @@ async def test_records_that_name_no_currency_get_the_company_currency_in_every_s
     assert story.product["currency"] == "USD"
     assert story.converted_opportunity["currency"] == "USD"  # from the lead's conversion
     assert story.direct_opportunity["currency"] == "USD"
+
+
+async def test_an_imported_opportunity_row_without_a_currency_is_in_the_company_currency(
+    suite: Suite, story: Story
+) -> None:
+    row = {
+        "external_id": "legacy-1",
+        "name": "Migrated deal",
+        "account_id": story.direct_opportunity["account_id"],
+        "amount": "700.00",
+    }
+    report = await suite.ok(
+        "POST",
+        "opportunities",
+        "/imports/opportunities",
+        params={"source_system": "legacy"},
+        content=json.dumps(row).encode(),
+        headers={"content-type": "application/x-ndjson"},
+    )
+    [imported] = report["rows"]
+    assert imported["status"] == "created", imported
+    opportunity = await suite.ok("GET", "opportunities", f"/opportunities/{imported['id']}")
+    assert (opportunity["currency"], opportunity["amount"]) == ("USD", "700.00")
 
 
 async def test_a_usd_organisation_sees_its_won_deals_in_win_loss_without_naming_a_currency(
