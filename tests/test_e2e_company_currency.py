@@ -1,10 +1,11 @@
 """An organisation working in US dollars, across all four services as real processes over HTTP
 and real Kafka: each is started with CRM_COMPANY_CURRENCY=USD, nothing names a currency, and
 the campaign, the product, the opportunities (opened, converted from a lead, imported) and
-reporting's money views are all in USD (a view says which currency it used). The same story checks over HTTP that each rate name of the
-reports has one meaning: the funnel's qualified_to_converted_rate (converted / qualified) and
-the lead-source and campaign-ROI lead_conversion_rate (converted / leads) differ, and the old
-converted_rate stays as their deprecated alias, in JSON and CSV."""
+reporting's money views are all in USD (a view says which currency it used). The same story
+checks over HTTP that each rate name of the reports has one meaning: the funnel's
+qualified_to_converted_rate (converted / qualified) and the lead-source and campaign-ROI
+lead_conversion_rate (converted / leads) differ, and the old converted_rate stays as their
+deprecated alias, in JSON and CSV."""
 
 from __future__ import annotations
 
