@@ -1,0 +1,556 @@
+"""A migration from another CRM through the public HTTP interfaces, timed per phase and end
+to end, beside the bare database and broker baselines measured in the same run.
+
+    ./crm bench migration [--leads 10000] [--opportunities 10000] [--phases setup,leads,...]
+                          [--no-line-items] [--accountless-share 0.05] [--seed 11]
+
+The export (``migration_data``: leads, accounts with parents in any order, contacts with
+roles, opportunities with line items and whole stage histories, the catalogue) is generated
+deterministically from the seed and streamed to NDJSON files first. Then the leads,
+opportunities and reporting services run as real processes on Kafka and SecantusDB started
+here (loopback, free ports), and the phases run in order:
+
+- setup: products (``POST /products``), sales teams (``POST /sales-teams``) and a renewals
+  pipeline (``POST /pipelines``) beside the default one;
+- leads, accounts, contacts, opportunities: each file uploaded to ``POST /imports/<object>``
+  (an import job: 202, then ``GET /imports/{id}`` until it ends; a service still answering
+  200 with a per-row report is timed the same way), and the phase ends when the service's
+  outbox is empty, i.e. every event of the phase is on Kafka;
+- reporting: until reporting has applied everything: its views show the imported figures
+  (funnel: leads captured; win/loss: opportunities created, won and lost; pipeline: open
+  ones), and a /metrics read taken after the last event reached Kafka shows consumer lag 0
+  and ``crm_reporting_pending_events`` 0.
+
+Printed per phase and end to end (first upload to reporting done): records/s, events/s (records
+on the run's topics), CPU seconds per 1,000 records of each process (/proc/<pid>/stat), peak
+RSS of each (sampled VmRSS; VmHWM for the whole run), the longest HTTP request and the time to
+the first visible progress of each import. Then the baselines: the stored documents copied with
+``insert_many`` (1,000 per call) into the same database server, and as many events as the run
+produced (sampled from its topics) produced and consumed on the same broker, and the figures
+the issue sets. Bounded in rows (at most 200,000 per kind) and time (``--deadline``); every
+process it started is stopped by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import functools
+import io
+import itertools
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer
+from crm_leads.repository import LEADS
+from crm_localinfra.import_cli import ACTIVE, file_pieces
+from crm_localinfra.testing import RunningService, running_services, service_env
+from crm_opportunities.repository import ACCOUNTS, CONTACTS, OPPORTUNITIES
+from crm_runtime.outbox import OUTBOX
+from harness import BenchInfra, peak_rss_mb, produce_and_consume, run_bounded
+from migration_data import (
+    RENEWALS_PIPELINE,
+    SOURCE_SYSTEM,
+    MigrationShape,
+    Row,
+    account_rows,
+    contact_rows,
+    lead_rows,
+    opportunity_rows,
+    outcome_of,
+    products,
+    sales_teams,
+    write_ndjson,
+)
+from migration_probe import RSS_SAMPLE_SECONDS, Longest, ProcessWatch, TimedHttp, TopicCounter, Usage, metrics
+from pymongo import AsyncMongoClient
+
+MAX_ROWS = 200_000
+POLL_SECONDS = 0.2
+SETTLE_SECONDS = 3.0  # two lag measurements (every second) after the last event reached Kafka
+KAFKA_SAMPLE = 2_000
+INSERT_BATCH = 1_000
+IMPORTS = ("leads", "accounts", "contacts", "opportunities")
+PHASES = ("setup", *IMPORTS, "reporting")
+SERVICE_OF = {"setup": "opportunities", "leads": "leads", **{kind: "opportunities" for kind in IMPORTS[1:]}}
+COLLECTION_OF = {"leads": LEADS, "accounts": ACCOUNTS, "contacts": CONTACTS, "opportunities": OPPORTUNITIES}
+ROWS_OF: dict[str, Callable[[MigrationShape], Iterator[Row]]] = {
+    "leads": lead_rows,
+    "accounts": account_rows,
+    "contacts": contact_rows,
+    "opportunities": opportunity_rows,
+}
+TARGETS = {"records_per_second": 500.0, "baseline_ratio": 0.3, "request_seconds": 1.0, "rss_mb": 250.0}
+
+
+@dataclass
+class Phase:
+    name: str
+    records: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    events: int = 0
+    usage: Usage = field(default_factory=Usage)
+    longest: Longest = field(default_factory=Longest)
+    first_progress: float | None = None  # seconds from the upload's start
+    mode: str = ""
+    rejected_ids: set[str] = field(default_factory=set)
+    reasons: list[str] = field(default_factory=list)
+
+
+class Stack:
+    """The running services, one HTTP client to all, and what watches them."""
+
+    def __init__(
+        self,
+        infra: BenchInfra,
+        services: dict[str, RunningService],
+        isolation: str,
+        http: TimedHttp,
+        topics: TopicCounter,
+        watch: ProcessWatch,
+        mongo: AsyncMongoClient[dict[str, Any]],
+    ) -> None:
+        self.infra, self.services, self.isolation = infra, services, isolation
+        self.http, self.topics, self.watch, self.mongo = http, topics, watch, mongo
+
+    def url(self, service: str, path: str) -> str:
+        return self.services[service].base_url + path
+
+    def database(self, service: str) -> str:
+        return str(service_env(self.infra, service, isolation=self.isolation)["mongo_database"])
+
+    async def outbox_drained(self, service: str, deadline: float) -> None:
+        """Every event the service committed is on Kafka: the relay deletes an outbox entry only
+        once Kafka acknowledged it."""
+        outbox = self.mongo[self.database(service)][OUTBOX]
+        while await outbox.count_documents({}, limit=1):
+            _check(deadline, f"{service}'s outbox to drain")
+            await asyncio.sleep(POLL_SECONDS)
+
+
+def _check(deadline: float, what: str) -> None:
+    if time.monotonic() > deadline:
+        raise TimeoutError(f"gave up waiting for {what}")
+
+
+async def measured(stack: Stack, name: str, work: Callable[[Phase], Awaitable[None]]) -> Phase:
+    """Run one phase: its duration, the events it put on the topics, each process's CPU and
+    peak RSS, and its longest HTTP request."""
+    phase = Phase(name)
+    stack.http.reset()
+    events_before = await stack.topics.total()
+    started = time.perf_counter()
+    with stack.watch.phase(phase.usage):
+        await work(phase)
+        phase.seconds = time.perf_counter() - started
+    phase.events = await stack.topics.total() - events_before
+    phase.longest = stack.http.reset()
+    return phase
+
+
+async def set_up_catalogue(stack: Stack, shape: MigrationShape, phase: Phase, deadline: float) -> None:
+    """Products, sales teams and the renewals pipeline, one POST each, as an admin would."""
+    bodies = [
+        *(("/products", body) for body in products(shape)),
+        *(("/sales-teams", body) for body in sales_teams(shape)),
+        ("/pipelines", RENEWALS_PIPELINE),
+    ]
+    for path, body in bodies:
+        response = await stack.http.request("POST", stack.url("opportunities", path), json=body)
+        if response.status_code != 201:
+            raise SystemExit(f"setup: POST {path} answered {response.status_code}: {response.text[:500]}")
+    phase.records, phase.mode = len(bodies), "POST per record"
+    await stack.outbox_drained("opportunities", deadline)
+
+
+async def _pieces(path: Path) -> AsyncIterator[bytes]:
+    for piece in file_pieces(path):  # the upload is streamed, never read whole
+        yield piece
+
+
+async def import_file(stack: Stack, kind: str, path: Path, phase: Phase, deadline: float) -> None:
+    """Upload the file as an import job and follow it until it ends (a synchronous 200 with a
+    per-row report is taken as it is), then wait until the phase's events are on Kafka."""
+    service = SERVICE_OF[kind]
+    started = time.perf_counter()
+    response = await stack.http.request(
+        "POST",
+        stack.url(service, f"/imports/{kind}"),
+        params={"source_system": SOURCE_SYSTEM},
+        content=_pieces(path),
+        headers={"content-type": "application/x-ndjson"},
+        timeout=httpx.Timeout(60.0, read=None, write=None),  # the run's deadline bounds it
+    )
+    if response.status_code == 200:
+        phase.mode = "synchronous: 200 + per-row report"
+        rows = response.json()["rows"]
+        failed = [row for row in rows if row["status"] == "failed"]
+        phase.records, phase.rejected = len(rows), len(failed)
+        phase.rejected_ids = {row["external_id"] for row in failed if row.get("external_id")}
+        phase.reasons = [
+            f"{problem['field']}: {problem['reason']}" for row in failed for problem in row["problems"][:1]
+        ]
+    elif response.status_code == 202:
+        phase.mode = "import job: 202, then GET /imports/{id}"
+        job = response.json()
+        location = response.headers.get("location", f"/imports/{job['id']}")
+        while True:
+            if phase.first_progress is None and job["processed"] > 0:
+                phase.first_progress = time.perf_counter() - started
+            if job["state"] not in ACTIVE:
+                break
+            _check(deadline, f"the {kind} import")
+            await asyncio.sleep(POLL_SECONDS)
+            job = (await stack.http.request("GET", stack.url(service, location))).json()
+        if job["state"] != "done":
+            raise SystemExit(f"the {kind} import ended {job['state']}: {job.get('error')}")
+        phase.records, phase.rejected = job["file_rows"], job["failed"]
+        if job["failed"]:
+            await rejections(stack, service, job["rejections"], phase)
+    else:
+        raise SystemExit(f"POST /imports/{kind} answered {response.status_code}: {response.text[:500]}")
+    await stack.outbox_drained(service, deadline)
+
+
+async def rejections(stack: Stack, service: str, path: str, phase: Phase) -> None:
+    response = await stack.http.request("GET", stack.url(service, path))
+    for line in csv.DictReader(io.StringIO(response.text)):
+        phase.rejected_ids.add(line["external_id"])
+        phase.reasons.append(f"{line['column']}: {line['reason']}")
+
+
+def expected_figures(shape: MigrationShape, done: dict[str, Phase]) -> dict[str, int]:
+    """What reporting's views must show once they applied the imported rows (the rejected ones
+    left out: the generator gives the same rows again)."""
+    figures: dict[str, int] = {}
+    if "leads" in done:
+        figures["funnel: leads captured"] = done["leads"].records - done["leads"].rejected
+    if "opportunities" in done:
+        rejected = done["opportunities"].rejected_ids
+        outcomes = [outcome_of(row) for row in opportunity_rows(shape) if row["external_id"] not in rejected]
+        figures["win/loss: opportunities created"] = len(outcomes)
+        figures["win/loss: won"] = outcomes.count("won")
+        figures["win/loss: lost"] = outcomes.count("lost")
+        figures["pipeline: open opportunities"] = outcomes.count("open")
+    return figures
+
+
+async def report_figures(stack: Stack) -> dict[str, int]:
+    async def rows(path: str, **params: str) -> list[dict[str, Any]]:
+        response = await stack.http.request("GET", stack.url("reporting", path), params=params)
+        response.raise_for_status()
+        found: list[dict[str, Any]] = response.json()["rows"]
+        return found
+
+    funnel, win_loss = await rows("/reports/funnel"), await rows("/reports/win-loss")
+    pipeline = await rows("/reports/pipeline", group_by="pipeline")
+    return {
+        "funnel: leads captured": sum(row["captured"] for row in funnel),
+        "win/loss: opportunities created": sum(row["opportunities_created"] for row in win_loss),
+        "win/loss: won": sum(row["won"] for row in win_loss),
+        "win/loss: lost": sum(row["lost"] for row in win_loss),
+        "pipeline: open opportunities": sum(row["count"] for row in pipeline),
+    }
+
+
+async def reporting_applied(stack: Stack, expected: dict[str, int], phase: Phase, deadline: float) -> None:
+    """Every import phase waited for its events to reach Kafka; reporting has applied them all
+    when its views show the expected figures and a lag measurement taken since shows nothing
+    left to consume or to merge."""
+    drained_at = time.monotonic()
+    phase.mode = "views show the imported figures; lag 0, pending 0"
+    seen: dict[str, int] = {}
+    while True:
+        seen = await report_figures(stack)
+        if all(seen[name] == value for name, value in expected.items()):
+            if time.monotonic() - drained_at >= SETTLE_SECONDS:
+                figures = await metrics(stack.http, stack.url("reporting", ""))
+                lag = figures.get("crm_consumer_lag")
+                if lag == 0 and figures.get("crm_reporting_pending_events") == 0:
+                    return
+        if time.monotonic() > deadline:
+            differences = {
+                name: (seen[name], value) for name, value in expected.items() if seen[name] != value
+            }
+            raise TimeoutError(f"reporting did not apply everything in time; (seen, expected): {differences}")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def database_baseline(stack: Stack, kinds: Iterable[str]) -> tuple[int, float]:
+    """The documents the services stored, copied with insert_many into a fresh database of
+    the same server: (documents, seconds spent in insert_many)."""
+    scratch = f"bench_baseline_{uuid.uuid4().hex[:8]}"
+    copied, seconds = 0, 0.0
+    try:
+        for kind in kinds:
+            source = stack.mongo[stack.database(SERVICE_OF[kind])][COLLECTION_OF[kind]]
+            target = stack.mongo[scratch][COLLECTION_OF[kind]]
+            cursor = source.find(batch_size=INSERT_BATCH)
+            while batch := await cursor.to_list(INSERT_BATCH):
+                started = time.perf_counter()
+                await target.insert_many(batch, ordered=False)
+                seconds += time.perf_counter() - started
+                copied += len(batch)
+    finally:
+        await stack.mongo.drop_database(scratch)
+    return copied, seconds
+
+
+async def kafka_baseline(stack: Stack, events: int) -> tuple[int, float, float]:
+    """As many events as the run produced, sampled from its topics, produced to a bare topic
+    and consumed back: (events, average bytes, seconds)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.infra.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    sample: list[tuple[bytes, bytes]] = []
+    try:
+        partitions = await stack.topics.partitions()
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning()
+        ends = await consumer.end_offsets(partitions)
+        while len(sample) < KAFKA_SAMPLE and [p for p in partitions if await consumer.position(p) < ends[p]]:
+            for records in (await consumer.getmany(timeout_ms=500, max_records=500)).values():
+                sample += [(record.key or b"", record.value or b"") for record in records]
+    finally:
+        await consumer.stop()
+    if not sample or not events:
+        return 0, 0.0, 0.0
+    messages = list(itertools.islice(itertools.cycle(sample), events))
+    size = sum(len(value) for _, value in sample) / len(sample)
+    return events, size, await produce_and_consume(stack.infra.kafka_bootstrap, messages)
+
+
+def generate(root: Path, shape: MigrationShape, kinds: Iterable[str]) -> dict[str, Path]:
+    """The export's files, written before anything is timed."""
+    paths = {}
+    for kind in kinds:
+        paths[kind] = root / f"{kind}.ndjson"
+        write_ndjson(paths[kind], ROWS_OF[kind](shape))
+    return paths
+
+
+def end_to_end(phases: list[Phase]) -> Phase:
+    """The imports and reporting's catch-up together: first upload to reporting done."""
+    parts = [phase for phase in phases if phase.name != "setup"]
+    total = Phase("end to end", mode="")
+    for part in parts:
+        total.records += part.records if part.name in IMPORTS else 0
+        total.rejected += part.rejected
+        total.seconds += part.seconds
+        total.events += part.events
+        for name, cpu in part.usage.cpu.items():
+            total.usage.cpu[name] = total.usage.cpu.get(name, 0.0) + cpu
+        for name, mb in part.usage.peak_rss.items():
+            total.usage.peak_rss[name] = max(total.usage.peak_rss.get(name, 0.0), mb)
+        if part.longest.seconds > total.longest.seconds:
+            total.longest = part.longest
+    return total
+
+
+async def run(
+    infra: BenchInfra, root: Path, shape: MigrationShape, chosen: list[str], deadline_seconds: float
+) -> None:
+    deadline = time.monotonic() + deadline_seconds
+    imports = [kind for kind in IMPORTS if kind in chosen]
+    files = generate(root, shape, imports)
+    names = [
+        service
+        for service in ("leads", "opportunities", "reporting")
+        if (service == "reporting" and "reporting" in chosen)
+        or any(SERVICE_OF[phase] == service for phase in chosen if phase in SERVICE_OF)
+    ]
+    isolation = f"m{uuid.uuid4().hex[:8]}."
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongo_url, tz_aware=True)
+    phases: list[Phase] = []
+    try:
+        async with (
+            running_services(infra, names, log_dir=root / "logs", isolation=isolation) as services,
+            httpx.AsyncClient(timeout=30.0) as client,
+            TopicCounter(infra.kafka_bootstrap, infra.topic_prefix + isolation) as topics,
+        ):
+            pids = {name: service.pid for name, service in services.items()}
+            pids |= {
+                name: pid
+                for name, pid in (("secantusdb", infra.mongo_pid), ("kafka", infra.kafka_pid))
+                if pid
+            }
+            watch = ProcessWatch(pids)
+            stack = Stack(infra, services, isolation, TimedHttp(client), topics, watch, mongo)
+            async with watch.running():
+                if "setup" in chosen:
+                    catalogue = functools.partial(set_up_catalogue, stack, shape, deadline=deadline)
+                    phases.append(await measured(stack, "setup", catalogue))
+                for kind in imports:
+                    print(f"importing {kind} ...", flush=True)
+                    phases.append(
+                        await measured(
+                            stack,
+                            kind,
+                            functools.partial(import_file, stack, kind, files[kind], deadline=deadline),
+                        )
+                    )
+                if "reporting" in chosen:
+                    expected = expected_figures(shape, {phase.name: phase for phase in phases})
+                    print("waiting for reporting ...", flush=True)
+                    applied = functools.partial(reporting_applied, stack, expected, deadline=deadline)
+                    phases.append(await measured(stack, "reporting", applied))
+            whole_run_peaks = {name: peak_rss_mb(pid) for name, pid in pids.items()}
+            print("baselines ...", flush=True)
+            stored, insert_seconds = await database_baseline(stack, imports)
+            events = sum(phase.events for phase in phases)
+            sent, size, kafka_seconds = await kafka_baseline(stack, events)
+    finally:
+        for service in names:  # a server given from outside keeps nothing of the run
+            await mongo.drop_database(str(service_env(infra, service, isolation=isolation)["mongo_database"]))
+        await mongo.close()
+    report(shape, phases, whole_run_peaks, (stored, insert_seconds), (sent, size, kafka_seconds))
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:.2f} s" if value is not None else "-"
+
+
+def _verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def report(
+    shape: MigrationShape,
+    phases: list[Phase],
+    whole_run_peaks: dict[str, float | None],
+    database: tuple[int, float],
+    kafka: tuple[int, float, float],
+) -> None:
+    total = end_to_end(phases)
+    shown = [*phases, total] if any(phase.name in IMPORTS for phase in phases) else phases
+    processes = list(whole_run_peaks)
+    print(
+        f"\nmigration: {shape.leads:,} leads, {shape.accounts:,} accounts, {shape.contacts:,} contacts, "
+        f"{shape.opportunities:,} opportunities (line items: {'yes' if shape.line_items else 'no'}, "
+        f"{shape.accountless_share:.0%} without account), {shape.products} products, "
+        f"{shape.sales_teams} sales teams; seed {shape.seed}"
+    )
+    print(f"services as real processes on Kafka and SecantusDB on loopback; {os.cpu_count()} cores")
+    print(
+        f"\n  {'phase':<14} {'records':>8} {'rejected':>8} {'seconds':>8} {'records/s':>10} "
+        f"{'events':>8} {'events/s':>9} {'longest request':>28} {'1st progress':>12}  how"
+    )
+    for phase in shown:
+        longest = f"{phase.longest.seconds:.2f} s {phase.longest.request}" if phase.longest.request else "-"
+        print(
+            f"  {phase.name:<14} {phase.records:>8,} {phase.rejected:>8,} {phase.seconds:>8.1f} "
+            f"{phase.records / phase.seconds if phase.seconds else 0:>10,.0f} {phase.events:>8,} "
+            f"{phase.events / phase.seconds if phase.seconds else 0:>9,.0f} {longest[:28]:>28} "
+            f"{_seconds(phase.first_progress):>12}  {phase.mode}"
+        )
+    print("\n  CPU seconds (user + system) per 1,000 records of the phase")
+    print(f"  {'phase':<14} " + " ".join(f"{name:>13}" for name in processes))
+    for phase in shown:
+        per = 1000 / phase.records if phase.records else 0.0
+        print(
+            f"  {phase.name:<14} " + " ".join(f"{phase.usage.cpu.get(n, 0) * per:>13.2f}" for n in processes)
+        )
+    print(f"\n  peak RSS in MB (VmRSS sampled every {RSS_SAMPLE_SECONDS} s; whole run: VmHWM)")
+    print(f"  {'phase':<14} " + " ".join(f"{name:>13}" for name in processes))
+    for phase in shown:
+        print(
+            f"  {phase.name:<14} " + " ".join(f"{phase.usage.peak_rss.get(n, 0):>13.0f}" for n in processes)
+        )
+    print(f"  {'whole run':<14} " + " ".join(f"{whole_run_peaks[n] or 0:>13.0f}" for n in processes))
+    for phase in phases:
+        if phase.reasons:
+            distinct = list(dict.fromkeys(phase.reasons))
+            print(f"\n  {phase.name}: {phase.rejected:,} rejected, e.g. " + " | ".join(distinct[:3]))
+
+    stored, insert_seconds = database
+    sent, size, kafka_seconds = kafka
+    insert_rate = stored / insert_seconds if insert_seconds else 0.0
+    print("\n  baselines, same run, same servers:")
+    print(
+        f"  {'insert_many of the stored documents, 1,000 per call':<58} {insert_rate:>9,.0f} docs/s "
+        f"({stored:,} in {insert_seconds:.2f} s)"
+    )
+    if kafka_seconds:
+        what = f"the run's {sent:,} events ({size:,.0f} bytes avg) produced + consumed"
+        print(f"  {what:<58} {sent / kafka_seconds:>9,.0f} events/s ({kafka_seconds:.2f} s)")
+    if total.seconds and total.records:
+        rate = total.records / total.seconds
+        services = [n for n in processes if n not in ("secantusdb", "kafka")]
+        peak = max((whole_run_peaks[n] or 0) for n in services) if services else 0.0
+        imports = [phase for phase in phases if phase.name in IMPORTS]
+        first = [phase.first_progress for phase in imports if phase.first_progress is not None]
+        print("\n  figures to reach (issue 11):")
+        print(f"  {'end to end, records/s':<58} {rate:>9,.0f}  (>= 500: {_verdict(rate >= 500)})")
+        if insert_rate:
+            ratio = rate / insert_rate
+            print(
+                f"  {'end to end / insert_many baseline':<58} {ratio:>9.2f}x "
+                f"(>= 0.3x: {_verdict(ratio >= 0.3)})"
+            )
+        held = max((phase.longest for phase in imports), key=lambda one: one.seconds, default=Longest())
+        print(
+            f"  {'longest HTTP request during the imports':<58} {held.seconds:>9.2f}s "
+            f"(< 1 s: {_verdict(held.seconds < 1)}; {held.request})"
+        )
+        if first:
+            print(
+                f"  {'slowest first visible progress of an import':<58} {max(first):>9.2f}s "
+                f"(< 1 s: {_verdict(max(first) < 1)})"
+            )
+        else:
+            print(f"  {'first visible progress':<58} {'-':>9}  (no import job showed progress)")
+        print(f"  {'largest service peak RSS':<58} {peak:>9.0f} MB (< 250 MB: {_verdict(peak < 250)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--leads", type=int, default=10_000, help=f"lead rows (at most {MAX_ROWS:,})")
+    parser.add_argument(
+        "--opportunities", type=int, default=10_000, help=f"opportunity rows (at most {MAX_ROWS:,})"
+    )
+    parser.add_argument("--accounts", type=int, help="account rows (default: a quarter of the opportunities)")
+    parser.add_argument("--contacts", type=int, help="contact rows (default: two per account)")
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {','.join(PHASES)}")
+    parser.add_argument(
+        "--no-line-items", action="store_true", help="opportunity rows without line items or sales team"
+    )
+    parser.add_argument(
+        "--accountless-share", type=float, default=0.05, help="share of deals with no account"
+    )
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--deadline", type=float, default=3600.0, help="seconds before the run gives up")
+    args = parser.parse_args()
+    chosen = [name.strip() for name in args.phases.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(PHASES))
+    if unknown:
+        parser.error(f"--phases: unknown phase(s) {', '.join(unknown)}; choose from {', '.join(PHASES)}")
+    if not 0 <= args.accountless_share <= 1:
+        parser.error("--accountless-share: give a share between 0 and 1")
+    bounded = {name: max(1, min(getattr(args, name), MAX_ROWS)) for name in ("leads", "opportunities")}
+    shape = MigrationShape.of(
+        **bounded,
+        accounts=min(args.accounts, MAX_ROWS) if args.accounts else None,
+        contacts=min(args.contacts, MAX_ROWS) if args.contacts else None,
+        seed=args.seed,
+        line_items=not args.no_line_items,
+        accountless_share=args.accountless_share,
+    )
+    chosen = [name for name in PHASES if name in chosen]  # always in migration order
+
+    async def work(infra: BenchInfra, root: Path) -> None:
+        await run(infra, root, shape, chosen, args.deadline)
+
+    run_bounded("migration", work, deadline_seconds=args.deadline + 300)  # room for the baselines
+
+
+if __name__ == "__main__":
+    main()
