@@ -440,20 +440,21 @@ def report(
     print(f"services as real processes on Kafka and SecantusDB on loopback; {os.cpu_count()} cores")
     print(
         f"\n  {'phase':<14} {'records':>8} {'rejected':>8} {'seconds':>8} {'records/s':>10} "
-        f"{'events':>8} {'events/s':>9} {'longest request':>28} {'1st progress':>12}  how"
+        f"{'events':>8} {'events/s':>9} {'longest request':<38} {'1st progress':>12}  how"
     )
     for phase in shown:
         longest = f"{phase.longest.seconds:.2f} s {phase.longest.request}" if phase.longest.request else "-"
         print(
             f"  {phase.name:<14} {phase.records:>8,} {phase.rejected:>8,} {phase.seconds:>8.1f} "
             f"{phase.records / phase.seconds if phase.seconds else 0:>10,.0f} {phase.events:>8,} "
-            f"{phase.events / phase.seconds if phase.seconds else 0:>9,.0f} {longest[:28]:>28} "
+            f"{phase.events / phase.seconds if phase.seconds else 0:>9,.0f} {longest[:38]:<38} "
             f"{_seconds(phase.first_progress):>12}  {phase.mode}"
         )
-    print("\n  CPU seconds (user + system) per 1,000 records of the phase")
+    print("\n  CPU seconds (user + system) per 1,000 records of the phase (reporting: of all imported)")
     print(f"  {'phase':<14} " + " ".join(f"{name:>13}" for name in processes))
     for phase in shown:
-        per = 1000 / phase.records if phase.records else 0.0
+        records = phase.records or total.records
+        per = 1000 / records if records else 0.0
         print(
             f"  {phase.name:<14} " + " ".join(f"{phase.usage.cpu.get(n, 0) * per:>13.2f}" for n in processes)
         )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from harness import cpu_seconds, rss_mb
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -75,13 +75,16 @@ class TopicCounter:
 
     def __init__(self, bootstrap: str, prefix: str) -> None:
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap)  # it tells partitions
         self.prefix = prefix
 
     async def __aenter__(self) -> TopicCounter:
         await self._consumer.start()
+        await self._producer.start()
         return self
 
     async def __aexit__(self, *_: object) -> None:
+        await self._producer.stop()
         await self._consumer.stop()
 
     async def partitions(self) -> list[TopicPartition]:
@@ -89,7 +92,7 @@ class TopicCounter:
         return [
             TopicPartition(topic, p)
             for topic in topics
-            for p in self._consumer.partitions_for_topic(topic) or ()
+            for p in sorted(await self._producer.partitions_for(topic))
         ]
 
     async def total(self) -> int:
