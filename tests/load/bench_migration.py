@@ -39,11 +39,9 @@ import csv
 import functools
 import io
 import itertools
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +67,8 @@ from migration_data import (
     sales_teams,
     write_ndjson,
 )
-from migration_probe import RSS_SAMPLE_SECONDS, Longest, ProcessWatch, TimedHttp, TopicCounter, Usage, metrics
+from migration_probe import ProcessWatch, TimedHttp, TopicCounter, metrics
+from migration_report import IMPORTS, Baselines, Phase, report
 from pymongo import AsyncMongoClient
 
 MAX_ROWS = 200_000
@@ -77,7 +76,6 @@ POLL_SECONDS = 0.2
 SETTLE_SECONDS = 3.0  # two lag measurements (every second) after the last event reached Kafka
 KAFKA_SAMPLE = 2_000
 INSERT_BATCH = 1_000
-IMPORTS = ("leads", "accounts", "contacts", "opportunities")
 PHASES = ("setup", *IMPORTS, "reporting")
 SERVICE_OF = {"setup": "opportunities", "leads": "leads", **{kind: "opportunities" for kind in IMPORTS[1:]}}
 COLLECTION_OF = {"leads": LEADS, "accounts": ACCOUNTS, "contacts": CONTACTS, "opportunities": OPPORTUNITIES}
@@ -87,22 +85,6 @@ ROWS_OF: dict[str, Callable[[MigrationShape], Iterator[Row]]] = {
     "contacts": contact_rows,
     "opportunities": opportunity_rows,
 }
-TARGETS = {"records_per_second": 500.0, "baseline_ratio": 0.3, "request_seconds": 1.0, "rss_mb": 250.0}
-
-
-@dataclass
-class Phase:
-    name: str
-    records: int = 0
-    rejected: int = 0
-    seconds: float = 0.0
-    events: int = 0
-    usage: Usage = field(default_factory=Usage)
-    longest: Longest = field(default_factory=Longest)
-    first_progress: float | None = None  # seconds from the upload's start
-    mode: str = ""
-    rejected_ids: set[str] = field(default_factory=set)
-    reasons: list[str] = field(default_factory=list)
 
 
 class Stack:
@@ -336,24 +318,6 @@ def generate(root: Path, shape: MigrationShape, kinds: Iterable[str]) -> dict[st
     return paths
 
 
-def end_to_end(phases: list[Phase]) -> Phase:
-    """The imports and reporting's catch-up together: first upload to reporting done."""
-    parts = [phase for phase in phases if phase.name != "setup"]
-    total = Phase("end to end", mode="")
-    for part in parts:
-        total.records += part.records if part.name in IMPORTS else 0
-        total.rejected += part.rejected
-        total.seconds += part.seconds
-        total.events += part.events
-        for name, cpu in part.usage.cpu.items():
-            total.usage.cpu[name] = total.usage.cpu.get(name, 0.0) + cpu
-        for name, mb in part.usage.peak_rss.items():
-            total.usage.peak_rss[name] = max(total.usage.peak_rss.get(name, 0.0), mb)
-        if part.longest.seconds > total.longest.seconds:
-            total.longest = part.longest
-    return total
-
-
 async def run(
     infra: BenchInfra, root: Path, shape: MigrationShape, chosen: list[str], deadline_seconds: float
 ) -> None:
@@ -404,110 +368,12 @@ async def run(
             whole_run_peaks = {name: peak_rss_mb(pid) for name, pid in pids.items()}
             print("baselines ...", flush=True)
             stored, insert_seconds = await database_baseline(stack, imports)
-            events = sum(phase.events for phase in phases)
-            sent, size, kafka_seconds = await kafka_baseline(stack, events)
+            sent, size, kafka_seconds = await kafka_baseline(stack, sum(phase.events for phase in phases))
     finally:
         for service in names:  # a server given from outside keeps nothing of the run
             await mongo.drop_database(str(service_env(infra, service, isolation=isolation)["mongo_database"]))
         await mongo.close()
-    report(shape, phases, whole_run_peaks, (stored, insert_seconds), (sent, size, kafka_seconds))
-
-
-def _seconds(value: float | None) -> str:
-    return f"{value:.2f} s" if value is not None else "-"
-
-
-def _verdict(ok: bool) -> str:
-    return "ok" if ok else "MISSED"
-
-
-def report(
-    shape: MigrationShape,
-    phases: list[Phase],
-    whole_run_peaks: dict[str, float | None],
-    database: tuple[int, float],
-    kafka: tuple[int, float, float],
-) -> None:
-    total = end_to_end(phases)
-    shown = [*phases, total] if any(phase.name in IMPORTS for phase in phases) else phases
-    processes = list(whole_run_peaks)
-    print(
-        f"\nmigration: {shape.leads:,} leads, {shape.accounts:,} accounts, {shape.contacts:,} contacts, "
-        f"{shape.opportunities:,} opportunities (line items: {'yes' if shape.line_items else 'no'}, "
-        f"{shape.accountless_share:.0%} without account), {shape.products} products, "
-        f"{shape.sales_teams} sales teams; seed {shape.seed}"
-    )
-    print(f"services as real processes on Kafka and SecantusDB on loopback; {os.cpu_count()} cores")
-    print(
-        f"\n  {'phase':<14} {'records':>8} {'rejected':>8} {'seconds':>8} {'records/s':>10} "
-        f"{'events':>8} {'events/s':>9} {'longest request':<38} {'1st progress':>12}  how"
-    )
-    for phase in shown:
-        longest = f"{phase.longest.seconds:.2f} s {phase.longest.request}" if phase.longest.request else "-"
-        print(
-            f"  {phase.name:<14} {phase.records:>8,} {phase.rejected:>8,} {phase.seconds:>8.1f} "
-            f"{phase.records / phase.seconds if phase.seconds else 0:>10,.0f} {phase.events:>8,} "
-            f"{phase.events / phase.seconds if phase.seconds else 0:>9,.0f} {longest[:38]:<38} "
-            f"{_seconds(phase.first_progress):>12}  {phase.mode}"
-        )
-    print("\n  CPU seconds (user + system) per 1,000 records of the phase (reporting: of all imported)")
-    print(f"  {'phase':<14} " + " ".join(f"{name:>13}" for name in processes))
-    for phase in shown:
-        records = phase.records or total.records
-        per = 1000 / records if records else 0.0
-        print(
-            f"  {phase.name:<14} " + " ".join(f"{phase.usage.cpu.get(n, 0) * per:>13.2f}" for n in processes)
-        )
-    print(f"\n  peak RSS in MB (VmRSS sampled every {RSS_SAMPLE_SECONDS} s; whole run: VmHWM)")
-    print(f"  {'phase':<14} " + " ".join(f"{name:>13}" for name in processes))
-    for phase in shown:
-        print(
-            f"  {phase.name:<14} " + " ".join(f"{phase.usage.peak_rss.get(n, 0):>13.0f}" for n in processes)
-        )
-    print(f"  {'whole run':<14} " + " ".join(f"{whole_run_peaks[n] or 0:>13.0f}" for n in processes))
-    for phase in phases:
-        if phase.reasons:
-            distinct = list(dict.fromkeys(phase.reasons))
-            print(f"\n  {phase.name}: {phase.rejected:,} rejected, e.g. " + " | ".join(distinct[:3]))
-
-    stored, insert_seconds = database
-    sent, size, kafka_seconds = kafka
-    insert_rate = stored / insert_seconds if insert_seconds else 0.0
-    print("\n  baselines, same run, same servers:")
-    print(
-        f"  {'insert_many of the stored documents, 1,000 per call':<58} {insert_rate:>9,.0f} docs/s "
-        f"({stored:,} in {insert_seconds:.2f} s)"
-    )
-    if kafka_seconds:
-        what = f"the run's {sent:,} events ({size:,.0f} bytes avg) produced + consumed"
-        print(f"  {what:<58} {sent / kafka_seconds:>9,.0f} events/s ({kafka_seconds:.2f} s)")
-    if total.seconds and total.records:
-        rate = total.records / total.seconds
-        services = [n for n in processes if n not in ("secantusdb", "kafka")]
-        peak = max((whole_run_peaks[n] or 0) for n in services) if services else 0.0
-        imports = [phase for phase in phases if phase.name in IMPORTS]
-        first = [phase.first_progress for phase in imports if phase.first_progress is not None]
-        print("\n  figures to reach (issue 11):")
-        print(f"  {'end to end, records/s':<58} {rate:>9,.0f}  (>= 500: {_verdict(rate >= 500)})")
-        if insert_rate:
-            ratio = rate / insert_rate
-            print(
-                f"  {'end to end / insert_many baseline':<58} {ratio:>9.2f}x "
-                f"(>= 0.3x: {_verdict(ratio >= 0.3)})"
-            )
-        held = max((phase.longest for phase in imports), key=lambda one: one.seconds, default=Longest())
-        print(
-            f"  {'longest HTTP request during the imports':<58} {held.seconds:>9.2f}s "
-            f"(< 1 s: {_verdict(held.seconds < 1)}; {held.request})"
-        )
-        if first:
-            print(
-                f"  {'slowest first visible progress of an import':<58} {max(first):>9.2f}s "
-                f"(< 1 s: {_verdict(max(first) < 1)})"
-            )
-        else:
-            print(f"  {'first visible progress':<58} {'-':>9}  (no import job showed progress)")
-        print(f"  {'largest service peak RSS':<58} {peak:>9.0f} MB (< 250 MB: {_verdict(peak < 250)})")
+    report(shape, phases, whole_run_peaks, Baselines(stored, insert_seconds, sent, size, kafka_seconds))
 
 
 def main() -> None:
