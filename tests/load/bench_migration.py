@@ -39,6 +39,7 @@ import csv
 import functools
 import io
 import itertools
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -48,7 +49,7 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer
 from crm_leads.repository import LEADS
-from crm_localinfra.import_cli import ACTIVE, file_pieces
+from crm_localinfra.import_cli import ACTIVE, file_pieces, progress_line
 from crm_localinfra.testing import RunningService, running_services, service_env
 from crm_opportunities.repository import ACCOUNTS, CONTACTS, OPPORTUNITIES
 from crm_runtime.outbox import OUTBOX
@@ -73,6 +74,8 @@ from pymongo import AsyncMongoClient
 
 MAX_ROWS = 200_000
 POLL_SECONDS = 0.2
+POLL_TIMEOUT = 30.0  # a status request unanswered this long is noted and sent again
+PROGRESS_SECONDS = 5.0  # how often an import's progress is shown on stderr
 SETTLE_SECONDS = 3.0  # two lag measurements (every second) after the last event reached Kafka
 KAFKA_SAMPLE = 2_000
 INSERT_BATCH = 1_000
@@ -182,24 +185,45 @@ async def import_file(stack: Stack, kind: str, path: Path, phase: Phase, deadlin
         ]
     elif response.status_code == 202:
         phase.mode = "import job: 202, then GET /imports/{id}"
-        job = response.json()
-        location = response.headers.get("location", f"/imports/{job['id']}")
-        while True:
-            if phase.first_progress is None and job["processed"] > 0:
-                phase.first_progress = time.perf_counter() - started
-            if job["state"] not in ACTIVE:
-                break
-            _check(deadline, f"the {kind} import")
-            await asyncio.sleep(POLL_SECONDS)
-            job = (await stack.http.request("GET", stack.url(service, location))).json()
-        if job["state"] != "done":
-            raise SystemExit(f"the {kind} import ended {job['state']}: {job.get('error')}")
-        phase.records, phase.rejected = job["file_rows"], job["failed"]
-        if job["failed"]:
-            await rejections(stack, service, job["rejections"], phase)
+        await follow_job(stack, service, kind, response, started, phase, deadline)
     else:
         raise SystemExit(f"POST /imports/{kind} answered {response.status_code}: {response.text[:500]}")
     await stack.outbox_drained(service, deadline)
+
+
+async def follow_job(
+    stack: Stack,
+    service: str,
+    kind: str,
+    accepted: httpx.Response,
+    started: float,
+    phase: Phase,
+    deadline: float,
+) -> None:
+    """Poll the job until it ends, noting when its progress first shows; a status request the
+    service leaves unanswered counts as held that long, and polling goes on."""
+    job = accepted.json()
+    location = accepted.headers.get("location", f"/imports/{job['id']}")
+    shown = time.perf_counter()
+    while True:
+        if phase.first_progress is None and job["processed"] > 0:
+            phase.first_progress = time.perf_counter() - started
+        if job["state"] not in ACTIVE:
+            break
+        if time.perf_counter() - shown >= PROGRESS_SECONDS:
+            print(f"  {kind}: {progress_line(job)}", file=sys.stderr, flush=True)
+            shown = time.perf_counter()
+        _check(deadline, f"the {kind} import")
+        await asyncio.sleep(POLL_SECONDS)
+        try:
+            job = (await stack.http.request("GET", stack.url(service, location))).json()
+        except httpx.TimeoutException:
+            print(f"  {kind}: GET {location} unanswered for {POLL_TIMEOUT} s", file=sys.stderr, flush=True)
+    if job["state"] != "done":
+        raise SystemExit(f"the {kind} import ended {job['state']}: {job.get('error')}")
+    phase.records, phase.rejected = job["file_rows"], job["failed"]
+    if job["failed"]:
+        await rejections(stack, service, job["rejections"], phase)
 
 
 async def rejections(stack: Stack, service: str, path: str, phase: Phase) -> None:
@@ -336,7 +360,7 @@ async def run(
     try:
         async with (
             running_services(infra, names, log_dir=root / "logs", isolation=isolation) as services,
-            httpx.AsyncClient(timeout=30.0) as client,
+            httpx.AsyncClient(timeout=POLL_TIMEOUT) as client,
             TopicCounter(infra.kafka_bootstrap, infra.topic_prefix + isolation) as topics,
         ):
             pids = {name: service.pid for name, service in services.items()}

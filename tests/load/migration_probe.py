@@ -118,14 +118,19 @@ class TimedHttp:
         return longest
 
     async def request(self, method: str, url: str, **options: Any) -> httpx.Response:
+        """The response; raises httpx.TimeoutException (after noting how long it waited) when
+        the service did not answer in time."""
         started = time.perf_counter()
+        outcome = ""
         try:
             return await self.client.request(method, url, **options)
+        except httpx.TimeoutException:
+            outcome = " (no answer: timed out)"
+            raise
         finally:
             held = time.perf_counter() - started
             if held > self.longest.seconds:
-                path = httpx.URL(url).path
-                self.longest = Longest(held, f"{method} {path}")
+                self.longest = Longest(held, f"{method} {httpx.URL(url).path}{outcome}")
 
 
 async def metrics(http: TimedHttp, base_url: str) -> dict[str, float]:
