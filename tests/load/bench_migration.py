@@ -342,6 +342,29 @@ def generate(root: Path, shape: MigrationShape, kinds: Iterable[str]) -> dict[st
     return paths
 
 
+async def run_phases(
+    stack: Stack, shape: MigrationShape, chosen: list[str], files: dict[str, Path], deadline: float
+) -> AsyncIterator[Phase]:
+    """The chosen phases in migration order, each as it ends."""
+    if "setup" in chosen:
+        yield await measured(
+            stack, "setup", functools.partial(set_up_catalogue, stack, shape, deadline=deadline)
+        )
+    done: dict[str, Phase] = {}
+    for kind, path in files.items():
+        print(f"importing {kind} ...", flush=True)
+        done[kind] = await measured(
+            stack, kind, functools.partial(import_file, stack, kind, path, deadline=deadline)
+        )
+        yield done[kind]
+    if "reporting" in chosen:
+        print("waiting for reporting ...", flush=True)
+        expected = expected_figures(shape, done)
+        yield await measured(
+            stack, "reporting", functools.partial(reporting_applied, stack, expected, deadline=deadline)
+        )
+
+
 async def run(
     infra: BenchInfra, root: Path, shape: MigrationShape, chosen: list[str], deadline_seconds: float
 ) -> None:
@@ -357,6 +380,8 @@ async def run(
     isolation = f"m{uuid.uuid4().hex[:8]}."
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongo_url, tz_aware=True)
     phases: list[Phase] = []
+    stopped: str | None = None
+    baselines = Baselines(0, 0.0, 0, 0.0, 0.0)
     try:
         async with (
             running_services(infra, names, log_dir=root / "logs", isolation=isolation) as services,
@@ -364,40 +389,32 @@ async def run(
             TopicCounter(infra.kafka_bootstrap, infra.topic_prefix + isolation) as topics,
         ):
             pids = {name: service.pid for name, service in services.items()}
-            pids |= {
-                name: pid
-                for name, pid in (("secantusdb", infra.mongo_pid), ("kafka", infra.kafka_pid))
-                if pid
-            }
+            servers = (("secantusdb", infra.mongo_pid), ("kafka", infra.kafka_pid))
+            pids |= {name: pid for name, pid in servers if pid}
             watch = ProcessWatch(pids)
             stack = Stack(infra, services, isolation, TimedHttp(client), topics, watch, mongo)
             async with watch.running():
-                if "setup" in chosen:
-                    catalogue = functools.partial(set_up_catalogue, stack, shape, deadline=deadline)
-                    phases.append(await measured(stack, "setup", catalogue))
-                for kind in imports:
-                    print(f"importing {kind} ...", flush=True)
-                    phases.append(
-                        await measured(
-                            stack,
-                            kind,
-                            functools.partial(import_file, stack, kind, files[kind], deadline=deadline),
-                        )
-                    )
-                if "reporting" in chosen:
-                    expected = expected_figures(shape, {phase.name: phase for phase in phases})
-                    print("waiting for reporting ...", flush=True)
-                    applied = functools.partial(reporting_applied, stack, expected, deadline=deadline)
-                    phases.append(await measured(stack, "reporting", applied))
+                try:
+                    async for phase in run_phases(stack, shape, chosen, files, deadline):
+                        phases.append(phase)
+                except TimeoutError as exc:  # the figures so far are still worth printing
+                    stopped = str(exc)
             whole_run_peaks = {name: peak_rss_mb(pid) for name, pid in pids.items()}
-            print("baselines ...", flush=True)
-            stored, insert_seconds = await database_baseline(stack, imports)
-            sent, size, kafka_seconds = await kafka_baseline(stack, sum(phase.events for phase in phases))
+            if stopped is None:
+                print("baselines ...", flush=True)
+                stored, insert_seconds = await database_baseline(stack, imports)
+                events = sum(phase.events for phase in phases)
+                baselines = Baselines(stored, insert_seconds, *await kafka_baseline(stack, events))
     finally:
-        for service in names:  # a server given from outside keeps nothing of the run
-            await mongo.drop_database(str(service_env(infra, service, isolation=isolation)["mongo_database"]))
+        if infra.mongo_pid is None:  # a server given from outside keeps nothing of the run
+            for service in names:
+                await mongo.drop_database(
+                    str(service_env(infra, service, isolation=isolation)["mongo_database"])
+                )
         await mongo.close()
-    report(shape, phases, whole_run_peaks, Baselines(stored, insert_seconds, sent, size, kafka_seconds))
+    report(shape, phases, whole_run_peaks, baselines)
+    if stopped is not None:
+        raise SystemExit(f"\nstopped before the end: {stopped}")
 
 
 def main() -> None:

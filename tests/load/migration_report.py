@@ -172,6 +172,7 @@ def report(
         if phase.reasons:
             distinct = list(dict.fromkeys(phase.reasons))
             print(f"\n  {phase.name}: {phase.rejected:,} rejected, e.g. " + " | ".join(distinct[:3]))
-    _baselines(baselines)
+    if baselines.stored_docs:
+        _baselines(baselines)
     if total.seconds and total.records:
         _targets(phases, total, whole_run_peaks, baselines)
