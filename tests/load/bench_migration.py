@@ -272,15 +272,20 @@ async def reporting_applied(stack: Stack, expected: dict[str, int], phase: Phase
     when its views show the expected figures and a lag measurement taken since shows nothing
     left to consume or to merge."""
     drained_at = time.monotonic()
-    phase.mode = "views show the imported figures; lag 0, pending 0"
+    matched_after: float | None = None
     seen: dict[str, int] = {}
     while True:
         seen = await report_figures(stack)
         if all(seen[name] == value for name, value in expected.items()):
+            if matched_after is None:
+                matched_after = time.monotonic() - drained_at
             if time.monotonic() - drained_at >= SETTLE_SECONDS:
                 figures = await metrics(stack.http, stack.url("reporting", ""))
                 lag = figures.get("crm_consumer_lag")
                 if lag == 0 and figures.get("crm_reporting_pending_events") == 0:
+                    phase.mode = (
+                        f"views showed the imported figures after {matched_after:.1f} s; lag 0, pending 0"
+                    )
                     return
         if time.monotonic() > deadline:
             differences = {
