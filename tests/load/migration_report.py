@@ -159,12 +159,17 @@ def report(
 ) -> None:
     total = end_to_end(phases)
     shown = [*phases, total] if any(phase.name in IMPORTS for phase in phases) else phases
-    print(
-        f"\nmigration: {shape.leads:,} leads, {shape.accounts:,} accounts, {shape.contacts:,} contacts, "
-        f"{shape.opportunities:,} opportunities (line items: {'yes' if shape.line_items else 'no'}, "
-        f"{shape.accountless_share:.0%} without account), {shape.products} products, "
-        f"{shape.sales_teams} sales teams; seed {shape.seed} (phases not run import nothing)"
-    )
+    ran = {phase.name for phase in phases}
+    counts = {"leads": shape.leads, "accounts": shape.accounts, "contacts": shape.contacts}
+    counts["opportunities"] = shape.opportunities
+    imported = ", ".join(f"{counts[kind]:,} {kind}" for kind in IMPORTS if kind in ran) or "nothing imported"
+    details = [f"seed {shape.seed}"]
+    if "opportunities" in ran:
+        items = "with line items and sales teams" if shape.line_items else "no line items or sales teams"
+        details.insert(0, f"opportunities {items}, {shape.accountless_share:.0%} without account")
+    if "setup" in ran:
+        details.insert(0, f"{shape.products} products, {shape.sales_teams} sales teams, 2 pipelines")
+    print(f"\nmigration: {imported} ({'; '.join(details)})")
     print(f"services as real processes on Kafka and SecantusDB on loopback; {os.cpu_count()} cores")
     _phases_table(shown)
     _process_tables(shown, total, whole_run_peaks)
