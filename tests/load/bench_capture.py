@@ -36,21 +36,13 @@ from crm_leads.bootstrap import LeadsSettings
 from crm_localinfra.testing import read_topic, running_services, service_env, topic_size
 from crm_runtime.events import encode, make_event
 from crm_runtime.mongo import in_transaction
-from harness import BenchInfra, run_bounded
+from harness import BenchInfra, cpu_seconds, produce_and_consume, run_bounded
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 
 DEADLINE_SECONDS = 900  # the whole run gives up after this
 MAX_COUNT = 20_000
 STORAGE_FLOOR_MAX = 1000  # bare transactions are sequential and slow: a sample is enough
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (fields 14 and 15 of /proc/<pid>/stat)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def rate(name: str, count: int, seconds: float, unit: str, note: str = "") -> str:
@@ -156,17 +148,7 @@ def per_lead_operations(before: dict[str, int], after: dict[str, int], count: in
 
 async def kafka_floor(bootstrap: str, messages: list[tuple[bytes, bytes]]) -> str:
     """The same messages through a bare topic and read back."""
-    topic = f"bench.scratch.{uuid.uuid4().hex[:8]}"
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
-    await producer.start()
-    try:
-        started = time.perf_counter()
-        sent = [await producer.send(topic, value, key=key) for key, value in messages]
-        await asyncio.gather(*sent)
-        await read_topic(bootstrap, topic, until=lambda records: len(records) >= len(messages), timeout=300)
-        seconds = time.perf_counter() - started
-    finally:
-        await producer.stop()
+    seconds = await produce_and_consume(bootstrap, messages)
     size = sum(len(value) for _, value in messages) // len(messages)
     return rate(
         f"baseline: same {size}-byte messages produced to Kafka and read back",

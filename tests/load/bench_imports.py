@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 from crm_localinfra.testing import running_services
-from harness import BenchInfra, run_bounded
+from harness import BenchInfra, peak_rss_mb, run_bounded
 
 DEADLINE_SECONDS = 1800
 SERVICE_OF = {"leads": "leads"}
@@ -43,15 +43,6 @@ def leads_file(path: Path, rows: int) -> None:
                 "company": {"name": f"Company {n % 997}", "size": 10 + n % 5000},
             }
             out.write(orjson.dumps(record) + b"\n")
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    match = re.search(r"VmHWM:\s+(\d+) kB", status)
-    return int(match.group(1)) / 1024 if match else None
 
 
 async def run(infra: BenchInfra, root: Path, kind: str, rows: int) -> None:
