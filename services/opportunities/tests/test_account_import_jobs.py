@@ -3,28 +3,35 @@ the rejections as CSV), with chunks of three rows so that rows wait across chunk
 listed before their parents (a grandchild, its parent and theirs in reverse order) are linked
 within the same job; a parent missing from the file, a loop of parents and bad rows of every
 kind are rejected naming the column, the value and what would be valid; importing the same file
-again changes nothing and emits nothing; contacts link to accounts an earlier job imported."""
+again changes nothing and emits nothing; contacts link to accounts an earlier job imported; a
+service killed with SIGKILL while deferred rows are applied resumes and applies each row once."""
 
 from __future__ import annotations
 
 import csv
 import io
+import os
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from crm_localinfra._proc import pid_alive
 from crm_localinfra.testing import (
     eventually,
     isolation_key,
     read_topic,
+    running_services,
     service_client,
     service_env,
     topic_size,
 )
 from crm_opportunities.bootstrap import OpportunitiesSettings, create_app
 from crm_opportunities.imports import imported_id
+from pymongo import AsyncMongoClient
 
 pytestmark = pytest.mark.integration
 
@@ -236,3 +243,81 @@ async def test_an_unknown_column_refuses_the_file_naming_it(service: Service) ->
     assert response.status_code == 422, response.text
     body = response.json()
     assert body["fields"][0]["field"] == "contry" and "did you mean 'country'" in body["message"]
+
+
+def subsidiaries_first(pairs: int) -> bytes:
+    """``pairs`` subsidiaries, then their parents: every subsidiary waits for the end of the file."""
+    lines = [b"external_id,name,parent_external_id"]
+    lines += [f"S-{n},Subsidiary {n},P-{n}".encode() for n in range(1, pairs + 1)]
+    lines += [f"P-{n},Parent {n},".encode() for n in range(1, pairs + 1)]
+    return b"\n".join(lines) + b"\n"
+
+
+@pytest.mark.e2e
+async def test_a_service_killed_while_deferred_rows_are_applied_resumes_and_applies_each_row_once(
+    infra: Any, tmp_path: Path
+) -> None:
+    isolation = isolation_key()
+    pairs = 600
+    env = {"CRM_IMPORT_CHUNK_ROWS": "50", "CRM_JOBS_LEASE_SECONDS": "2", "CRM_LOG_LEVEL": "INFO"}
+    settings = OpportunitiesSettings(**service_env(infra, "opportunities", isolation=isolation))
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongo_url, tz_aware=True)
+    db = mongo[settings.database_name]
+    try:
+        async with running_services(
+            infra, ["opportunities"], log_dir=tmp_path / "first", isolation=isolation, extra_env=env
+        ) as first:
+            service = first["opportunities"]
+            async with httpx.AsyncClient(base_url=service.base_url, timeout=60) as http:
+                response = await http.post(
+                    "/imports/accounts?source_system=crash",
+                    content=subsidiaries_first(pairs),
+                    headers={"content-type": "text/csv"},
+                )
+                assert response.status_code == 202, response.text
+                job_id = response.json()["id"]
+
+                async def applying_deferred_rows() -> bool:
+                    # Past the parents: the subsidiaries' trailing chunks are being applied.
+                    return bool((await http.get(f"/imports/{job_id}")).json()["processed"] > pairs + 50)
+
+                await eventually(applying_deferred_rows, timeout=180)
+            os.killpg(service.pid, signal.SIGKILL)
+            await eventually(lambda: not pid_alive(service.pid), timeout=30)
+        killed = await db.jobs.find_one({"_id": job_id})
+        assert killed is not None and killed["state"] == "running" and killed["processed"] < 2 * pairs, killed
+        async with running_services(
+            infra, ["opportunities"], log_dir=tmp_path / "second", isolation=isolation, extra_env=env
+        ) as second:
+            async with httpx.AsyncClient(base_url=second["opportunities"].base_url, timeout=60) as http:
+
+                async def ended() -> dict[str, Any] | None:
+                    job: dict[str, Any] = (await http.get(f"/imports/{job_id}")).json()
+                    return job if job["state"] not in ("queued", "running") else None
+
+                job = await eventually(ended, timeout=300)
+            assert (job["state"], job["processed"], job["applied"], job["failed"]) == (
+                "done",
+                2 * pairs,
+                2 * pairs,
+                0,
+            )
+            assert await db.accounts.count_documents({}) == 2 * pairs
+            linked = await db.accounts.count_documents({"parent_account_id": {"$ne": None}})
+            assert linked == pairs
+            created = await read_topic(
+                settings.kafka_bootstrap_servers,
+                settings.topic("account.created"),
+                until=lambda records: len({r.json()["subject"] for r in records}) >= 2 * pairs,
+                timeout=120,
+            )
+        events_by_account: dict[str, set[str]] = {}
+        for record in created:
+            events_by_account.setdefault(record.json()["subject"], set()).add(record.json()["id"])
+        assert all(len(ids) == 1 for ids in events_by_account.values())  # one account.created each
+        subsidiary = await db.accounts.find_one({"_id": imported_id("account", "crash", "S-7")})
+        assert subsidiary is not None and subsidiary["parent_account_id"] == imported_id(
+            "account", "crash", "P-7"
+        )
+    finally:
+        await mongo.close()
