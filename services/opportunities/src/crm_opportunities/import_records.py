@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 import bson
 from crm_runtime.mongo import Document
 from pydantic import BaseModel
-from pymongo import ReplaceOne
+from pymongo import DeleteOne, ReplaceOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 
@@ -64,7 +64,7 @@ class ImportedAccounts(HeldAccounts):
     def __init__(self, real: Repositories, session: AsyncClientSession) -> None:
         super().__init__(real.accounts, session)
         self._changes = _Replacements(self.held, self.collection)
-        self._released: set[str] = set()
+        self._released: dict[str, str] = {}  # domain -> the account giving it up
 
     async def load_hierarchy(self, account_ids: set[str]) -> None:
         """The accounts above ``account_ids`` (held ones), one ``$in`` query per level."""
@@ -96,15 +96,19 @@ class ImportedAccounts(HeldAccounts):
     async def release_domain(self, domain: str, account_id: str, session: AsyncClientSession) -> None:
         if self._claimed.get(domain) == account_id:
             del self._claimed[domain]  # claimed by this chunk: never written
-        elif self._holders.get(domain) == account_id:
-            self._released.add(domain)
+        elif domain not in self._holders or self._holders[domain] == account_id:
+            # An old domain is not read first: its claim goes if it is still this account's.
+            self._released[domain] = account_id
         else:
             return
         self._holders[domain] = None
 
     async def save(self) -> None:
         if self._released:  # before the claims: a domain may pass to another account
-            await self._domains.delete_many({"_id": {"$in": sorted(self._released)}}, session=self._session)
+            await self._domains.bulk_write(
+                [DeleteOne({"_id": domain, "account_id": owner}) for domain, owner in self._released.items()],
+                session=self._session,
+            )
         await super().save()
         await self._changes.save(self._session)
 

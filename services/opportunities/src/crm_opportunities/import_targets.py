@@ -55,6 +55,8 @@ def _validated(
 
 def _rule_broken(row: ImportRow, exc: NotFound | DuplicateRecord | OpportunityRuleViolation) -> Rejection:
     column = _COLUMNS.get(exc.field, exc.field)
+    if column == "domain" and "domain" not in row.fields and "website" in row.fields:
+        column = "website"  # the domain came from the website
     return Rejection.of(row, column, row.fields.get(column), str(exc))
 
 
