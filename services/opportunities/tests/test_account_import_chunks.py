@@ -1,7 +1,7 @@
 """A chunk of an account or contact import reads and writes set-based: the database commands
 it sends do not grow with its rows (creating accounts with domains and parents, updating them
-with new domains, creating contacts matched by email), and what it stores is what the per-row
-rules give."""
+with new domains, matching accounts by domain, creating contacts and matching them by email),
+and what it stores is what the per-row rules give."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def contacts(n: int) -> list[dict[str, Any]]:
 async def test_a_chunk_sends_as_many_commands_for_many_rows_as_for_few(
     store: Callable[[], Awaitable[Store]],
 ) -> None:
-    counts: dict[str, list[int]] = {"create": [], "update": [], "contacts": []}
+    counts: dict[str, list[int]] = {"create": [], "update": [], "match": [], "contacts": []}
     for families in (2, 20):
         s = await store()
         created, outcomes = await s.apply(account_import(s.repos), accounts(families))
@@ -118,9 +118,16 @@ async def test_a_chunk_sends_as_many_commands_for_many_rows_as_for_few(
         )
         assert outcomes == []
         counts["update"].append(updated)
-        matched, outcomes = await s.apply(contact_import(s.repos), contacts(families))
+        twins = [
+            {"external_id": f"M-{i}", "name": f"Twin {i}", "domain": f"p{i}.new.example"}
+            for i in range(families)
+        ]
+        matched, outcomes = await s.apply(account_import(s.repos), twins)
         assert outcomes == []
-        counts["contacts"].append(matched)
+        counts["match"].append(matched)
+        people, outcomes = await s.apply(contact_import(s.repos), contacts(families))
+        assert outcomes == []
+        counts["contacts"].append(people)
 
         subsidiary = await s.repos.accounts.get(imported_id("account", SYSTEM, "S-1"))
         assert subsidiary is not None
@@ -132,7 +139,9 @@ async def test_a_chunk_sends_as_many_commands_for_many_rows_as_for_few(
         )
         claims = {doc["_id"] for doc in await s.db.account_domains.find().to_list()}
         assert claims == {f"{kind}{i}.new.example" for kind in "sp" for i in range(families)}
-        assert await s.db.accounts.count_documents({}) == 2 * families
+        assert await s.db.accounts.count_documents({}) == 2 * families  # twins matched by domain
+        twin = await s.repos.accounts.find(imported_id("account", SYSTEM, "M-1"))
+        assert twin is not None and twin.id == imported_id("account", SYSTEM, "P-1")
         assert await s.db.contacts.count_documents({}) == families  # each twin matched by email
         topics = [doc.get("topic") for doc in await s.db.outbox.find({"topic": {"$exists": True}}).to_list()]
         assert sorted(set(topics)) == ["account.created", "account.updated", "contact.created"]

@@ -66,6 +66,12 @@ class ImportedAccounts(HeldAccounts):
         self._changes = _Replacements(self.held, self.collection)
         self._released: dict[str, str] = {}  # domain -> the account giving it up
 
+    async def load(self, account_ids: set[str], domains: set[str]) -> None:
+        """As ``HeldAccounts.load``, and the accounts holding the domains with them: a row
+        matched to one by its domain adds an alias to it."""
+        await super().load(account_ids, domains)
+        await self.held.load(holder for holder in self._holders.values() if holder is not None)
+
     async def load_hierarchy(self, account_ids: set[str]) -> None:
         """The accounts above ``account_ids`` (held ones), one ``$in`` query per level."""
         level = account_ids
