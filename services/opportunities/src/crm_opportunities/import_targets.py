@@ -37,7 +37,8 @@ _COLUMNS = {"parent_account_id": "parent_external_id", "id": "external_id"}
 
 
 def import_targets(repos: Repositories, policy: Policy) -> list[ImportTarget]:
-    """Everything the service imports as jobs, for ``ImportJobs``."""
+    """Everything the service imports as jobs, for ``ImportJobs`` (``policy``: for the targets
+    whose rules need the installation's settings, such as loss reasons)."""
     return [account_import(repos), contact_import(repos)]
 
 
@@ -92,6 +93,18 @@ def parents_first(
     return ordered, looping
 
 
+def _without_parent(row: ImportRow, parent: str, ended: dict[str, Outcome | None]) -> Outcome | None:
+    """What becomes of a row whose parent account is not here (yet): rejected with its parent's
+    row, deferred while it may wait, else None (its parent is nowhere to be found)."""
+    earlier = ended.get(parent)
+    if isinstance(earlier, Rejection):
+        reason = f"the row of parent account {parent!r} (row {earlier.row}) was rejected"
+        return Rejection.of(row, "parent_external_id", parent, reason)
+    if row.may_wait:  # its parent may come later in the file
+        return RowDeferred(row)
+    return None
+
+
 def account_import(repos: Repositories) -> ImportTarget:
     """``POST /imports/accounts``: each row creates its account (id derived from the source
     system and the row's external id), brings the one an earlier import created up to date, or
@@ -121,27 +134,20 @@ def account_import(repos: Repositories) -> ImportTarget:
                 )
             )
         ended: dict[str, Outcome | None] = {}  # the chunk's rows by external id; None: applied
-        missing: list[tuple[ImportRow, str]] = []
+        missing: list[tuple[ImportRow, str]] = []  # waiting cannot help: rejected naming close ids
         by = Actor(id=f"import:{system}")
         async with uow.one_outbox_write():
             for row, account in ordered:
                 parent = account.parent_external_id
-                if parent is not None:
-                    if await accounts.find(imported_id("account", system, parent)) is None:
-                        outcome = ended.get(parent)
-                        if isinstance(outcome, Rejection):
-                            reason = f"the row of parent account {parent!r} (row {outcome.row}) was rejected"
-                            ended[account.external_id] = rejected = Rejection.of(
-                                row, "parent_external_id", parent, reason
-                            )
-                            outcomes.append(rejected)
-                        elif row.may_wait:  # its parent may come later in the file
-                            ended[account.external_id] = deferred = RowDeferred(row)
-                            outcomes.append(deferred)
-                        else:
-                            ended[account.external_id] = Rejection.of(row, "parent_external_id", parent, "")
-                            missing.append((row, parent))
-                        continue
+                if parent is not None and await accounts.find(imported_id("account", system, parent)) is None:
+                    outcome = _without_parent(row, parent, ended)
+                    if outcome is None:  # rejected below; its subsidiaries here with it
+                        outcome = Rejection.of(row, "parent_external_id", parent, "missing parent")
+                        missing.append((row, parent))
+                    else:
+                        outcomes.append(outcome)
+                    ended[account.external_id] = outcome
+                    continue
                 try:
                     await import_account(batch.repos, uow, system, account, by=by)
                     ended[account.external_id] = None
@@ -152,14 +158,9 @@ def account_import(repos: Repositories) -> ImportTarget:
         if missing:
             known = [a.external_id for _, a in valid] + await known_account_ids(repos, system, uow.session)
             for row, parent in missing:
+                reason = f"no account with external id {parent!r} exists or comes in this file"
                 outcomes.append(
-                    Rejection.of(
-                        row,
-                        "parent_external_id",
-                        parent,
-                        f"no account with external id {parent!r} exists or comes in this file"
-                        + did_you_mean(parent, known),
-                    )
+                    Rejection.of(row, "parent_external_id", parent, reason + did_you_mean(parent, known))
                 )
         return outcomes
 
