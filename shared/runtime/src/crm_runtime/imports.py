@@ -145,8 +145,8 @@ class ImportTarget:
     """One object a service imports. ``apply`` applies a chunk's readable rows in the given
     unit of work and returns the rows it refused (it must not have written anything for
     them) and those it defers (``RowDeferred``); it may raise ``RowFailed`` for a row found bad
-    only while writing. ``row_key`` names
-    a row's record (two rows with one key: the later one is a duplicate in the file)."""
+    only while writing. ``row_key`` names a row's record (two rows with one key: the later one
+    is a duplicate in the file)."""
 
     object: str
     summary: str
