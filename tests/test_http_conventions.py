@@ -109,7 +109,7 @@ async def oversized(opening: bytes) -> AsyncIterator[bytes]:
 BODIES = [
     ("leads", "/leads", "application/json", b'{"source_system": "web", "external_id": "'),
     ("opportunities", "/accounts", "application/json", b'{"name": "'),
-    ("opportunities", "/imports/accounts?source_system=legacy", "text/csv", b"external_id,name\n"),
+    ("opportunities", "/imports/opportunities?source_system=legacy", "text/csv", b"external_id,name\n"),
     ("campaigns", "/campaigns", "application/json", b'{"name": "'),
 ]
 

@@ -1,7 +1,7 @@
 """Import jobs through HTTP, as a migration would run them: ``./crm import`` of a generated
 file into the service run as a real process (``python -m crm_<service>``).
 
-    ./crm bench imports [--rows 10000] [--kind leads]
+    ./crm bench imports [--rows 10000] [--kind leads|accounts]
 
 Prints the time to the 202 (the upload and its chunks stored), the job's rows/s, the time from
 upload to the end, and the service's peak RSS (VmHWM from /proc) during the import.
@@ -23,7 +23,7 @@ from crm_localinfra.testing import running_services
 from harness import BenchInfra, peak_rss_mb, run_bounded
 
 DEADLINE_SECONDS = 1800
-SERVICE_OF = {"leads": "leads"}
+SERVICE_OF = {"leads": "leads", "accounts": "opportunities"}
 
 
 def leads_file(path: Path, rows: int) -> None:
@@ -45,9 +45,36 @@ def leads_file(path: Path, rows: int) -> None:
             out.write(orjson.dumps(record) + b"\n")
 
 
+def accounts_file(path: Path, rows: int) -> None:
+    """Deterministic accounts of a CRM export, with domains, countries (names and codes) and
+    revenue: the last tenth are parent companies and every other account is a subsidiary of one
+    of them listed before it, so that nine rows in ten wait for the end of the file."""
+    countries = ["Germany", "FR", "United Kingdom", "US", "Netherlands", "ES"]
+    parents = max(1, rows // 10)
+    first_parent = rows - parents + 1
+    with path.open("wb") as out:
+        for n in range(1, rows + 1):
+            record: dict[str, object] = {
+                "external_id": f"ACC-{n:07d}",
+                "name": f"Company {n}",
+                "domain": f"company{n}.example",
+                "country": countries[n % len(countries)],
+                "year_established": 1950 + n % 70,
+                "annual_revenue": f"{1000 * (n % 5000)}.00",
+                "annual_revenue_currency": "EUR",
+                "created_at": f"2021-{1 + n % 12:02d}-{1 + n % 28:02d}T09:00:00Z",
+            }
+            if n < first_parent:
+                record["parent_external_id"] = f"ACC-{first_parent + n % parents:07d}"
+            out.write(orjson.dumps(record) + b"\n")
+
+
+FILES = {"leads": leads_file, "accounts": accounts_file}
+
+
 async def run(infra: BenchInfra, root: Path, kind: str, rows: int) -> None:
     upload = root / f"{kind}.ndjson"
-    leads_file(upload, rows)
+    FILES[kind](upload, rows)
     isolation = f"b{uuid.uuid4().hex[:8]}."
     service = SERVICE_OF[kind]
     async with running_services(infra, [service], log_dir=root / "logs", isolation=isolation) as services:

@@ -11,6 +11,10 @@ from typing import Any
 import httpx
 import pytest
 from crm_opportunities.bootstrap import OpportunitiesSettings, create_app
+from crm_opportunities.imports import ContactRow
+from crm_runtime.chunking import UploadChunker
+from crm_runtime.imports import ImportRow, rejections_of
+from pydantic import ValidationError
 
 ISO_DATE = "must be an ISO 8601 date, e.g. 2026-03-05"
 ISO_TIME = "must be an ISO 8601 date-time with a time zone, e.g. 2026-03-05T09:30:00Z"
@@ -90,11 +94,22 @@ async def test_import_rows_with_number_dates_or_control_characters_fail_alone(
     assert [p["field"] for p in rows[2]["problems"]] == ["name"]
     assert rows[3]["problems"] == [{"field": "stage_history.0.entered_at", "reason": ISO_TIME}]
 
-    csv = b'external_id,first_name,created_at\nc1,Ada,1700000000\nc2,"Ada\x00",\n'
-    response = await http.post(
-        "/imports/contacts?source_system=old-crm", content=csv, headers={"content-type": "text/csv"}
-    )
-    assert response.status_code == 200, response.text
-    [c1, c2] = response.json()["rows"]
-    assert c1["problems"] == [{"field": "created_at", "reason": ISO_TIME}]
-    assert [p["field"] for p in c2["problems"]] == ["first_name"]
+
+def test_contact_import_rows_with_number_times_or_control_characters_are_rejected_alone() -> None:
+    """As the contacts import job finds them: the same chunker and row model, before anything
+    is written."""
+    csv = b'external_id,first_name,created_at\nc1,Ada,1700000000\nc2,"Ada\x00",\nc3,Ada,\n'
+    chunker = UploadChunker("text/csv")
+    found = []
+    for record in [record for chunk in chunker.feed(csv) + chunker.finish() for record in chunk]:
+        assert record.fields is not None, record
+        try:
+            ContactRow.model_validate(record.fields)
+        except ValidationError as exc:
+            found.append(rejections_of(ImportRow(record.number, record.fields), exc))
+        else:
+            found.append([])
+    c1, c2, c3 = found
+    assert [(r.column, r.reason) for r in c1] == [("created_at", ISO_TIME)]
+    assert [r.column for r in c2] == ["first_name"]
+    assert c3 == []

@@ -5,6 +5,8 @@ closing over HTTP, the case, and optimistic versioning."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from crm_localinfra.testing import (
 )
 from crm_opportunities.bootstrap import OpportunitiesSettings, create_app
 from crm_opportunities.domain import DEFAULT_LOSS_REASONS
+from crm_opportunities.imports import imported_id
 from crm_runtime.dead_letters import H_ERROR
 from crm_runtime.events import encode, make_event
 from pymongo import AsyncMongoClient
@@ -462,16 +465,34 @@ A-3,Engines again,customer,engines-import.example,GB,
 """
 
 
-async def test_a_bulk_import_reports_each_row_and_a_second_run_changes_nothing(service: Service) -> None:
-    csv_headers = {"content-type": "text/csv"}
-    first = await service.http.post(
-        "/imports/accounts?source_system=legacy", content=ACCOUNTS_CSV, headers=csv_headers
+async def import_job(
+    service: Service, kind: str, body: bytes, system: str, content_type: str = "text/csv"
+) -> tuple[dict[str, Any], dict[int, dict[str, str]]]:
+    """An import job through HTTP, to its end: the job and its rejections by row."""
+    started = await service.http.post(
+        f"/imports/{kind}",
+        params={"source_system": system},
+        content=body,
+        headers={"content-type": content_type},
     )
-    assert first.status_code == 200, first.text
-    rows = first.json()["rows"]
-    assert [r["status"] for r in rows] == ["created", "failed", "matched"]
-    assert rows[1]["problems"][0]["field"] == "employees"
-    assert rows[2]["id"] == rows[0]["id"]  # same domain: the same company
+    assert started.status_code == 202, started.text
+
+    async def ended() -> dict[str, Any] | None:
+        job: dict[str, Any] = (await service.http.get(started.headers["location"])).json()
+        return job if job["state"] not in ("queued", "running") else None
+
+    job: dict[str, Any] = await eventually(ended, timeout=120)
+    listed = (await service.http.get(job["rejections"])).text
+    return job, {int(r["row"]): r for r in csv.DictReader(io.StringIO(listed))}
+
+
+async def test_a_bulk_import_reports_each_row_and_a_second_run_changes_nothing(service: Service) -> None:
+    job, rejected = await import_job(service, "accounts", ACCOUNTS_CSV, "legacy")
+    assert (job["state"], job["applied"], job["failed"]) == ("done", 2, 1)
+    assert list(rejected) == [2] and rejected[2]["column"] == "employees"
+    a1 = (await service.http.get(f"/accounts/{imported_id('account', 'legacy', 'A-1')}")).json()
+    a3 = (await service.http.get(f"/accounts/{imported_id('account', 'legacy', 'A-3')}")).json()
+    assert a3["id"] == a1["id"]  # same domain: the same company
 
     legacy = {"account_external_id": "A-1"}
     records: list[dict[str, Any]] = [
@@ -824,19 +845,15 @@ async def test_pipelines_are_published_in_order_and_an_opportunity_moves_between
 async def test_imports_upsert_accounts_and_contacts_and_replay_opportunities_through_their_history(
     service: Service,
 ) -> None:
-    csv_headers = {"content-type": "text/csv"}
     accounts = b"external_id,name,industry,domain\nA-1,Analytical Engines,Computing,engines-imp.example\n"
-    first = await service.http.post(
-        "/imports/accounts?source_system=old", content=accounts, headers=csv_headers
-    )
-    assert first.json()["counts"] == {"created": 1}
+    first, _ = await import_job(service, "accounts", accounts, "old")
+    assert (first["applied"], first["failed"]) == (1, 0)
+    account_id = imported_id("account", "old", "A-1")
     changed = accounts.replace(b"Computing", b"Machinery")
-    again = await service.http.post(
-        "/imports/accounts?source_system=old", content=changed, headers=csv_headers
-    )
-    [row] = again.json()["rows"]
-    assert (row["status"], row["changed_fields"]) == ("updated", ["industry"])
-    account_id = row["id"]
+    again, _ = await import_job(service, "accounts", changed, "old")
+    assert (again["applied"], again["failed"]) == (1, 0)
+    [updated] = await service.events("account.updated", until=lambda rs: len(rs) >= 1)
+    assert (updated.json()["subject"], updated.json()["data"]["changed_fields"]) == (account_id, ["industry"])
 
     assert (
         await service.http.post("/contacts", json={"id": "con-known", "email": "grace@navy.example"})
@@ -848,24 +865,23 @@ async def test_imports_upsert_accounts_and_contacts_and_replay_opportunities_thr
         b"C-3,,,,champion,,A-1\n"
         b"C-4,Charles,Babbage,,,,A-404\n"
     )
-    imported = await service.http.post(
-        "/imports/contacts?source_system=old", content=contacts, headers=csv_headers
-    )
-    assert imported.status_code == 200, imported.text
-    rows = imported.json()["rows"]
-    assert [r["status"] for r in rows] == ["created", "matched", "failed", "failed"]
-    assert rows[1]["id"] == "con-known" and rows[3]["problems"][0]["field"] == "account_external_id"
-    ada = (await service.http.get(f"/contacts/{rows[0]['id']}")).json()
+    imported, rejected = await import_job(service, "contacts", contacts, "old")
+    assert (imported["applied"], imported["failed"]) == (2, 2)
+    assert sorted(rejected) == [3, 4] and rejected[4]["column"] == "account_external_id"
+    # C-2 matched the contact already having its email: no second one
+    assert (await service.http.get(f"/contacts/{imported_id('contact', 'old', 'C-2')}")).status_code == 404
+    assert await service.count("contacts", {"email": "grace@navy.example"}) == 1
+    ada_id = imported_id("contact", "old", "C-1")
+    ada = (await service.http.get(f"/contacts/{ada_id}")).json()
     assert (ada["account_id"], ada["role"], ada["decision_maker"]) == (account_id, "economic buyer", True)
-    rerun = await service.http.post(
-        "/imports/contacts?source_system=old",
-        content=contacts.replace(b"economic buyer", b"champion"),
-        headers=csv_headers,
+    rerun, _ = await import_job(service, "contacts", contacts.replace(b"economic buyer", b"champion"), "old")
+    assert (rerun["applied"], rerun["failed"]) == (2, 2)
+    [contact_updated] = await service.events("contact.updated", until=lambda rs: len(rs) >= 1)
+    assert (contact_updated.json()["subject"], contact_updated.json()["data"]["changed_fields"]) == (
+        ada_id,
+        ["role"],
     )
-    assert [(r["status"], r["changed_fields"]) for r in rerun.json()["rows"][:2]] == [
-        ("updated", ["role"]),
-        ("matched", []),
-    ]
+    assert await service.count("contacts", {"email": "grace@navy.example"}) == 1
 
     history = [
         {"stage_id": "prospecting", "entered_at": "2025-01-10T09:00:00Z"},

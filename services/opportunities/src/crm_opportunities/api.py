@@ -55,12 +55,11 @@ from .domain import (
     Product,
     SalesTeam,
     Stage,
+    YearEstablished,
     check_definition,
     normalise_domain,
 )
 from .imports import (
-    AccountRow,
-    ContactRow,
     ImportReport,
     ImportRow,
     OpportunityRow,
@@ -81,8 +80,6 @@ from .use_cases import (
     create_product,
     create_sales_team,
     delete_sales_team,
-    import_account,
-    import_contact,
     import_opportunity,
     load_case,
     move_opportunity,
@@ -209,6 +206,10 @@ class NewAccount(_Body):
     industry: Annotated[str, SingleLine(max_length=100)] | None = None
     employees: int | None = Field(default=None, ge=0, le=10_000_000)
     annual_revenue: Money | None = None
+    annual_revenue_currency: Currency | None = Field(
+        default=None, description="The revenue's currency; the organisation's own when omitted"
+    )
+    year_established: YearEstablished | None = None
     website: Annotated[str, SingleLine(max_length=300)] | None = None
     domain: str | None = Field(
         default=None,
@@ -232,6 +233,8 @@ class AccountPatch(_Body):
     industry: Annotated[str, SingleLine(max_length=100)] | None = None
     employees: int | None = Field(default=None, ge=0, le=10_000_000)
     annual_revenue: Money | None = None
+    annual_revenue_currency: Currency | None = None
+    year_established: YearEstablished | None = None
     website: Annotated[str, SingleLine(max_length=300)] | None = None
     domain: str | None = Field(default=None, max_length=253, pattern=r"^[A-Za-z0-9.\-]+$")
     address: Address | None = None
@@ -925,34 +928,6 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
             for record in await read_records(request)
         ]
         return ImportReport.of(source_system, outcomes)
-
-    @imports.post(
-        "/accounts",
-        dependencies=write,
-        openapi_extra=upload,
-        summary="Import accounts from another CRM (CSV or NDJSON); a report per row",
-    )
-    async def import_accounts(request: Request, source_system: SourceSystem) -> ImportReport:
-        return await import_all(
-            request,
-            source_system,
-            AccountRow,
-            lambda uow, row, by: import_account(repos, uow, source_system, row, by=by),
-        )
-
-    @imports.post(
-        "/contacts",
-        dependencies=write,
-        openapi_extra=upload,
-        summary="Import contacts from another CRM (CSV or NDJSON); a report per row",
-    )
-    async def import_contacts(request: Request, source_system: SourceSystem) -> ImportReport:
-        return await import_all(
-            request,
-            source_system,
-            ContactRow,
-            lambda uow, row, by: import_contact(repos, uow, source_system, row, by=by),
-        )
 
     @imports.post(
         "/opportunities",

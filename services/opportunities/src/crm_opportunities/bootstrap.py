@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from crm_runtime import ServiceRuntime, ServiceSettings
+from crm_runtime.imports import ImportJobs
 from fastapi import FastAPI
 from pydantic import Field
 
 from .api import routers
 from .domain import DEFAULT_LOSS_REASONS, LossReason
 from .handlers import register_handlers
+from .import_targets import import_targets
 from .repository import Repositories
 from .use_cases import DuplicateRecord, Policy, seed_default_pipeline
 
@@ -29,6 +31,7 @@ def create_app(settings: OpportunitiesSettings | None = None) -> FastAPI:
     policy = Policy(
         company_currency=settings.company_currency, default_loss_reasons=tuple(settings.default_loss_reasons)
     )
+    imports = ImportJobs(runtime, import_targets(repos, policy))
 
     async def prepare_storage() -> None:
         await repos.ensure_indexes()
@@ -45,7 +48,7 @@ def create_app(settings: OpportunitiesSettings | None = None) -> FastAPI:
             "Accounts, contacts and opportunities moving through configurable pipelines until "
             "they are won or lost; the closed opportunity's case."
         ),
-        routers=routers(runtime, repos, policy),
+        routers=[*routers(runtime, repos, policy), imports.router()],
         openapi_tags=[
             {"name": "pipelines", "description": "Pipelines and their ordered stages"},
             {"name": "products", "description": "The product catalogue line items come from"},
@@ -53,6 +56,10 @@ def create_app(settings: OpportunitiesSettings | None = None) -> FastAPI:
             {"name": "accounts", "description": "Companies the business tracks"},
             {"name": "contacts", "description": "People, usually at an account"},
             {"name": "opportunities", "description": "Potential revenue, stage moves, the case"},
-            {"name": "imports", "description": "Bulk upserts from another CRM, reported per row"},
+            {
+                "name": "imports",
+                "description": "Import jobs: CSV or NDJSON files of accounts and contacts from another "
+                "CRM worked in the background; opportunities as a synchronous upload reported per row",
+            },
         ],
     )

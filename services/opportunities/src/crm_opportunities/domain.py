@@ -13,7 +13,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from crm_contracts.events.common import MONEY_MAX, Actor, Id, Percent, ShortText, SingleLine
+from crm_contracts.events.common import MONEY_MAX, Actor, Currency, Id, Percent, ShortText, SingleLine
 from crm_contracts.events.leads import LeadSource
 from crm_contracts.events.opportunities import (
     AccountCreated,
@@ -29,6 +29,7 @@ from crm_contracts.events.opportunities import (
     StageKind,
 )
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -275,6 +276,19 @@ class Address(BaseModel):
     country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$", examples=["DE"])
 
 
+def _not_after_this_year(year: int) -> int:
+    if year > datetime.now().year + 1:  # +1: a company founded "next year" on its papers
+        raise ValueError(f"a company cannot be established after {datetime.now().year + 1}")
+    return year
+
+
+YearEstablished = Annotated[
+    int,
+    Field(ge=1000, examples=[1998], description="When the company was founded"),
+    AfterValidator(_not_after_this_year),
+]
+
+
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*://")
 
 
@@ -304,6 +318,8 @@ class AccountChanges(BaseModel):
     industry: str | None = None
     employees: int | None = None
     annual_revenue: Decimal | None = None
+    annual_revenue_currency: Currency | None = None
+    year_established: int | None = None
     website: str | None = None
     domain: str | None = None
     address: Address | None = None
@@ -327,6 +343,9 @@ class Account(BaseModel):
     industry: str | None = None
     employees: int | None = None
     annual_revenue: Decimal | None = None
+    # None: in the organisation's own currency (the revenue was given without one).
+    annual_revenue_currency: Currency | None = None
+    year_established: int | None = None
     website: str | None = None
     domain: str | None = None
     address: Address = Address()
@@ -335,6 +354,9 @@ class Account(BaseModel):
     originating_lead_id: str | None = None
     # Ids other systems used for this company before it was matched (e.g. by domain) to it.
     aliases: list[str] = Field(default_factory=list)
+    # The system and id of the export row that created it (imports only).
+    external_system: str | None = None
+    external_id: str | None = None
     created_at: AwareDatetime
     updated_at: AwareDatetime
     updated_by: Actor | None = None

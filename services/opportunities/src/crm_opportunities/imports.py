@@ -24,11 +24,13 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from .domain import DEFAULT_PIPELINE_ID, LossReason
+from .countries import country_code
+from .domain import DEFAULT_PIPELINE_ID, LossReason, YearEstablished
 
 # Ids derived from (system, kind, external id): importing the same export again updates the
 # same records instead of duplicating them.
@@ -55,16 +57,41 @@ class AccountRow(ImportRow):
     industry: Annotated[str, SingleLine(max_length=100)] | None = None
     employees: int | None = Field(default=None, ge=0, le=10_000_000)
     annual_revenue: Money | None = None
+    annual_revenue_currency: Currency | None = Field(
+        default=None, description="The revenue's currency; the organisation's own when omitted"
+    )
+    year_established: YearEstablished | None = None
     website: Annotated[str, SingleLine(max_length=300)] | None = None
     domain: str | None = Field(default=None, max_length=253, pattern=r"^[A-Za-z0-9.\-]+$")
     street: Annotated[str, SingleLine(max_length=200)] | None = None
     postal_code: Annotated[str, SingleLine(max_length=20)] | None = None
     city: Annotated[str, SingleLine(max_length=100)] | None = None
     region: Annotated[str, SingleLine(max_length=100)] | None = None
-    country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+    country: Annotated[str, SingleLine(max_length=100)] | None = Field(
+        default=None, description="An ISO 3166-1 code (DE, DEU) or an English name (Germany)"
+    )
     owner_id: Id | None = None
     parent_external_id: ExternalId | None = None
     created_at: IsoDateTime | None = None
+
+    @field_validator("country")
+    @classmethod
+    def _country_code(cls, value: str | None) -> str | None:
+        return None if value is None else country_code(value)
+
+    @field_validator("annual_revenue_currency")
+    @classmethod
+    def _currency_of_a_revenue(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("annual_revenue") is None:
+            raise ValueError("a currency needs an annual_revenue")
+        return value
+
+    @field_validator("parent_external_id")
+    @classmethod
+    def _not_its_own_parent(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value == info.data.get("external_id"):
+            raise ValueError("an account cannot be its own parent")
+        return value
 
 
 class ContactRow(ImportRow):

@@ -120,6 +120,8 @@ class AccountRepository(_Records[Account]):
         await self.collection.create_index([("owner_id", ASCENDING)])
         await self.collection.create_index([("type", ASCENDING)])
         await self.collection.create_index([("parent_account_id", ASCENDING)])
+        # The external ids an import's "did you mean" compares a missing parent with.
+        await self.collection.create_index([("external_system", ASCENDING), ("external_id", ASCENDING)])
 
     async def find(self, account_id: str, session: AsyncClientSession | None = None) -> Account | None:
         """The account by its id or by an id it was also known by. Two indexed lookups, not

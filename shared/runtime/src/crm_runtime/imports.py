@@ -15,7 +15,16 @@ to apply a chunk of its rows) and mounts ``ImportJobs.router()``:
 
 A chunk is never half-applied: rows are validated before anything is written, and a row that
 still fails while applying (``RowFailed``) aborts the chunk's transaction, which runs again
-without it (the row becomes a rejection)."""
+without it (the row becomes a rejection).
+
+Rows may come in any order: a row naming a record that a later row of the file may bring (a
+subsidiary above its parent account) is returned by the chunk's apply as ``RowDeferred``, and
+the runtime appends it, in the chunk's transaction, to a trailing chunk of the job, applied
+after the rest of the file. A deferred row may wait again only while the job makes progress
+(some row was applied or rejected since it was deferred): once a whole round of waiting rows
+brings nothing, what they wait for can no longer arrive, and the apply rejects them
+(``ImportRow.may_wait`` is false). Progress counts each row once, when it is applied or
+rejected, never when it is deferred."""
 
 from __future__ import annotations
 
@@ -23,7 +32,7 @@ import asyncio
 import csv
 import io
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -32,7 +41,7 @@ from crm_contracts.envelope import utcnow
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 
 from .chunking import UploadChunker
 from .http import ApiError
@@ -48,6 +57,7 @@ REJECTIONS = "import_rejections"
 JOB_PREFIX = "import-"
 REJECTION_COLUMNS = ("row", "external_id", "column", "value", "reason")
 SOURCE_SYSTEM = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$"
+STUCK = "names a record that neither exists nor comes in the rest of the file"
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,8 @@ class ImportRow:
 
     number: int
     fields: dict[str, Any]
+    # False once waiting longer cannot help (see the module's doc): reject rather than defer.
+    may_wait: bool = True
 
     @property
     def external_id(self) -> str | None:
@@ -104,12 +116,23 @@ class RowFailed(Exception):
 
 
 @dataclass(frozen=True)
+class RowDeferred:
+    """The row names a record that a later row of the file may bring: apply it again after the
+    rest of the file. Only for a row whose ``may_wait`` is true, and nothing may have been
+    written for it."""
+
+    row: ImportRow
+
+
+@dataclass(frozen=True)
 class ImportContext:
     job_id: str
     source_system: str
 
 
-ApplyChunk = Callable[[list[ImportRow], ImportContext, UnitOfWork], Awaitable[list[Rejection]]]
+ApplyChunk = Callable[
+    [list[ImportRow], ImportContext, UnitOfWork], Awaitable[Sequence[Rejection | RowDeferred]]
+]
 
 
 def external_id_key(fields: dict[str, Any], _source_system: str) -> str | None:
@@ -121,8 +144,9 @@ def external_id_key(fields: dict[str, Any], _source_system: str) -> str | None:
 class ImportTarget:
     """One object a service imports. ``apply`` applies a chunk's readable rows in the given
     unit of work and returns the rows it refused (it must not have written anything for
-    them); it may raise ``RowFailed`` for a row found bad only while writing. ``row_key`` names
-    a row's record (two rows with one key: the later one is a duplicate in the file)."""
+    them) and those it defers (``RowDeferred``); it may raise ``RowFailed`` for a row found bad
+    only while writing. ``row_key`` names a row's record (two rows with one key: the later one
+    is a duplicate in the file)."""
 
     object: str
     summary: str
@@ -286,6 +310,7 @@ class ImportJobs:
             left_out = self._left_out.setdefault(chunk["_id"], {})
             rejections: list[Rejection] = []
             rows: list[ImportRow] = []
+            stored_rows: dict[int, Document] = {}
             for stored in chunk["rows"]:
                 number = stored["n"]
                 if "p" in stored:
@@ -293,31 +318,68 @@ class ImportJobs:
                 elif number in left_out:
                     rejections.append(left_out[number])
                 else:
-                    rows.append(ImportRow(number, orjson.loads(stored["f"])))
+                    # A deferred row waits again only if some row has ended since it was deferred.
+                    may_wait = "w" not in stored or job.processed > stored["w"]
+                    rows.append(ImportRow(number, orjson.loads(stored["f"]), may_wait=may_wait))
+                    stored_rows[number] = stored
+            deferred: list[Document] = []
             try:
-                rejections += await target.apply(rows, ImportContext(job.id, params.source_system), uow)
+                for outcome in await target.apply(rows, ImportContext(job.id, params.source_system), uow):
+                    if isinstance(outcome, Rejection):
+                        rejections.append(outcome)
+                    elif outcome.row.may_wait:
+                        deferred.append(stored_rows[outcome.row.number])
+                    else:  # the apply should have rejected it: waiting longer cannot help
+                        rejections.append(Rejection.of(outcome.row, "(row)", None, STUCK))
             except RowFailed as exc:
                 left_out[exc.rejection.row] = exc.rejection
                 raise RedoBatch(f"row {exc.rejection.row} left out") from exc
+            rejected = {r.row for r in rejections}
+            deferred = [row for row in deferred if row["n"] not in rejected]
             if rejections:
                 now = utcnow()
                 await self._rejections.insert_many(
                     [{"job_id": job.id, "created_at": now, **r.model_dump()} for r in rejections],
                     session=uow.session,
                 )
+            ended = len(chunk["rows"]) - len(deferred)
+            # The file's own chunks come first, then the trailing ones of deferred rows.
+            last = await self._last_chunk(job.id, uow) if deferred or seq + 1 >= params.chunks else None
+            if deferred:
+                assert last is not None
+                stamp = job.processed + ended
+                await self._chunks.insert_one(
+                    {
+                        "_id": _chunk_id(job.id, max(seq, last) + 1),
+                        "job_id": job.id,
+                        "rows": [{**row, "w": stamp} for row in deferred],
+                        "created_at": utcnow(),
+                    },
+                    session=uow.session,
+                )
             await self._chunks.delete_one({"_id": chunk["_id"]}, session=uow.session)
             self._left_out.pop(chunk["_id"], None)
-            rejected = len({r.row for r in rejections})
             return JobStep(
-                processed=len(chunk["rows"]),
-                applied=len(chunk["rows"]) - rejected,
-                failed=rejected,
+                processed=ended,
+                applied=ended - len(rejected),
+                failed=len(rejected),
                 position=seq + 1,
                 total=params.file_rows,
-                done=seq + 1 >= params.chunks,
+                done=not deferred and last is not None and last <= seq,
             )
 
         return step
+
+    async def _last_chunk(self, job_id: str, uow: UnitOfWork) -> int:
+        """The number of the job's last chunk still to apply (trailing chunks of deferred rows
+        come after the file's own); -1 when none is left."""
+        last = await self._chunks.find_one(
+            {"_id": {"$gte": _chunk_id(job_id, 0), "$lt": f"{job_id};"}},
+            {"_id": 1},
+            sort=[("_id", DESCENDING)],
+            session=uow.session,
+        )
+        return int(str(last["_id"]).rsplit(":", 1)[1]) if last is not None else -1
 
     async def _drop_chunks(self, job: Job, uow: UnitOfWork) -> JobStep:
         """A cancelled import's rest of the file goes."""
@@ -488,6 +550,7 @@ __all__ = [
     "ImportTarget",
     "ImportView",
     "Rejection",
+    "RowDeferred",
     "RowFailed",
     "rejections_of",
 ]
