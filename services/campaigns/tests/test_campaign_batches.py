@@ -22,6 +22,7 @@ from crm_campaigns.bootstrap import CampaignsSettings
 from crm_campaigns.handlers import register_handlers
 from crm_campaigns.repository import MemberRepository, OpportunityRepository
 from crm_contracts import catalog
+from crm_contracts.catalog import EventSpec
 from crm_contracts.envelope import CloudEvent
 from crm_contracts.events.common import Actor
 from crm_contracts.events.leads import (
@@ -53,6 +54,7 @@ from crm_runtime.outbox import Outbox
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
 from pymongo import AsyncMongoClient, monitoring
 
 pytestmark = pytest.mark.integration
@@ -238,14 +240,17 @@ class Store:
         return [(e["topic"], e["key"], {**json.loads(e["payload"]), "id": None}) for e in entries]
 
 
+SPECS: dict[type[BaseModel], EventSpec[Any]] = {
+    LeadCreated: catalog.LEAD_CREATED,
+    LeadUpdated: catalog.LEAD_UPDATED,
+    LeadConverted: catalog.LEAD_CONVERTED,
+    OpportunityCreated: catalog.OPPORTUNITY_CREATED,
+    OpportunityClosed: catalog.OPPORTUNITY_CLOSED,
+}
+
+
 def _topic(event: CloudEvent[Any]) -> str:
-    return {
-        LeadCreated: catalog.LEAD_CREATED,
-        LeadUpdated: catalog.LEAD_UPDATED,
-        LeadConverted: catalog.LEAD_CONVERTED,
-        OpportunityCreated: catalog.OPPORTUNITY_CREATED,
-        OpportunityClosed: catalog.OPPORTUNITY_CLOSED,
-    }[type(event.data)].topic
+    return SPECS[type(event.data)].topic
 
 
 @pytest.fixture(scope="module")

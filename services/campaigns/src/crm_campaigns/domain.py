@@ -480,6 +480,16 @@ def imported_history(
     InvalidCampaign / IllegalTransition naming the column at fault."""
     current = status or campaign.first_member_status
     campaign.check_offers(current)
+    if (
+        responded_at is not None
+        and current is not MemberStatus.UNSUBSCRIBED
+        and _rank(current) < _rank(STATUS_ON_CAPTURE)
+    ):
+        raise InvalidCampaign(
+            "responded_at",
+            f"a member that responded stands at {STATUS_ON_CAPTURE.value} or further (or unsubscribed), "
+            f"not at {current.value}",
+        )
     if responded_at is not None and current is STATUS_ON_CAPTURE:
         if status_at is not None and status_at != responded_at:
             raise InvalidCampaign(
