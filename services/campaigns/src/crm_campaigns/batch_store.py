@@ -130,7 +130,9 @@ class HeldMembers(MemberRepository):
             self._hold(member)
 
     async def save(self, member: CampaignMember, expected_version: int, session: AsyncClientSession) -> None:
-        held = (await self._of_lead(member.lead_id or "")).get(member.campaign_id)
+        if member.lead_id is None or member.member_type is not MemberType.LEAD:
+            _not_in_a_batch("changing a contact's membership")
+        held = (await self._of_lead(member.lead_id)).get(member.campaign_id)
         if held is None or held.version != expected_version:
             raise ConcurrentModification(
                 f"member {member.member_id} changed since version {expected_version}"

@@ -102,9 +102,7 @@ def _validated(row: ImportRow, source_system: str) -> _Valid | list[Rejection]:
         member = MemberRow.model_validate(row.fields)
     except ValidationError as exc:
         return [
-            r.model_copy(update={"reason": r.reason + DATE_HINT})
-            if r.column in DATE_COLUMNS and "datetime" in r.reason.lower()
-            else r
+            r.model_copy(update={"reason": r.reason + DATE_HINT}) if r.column in DATE_COLUMNS else r
             for r in rejections_of(row, exc)
         ]
     rejections = []
