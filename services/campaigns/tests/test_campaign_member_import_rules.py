@@ -37,6 +37,11 @@ def steps(**row: Any) -> list[tuple[MemberStatus, datetime, str]]:
 def test_a_member_without_dates_of_later_steps_joined_with_its_status() -> None:
     assert steps(status=S.REGISTERED) == [(S.REGISTERED, JOINED, "status")]
     assert steps() == [(S.SENT, JOINED, "status")]  # the campaign's first status by default
+    # A member said to have responded stands at responded.
+    assert steps(responded_at=JOINED + DAY) == [
+        (S.SENT, JOINED, "joined_at"),
+        (S.RESPONDED, JOINED + DAY, "status"),
+    ]
 
 
 def test_later_dates_make_the_member_join_with_the_first_status_and_move_on_in_date_order() -> None:

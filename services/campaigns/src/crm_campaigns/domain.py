@@ -475,10 +475,12 @@ def imported_history(
     """The statuses an exported member held, oldest first, as a member that lived through
     them: it joined at ``joined_at`` (with the campaign's first status if the file dates its
     later ones after that), responded at ``responded_at`` if given, and reached ``status``
-    (default: the campaign's first) at ``status_at`` (default: its latest known date). Each
-    step must be a move the campaign allows (forward, or to unsubscribed); raises
+    (default: responded if it responded, else the campaign's first) at ``status_at`` (default:
+    its latest known date). Each step must be a move the campaign allows (forward, or to
+    unsubscribed); raises
     InvalidCampaign / IllegalTransition naming the column at fault."""
-    current = status or campaign.first_member_status
+    # A row saying only when the member responded stands at responded.
+    current = status or (STATUS_ON_CAPTURE if responded_at is not None else campaign.first_member_status)
     campaign.check_offers(current)
     if (
         responded_at is not None
