@@ -40,7 +40,7 @@ def test_a_member_without_dates_of_later_steps_joined_with_its_status() -> None:
     # A member said to have responded stands at responded.
     assert steps(responded_at=JOINED + DAY) == [
         (S.SENT, JOINED, "joined_at"),
-        (S.RESPONDED, JOINED + DAY, "status"),
+        (S.RESPONDED, JOINED + DAY, "responded_at"),
     ]
 
 

@@ -498,9 +498,11 @@ def imported_history(
                 "responded_at",
                 f"a responded member responded when it reached the status ({status_at.isoformat()})",
             )
-        status_at = responded_at
+    column = "status_at" if status_at else "status"
+    if responded_at is not None and current is STATUS_ON_CAPTURE:
+        status_at, column = responded_at, "responded_at"
     at = status_at or max(joined_at, responded_at or joined_at)
-    steps = [ImportedStatus(status=current, at=at, column="status_at" if status_at else "status")]
+    steps = [ImportedStatus(status=current, at=at, column=column)]
     if responded_at is not None and current is not STATUS_ON_CAPTURE:
         steps.append(ImportedStatus(status=STATUS_ON_CAPTURE, at=responded_at, column="responded_at"))
     # Oldest first; on the same instant, the earlier engagement step first.
