@@ -138,11 +138,11 @@ FILE = (
     b",Sprng fair,lead-1,,,sent,2026-10-01T09:00:00Z,\n"  # 4: unknown campaign name
     b"webinar,,lead-1,,,atended,2026-10-01T09:00:00Z,\n"  # 5: no such status
     b"fair,,lead-nobody,,,sent,2026-10-01T09:00:00Z,\n"  # 6: unknown lead
-    b"webinar,,lead-1,,,sent,2026-13-01T09:00:00Z,\n"  # 7: no such date
+    b"twin-1,,lead-1,,,sent,2026-13-01T09:00:00Z,\n"  # 7: no such date
     b"webinar,,lead-2,,,attended,2026-10-01T09:00:00Z,2026-09-30T09:00:00Z\n"  # 8: responded before joining
     b",Twin,lead-1,,,sent,2026-10-01T09:00:00Z,\n"  # 9: two campaigns have this name
     b",Autumn webinar,,form-lead-9,webforms,sent,2026-10-01T09:00:00Z,\n"  # 10: unknown capture id
-    b"webinar,,lead-1,,,clicked,2026-10-01T09:00:00Z,2026-10-02T09:00:00Z\n"  # 11: clicked < responded
+    b"twin-2,,lead-1,,,clicked,2026-10-01T09:00:00Z,2026-10-02T09:00:00Z\n"  # 11: clicked < responded
 )
 
 
