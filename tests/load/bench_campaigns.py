@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,7 @@ def lead_events(total: int) -> list[tuple[EventSpec[Any], Outgoing]]:
                 stage_kind=StageKind.OPEN,
                 probability=10,
                 forecast_category=ForecastCategory.PIPELINE,
-                amount=None,
+                amount=Decimal("100.00"),
                 currency="EUR",
                 lead_id=lead_id,
                 created_at=CAPTURED,
