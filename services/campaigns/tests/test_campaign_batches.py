@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 from crm_campaigns import use_cases
-from crm_campaigns.bootstrap import CampaignsSettings
+from crm_campaigns.bootstrap import CampaignsSettings, create_app
 from crm_campaigns.handlers import register_handlers
 from crm_campaigns.repository import MemberRepository, OpportunityRepository
 from crm_contracts import catalog
@@ -46,9 +47,18 @@ from crm_contracts.events.opportunities import (
     OpportunityFigures,
     StageKind,
 )
-from crm_localinfra.testing import isolation_key, service_env
+from crm_localinfra.testing import (
+    Outgoing,
+    eventually,
+    isolation_key,
+    publish_all,
+    service_client,
+    service_env,
+    topic_size,
+)
 from crm_runtime import EventConsumer, ServiceRuntime, make_event
 from crm_runtime.consumer import Delivery
+from crm_runtime.events import encode
 from crm_runtime.mongo import Document
 from crm_runtime.outbox import Outbox
 from hypothesis import HealthCheck, given, settings
@@ -356,3 +366,63 @@ async def test_a_batch_costs_the_same_round_trips_whatever_its_size(runtime: Ser
     finally:
         await client.drop_database(store.db.name)
         await client.close()
+
+
+async def test_events_fetched_together_from_the_broker_are_applied_as_batches_once_each(infra: Any) -> None:
+    """Through real Kafka: captures published at once (each twice, the second a redelivery)
+    are fetched in batches of many, and every lead joins its campaign once, announced once."""
+    settings = CampaignsSettings(**service_env(infra, "campaigns", isolation=isolation_key()))
+    app = create_app(settings)
+    at = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
+    captures = [
+        make_event(
+            catalog.LEAD_CREATED,
+            LeadCreated(lead=snapshot(f"lead-{n}", f"campaign-{n % 3}", at)),
+            source="/crm/leads",
+            subject=f"lead-{n}",
+            version=1,
+        )
+        for n in range(60)
+    ]
+    async with service_client(app) as http:
+
+        async def metric(name: str, labels: str = "") -> float:
+            text = (await http.get("/metrics")).text
+            found = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+            return float(found.group(1)) if found else 0.0
+
+        for n in range(3):
+            body = {
+                "campaign_id": f"campaign-{n}",
+                "name": f"Fair {n}",
+                "type": "webinar",
+                "by": {"id": "rep-7"},
+            }
+            assert (await http.post("/campaigns", json=body)).status_code == 201
+        topic = f'{{topic="{catalog.LEAD_CREATED.topic}"}}'
+        await publish_all(
+            infra.kafka_bootstrap,
+            settings.topic(catalog.LEAD_CREATED.topic),
+            [Outgoing(encode(event), key=str(event.subject).encode()) for event in captures + captures],
+        )
+
+        async def consumed() -> bool:
+            return (
+                await metric("crm_events_processed_total", topic) == 60
+                and await metric("crm_events_duplicate_total", topic) == 60
+            )
+
+        await eventually(consumed, timeout=120)
+        batches = await metric("crm_consumer_batch_events_count")
+        assert batches < 120 and await metric("crm_consumer_batch_events_bucket", '{le="1.0"}') < batches
+        for n in range(3):
+            listed = (await http.get(f"/campaigns/campaign-{n}/members", params={"limit": 100})).json()
+            assert len(listed["items"]) == 20, listed
+        runtime: ServiceRuntime = app.state.runtime
+
+        async def drained() -> bool:
+            return await runtime.outbox.pending() == 0
+
+        await eventually(drained, timeout=60)
+        added = await topic_size(infra.kafka_bootstrap, settings.topic(catalog.CAMPAIGN_MEMBER_ADDED.topic))
+        assert added == 60
