@@ -11,9 +11,17 @@ in the same run on the same server:
 - bulk adds vs. adding members one request at a time, and vs. a bare ``insert_many`` of the
   same number of documents in one transaction (the storage floor, no rules, no events);
 - the summary (four counts and the opportunities) vs. one bare ``count_documents`` on the same
-  members collection.
+  members collection;
+- the members import job (a file of MEMBERS rows naming leads by their source system's ids,
+  each a member that joined, responded and registered on its own dates), next to the bulk adds
+  and the bare ``insert_many`` above;
+- the consumer: EVENTS lead and opportunity events (``lead.created`` through a campaign, a
+  re-capture through another, ``opportunity.created`` for some) applied set-based, a fetched
+  batch per transaction with one ``$in`` read and one bulk write per collection, vs. the same
+  events applied the way the service did before (each event's own reads and writes, still one
+  transaction per batch), each on fresh topics and a fresh database of the same servers.
 
-    ./crm bench campaigns [--members 5000] [--batch 500]
+    ./crm bench campaigns [--members 5000] [--batch 500] [--events 3000]
 """
 
 from __future__ import annotations
@@ -23,17 +31,40 @@ import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from crm_campaigns.bootstrap import CampaignsSettings, create_app
-from crm_localinfra.testing import eventually, service_client
+from crm_contracts import catalog
+from crm_contracts.catalog import EventSpec
+from crm_contracts.events.common import Actor
+from crm_contracts.events.leads import (
+    Company,
+    LeadCreated,
+    LeadOrigin,
+    LeadSnapshot,
+    LeadSource,
+    LeadStatus,
+    LeadUpdated,
+    Person,
+)
+from crm_contracts.events.opportunities import (
+    ForecastCategory,
+    OpportunityCreated,
+    OpportunityFigures,
+    StageKind,
+)
+from crm_localinfra.testing import Outgoing, eventually, publish_all, service_client
 from crm_runtime import ServiceRuntime
+from crm_runtime.events import encode, make_event
 from harness import BenchInfra, percentile, run_bounded
 from pymongo import AsyncMongoClient
 
 REP = {"id": "bench"}
 DEADLINE_SECONDS = 600  # the whole run gives up after this
+CAPTURED = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
 async def timed(call: Callable[[], Awaitable[Any]], times: int) -> list[float]:
@@ -52,9 +83,9 @@ def latency(name: str, samples: list[float]) -> str:
     )
 
 
-async def run(kafka: str, mongo_url: str, members: int, batch: int, single: int, summaries: int) -> None:
+def bench_settings(kafka: str, mongo_url: str) -> CampaignsSettings:
     run_id = uuid.uuid4().hex[:8]
-    settings = CampaignsSettings(
+    return CampaignsSettings(
         kafka_bootstrap_servers=kafka,
         mongo_url=mongo_url,
         topic_prefix=f"bench{run_id}.",
@@ -63,6 +94,129 @@ async def run(kafka: str, mongo_url: str, members: int, batch: int, single: int,
         outbox_poll_seconds=0.2,
         log_level="WARNING",
     )
+
+
+def lead(lead_id: str, campaign_id: str, captured_at: datetime) -> LeadSnapshot:
+    return LeadSnapshot(
+        lead_id=lead_id,
+        status=LeadStatus.NEW,
+        source_system="bench",
+        external_id=lead_id,
+        person=Person(first_name="Ada", email=f"{lead_id}@engines.example"),
+        company=Company(name="Analytical Engines"),
+        lead_source=LeadSource.WEB,
+        origin=LeadOrigin.LANDING_PAGE_FORM,
+        campaign_id=campaign_id,
+        captured_at=captured_at,
+    )
+
+
+def lead_events(total: int) -> list[tuple[EventSpec[Any], Outgoing]]:
+    """About ``total`` events over 10 campaigns: per 4 leads, 4 captures, 2 re-captures
+    through another campaign and 1 opportunity."""
+    events: list[tuple[EventSpec[Any], Outgoing]] = []
+
+    def add(spec: EventSpec[Any], event: Any) -> None:
+        events.append((spec, Outgoing(encode(event), key=event.subject.encode())))
+
+    n = 0
+    while len(events) < total:
+        lead_id, campaign = f"lead-{n}", f"campaign-{n % 10}"
+        add(
+            catalog.LEAD_CREATED,
+            make_event(
+                catalog.LEAD_CREATED,
+                LeadCreated(lead=lead(lead_id, campaign, CAPTURED)),
+                source="/bench",
+                subject=lead_id,
+                version=1,
+            ),
+        )
+        if n % 2 == 0:
+            again = lead(lead_id, f"campaign-{(n + 3) % 10}", CAPTURED - timedelta(days=n % 7))
+            add(
+                catalog.LEAD_UPDATED,
+                make_event(
+                    catalog.LEAD_UPDATED,
+                    LeadUpdated(lead=again, changed_fields=["campaign_id"]),
+                    source="/bench",
+                    subject=lead_id,
+                    version=2,
+                ),
+            )
+        if n % 4 == 0:
+            figures = OpportunityFigures(
+                opportunity_id=f"opp-{n}",
+                name="Deal",
+                account_id="acc-1",
+                pipeline_id="default",
+                stage_id="prospecting",
+                stage_name="Prospecting",
+                stage_kind=StageKind.OPEN,
+                probability=10,
+                forecast_category=ForecastCategory.PIPELINE,
+                amount=Decimal("100.00"),
+                currency="EUR",
+                lead_id=lead_id,
+                created_at=CAPTURED,
+            )
+            add(
+                catalog.OPPORTUNITY_CREATED,
+                make_event(
+                    catalog.OPPORTUNITY_CREATED,
+                    OpportunityCreated(opportunity=figures, created_by=Actor(id="bench")),
+                    source="/bench",
+                    subject=figures.opportunity_id,
+                    version=1,
+                ),
+            )
+        n += 1
+    return events
+
+
+async def consumer_rate(kafka: str, mongo_url: str, total: int, *, set_based: bool) -> tuple[float, int]:
+    """Events/s of the campaigns consumer over ``total`` events on fresh topics and database
+    (``set_based=False``: without the batch handler, each event applied on its own reads and
+    writes, as before), and the members it ended with."""
+    settings = bench_settings(kafka, mongo_url)
+    app = create_app(settings)
+    runtime: ServiceRuntime = app.state.runtime
+    if not set_based:
+        runtime.consumer.batch_handler = None
+    events = lead_events(total)
+
+    def applied() -> float:
+        return sum(
+            runtime.registry.get_sample_value("crm_events_processed_total", {"topic": spec.topic}) or 0.0
+            for spec in (catalog.LEAD_CREATED, catalog.LEAD_UPDATED, catalog.OPPORTUNITY_CREATED)
+        )
+
+    async def first_applied() -> bool:
+        return applied() >= 1
+
+    async def all_applied() -> bool:
+        return applied() >= len(events)
+
+    async with service_client(app):
+        # One event first, so the group has joined before the clock starts.
+        await publish_all(kafka, settings.topic(events[0][0].topic), [events[0][1]])
+        await eventually(first_applied, timeout=120, interval=0.05)
+        started = time.perf_counter()
+        for spec in (catalog.LEAD_CREATED, catalog.LEAD_UPDATED, catalog.OPPORTUNITY_CREATED):
+            await publish_all(kafka, settings.topic(spec.topic), [o for s, o in events[1:] if s is spec])
+        await eventually(all_applied, timeout=300, interval=0.05)
+        seconds = time.perf_counter() - started
+        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
+        members = await mongo[settings.database_name]["members"].count_documents({})
+        await mongo.drop_database(settings.database_name)
+        await mongo.close()
+    return (len(events) - 1) / seconds, members
+
+
+async def run(
+    kafka: str, mongo_url: str, members: int, batch: int, single: int, summaries: int, events: int
+) -> None:
+    settings = bench_settings(kafka, mongo_url)
     app = create_app(settings)
     runtime: ServiceRuntime = app.state.runtime
     async with service_client(app) as http:
@@ -129,6 +283,43 @@ async def run(kafka: str, mongo_url: str, members: int, batch: int, single: int,
             lambda: members_collection.count_documents({"campaign_id": newsletter}), summaries
         )
         touches_samples = await timed(lambda: http.get("/leads/lead-7/touches"), summaries)
+
+        # -- members import ---------------------------------------------------------------------
+        # The leads as their lead.created would have made them known (setup, not timed).
+        await mongo[settings.database_name]["known_leads"].insert_many(
+            [
+                {
+                    "_id": f"imp-{n}",
+                    "source_system": "old-crm",
+                    "external_id": f"L{n}",
+                    "capture_key": f"old-crm\x1fL{n}",
+                }
+                for n in range(members)
+            ]
+        )
+        imported_campaign = await new_campaign("Imported fair")
+        rows = "".join(
+            f"{imported_campaign},L{n},registered,2025-03-0{1 + n % 7}T10:00:00Z,2025-03-09T10:00:00Z\n"
+            for n in range(members)
+        )
+        started = time.perf_counter()
+        response = await http.post(
+            "/imports/members?source_system=old-crm",
+            content=("campaign_id,lead_external_id,status,joined_at,responded_at\n" + rows).encode(),
+            headers={"content-type": "text/csv"},
+        )
+        request_seconds = time.perf_counter() - started
+        assert response.status_code == 202, response.text
+
+        async def import_done() -> bool:
+            job = (await http.get(response.headers["location"])).json()
+            assert job["state"] in ("queued", "running", "done"), job
+            return bool(job["state"] == "done" and job["applied"] == members)
+
+        await eventually(import_done, timeout=300, interval=0.05)
+        import_seconds = time.perf_counter() - started
+        await eventually(outbox_drained, timeout=300, interval=0.05)
+        import_published_seconds = time.perf_counter() - started
         await mongo.drop_database(settings.database_name)
         await mongo.close()
 
@@ -155,6 +346,19 @@ async def run(kafka: str, mongo_url: str, members: int, batch: int, single: int,
     print(latency("GET /campaigns/{id}/summary", summary_samples))
     print(latency("baseline: one count_documents on members", count_samples))
     print(latency("GET /leads/{id}/touches", touches_samples))
+    print(f"members import (POST /imports/members), {members} rows by the leads' ids in their source system")
+    print(
+        f"  import job                                   {members / import_seconds:8.0f} rows/s"
+        f"      ({import_seconds:.2f} s; the request took {request_seconds:.2f} s; each row a member"
+        f" with 3 events, all in Kafka after {import_published_seconds:.2f} s)"
+    )
+
+    set_based, set_members = await consumer_rate(kafka, mongo_url, events, set_based=True)
+    one_by_one_rate, plain_members = await consumer_rate(kafka, mongo_url, events, set_based=False)
+    assert set_members == plain_members, (set_members, plain_members)
+    print(f"consumer, {events} lead and opportunity events ({set_members} memberships)")
+    print(f"  set-based batches (one $in read, one bulk write per collection) {set_based:8.0f} events/s")
+    print(f"  before: each event its own reads and writes, same batches      {one_by_one_rate:8.0f} events/s")
 
 
 def main() -> None:
@@ -165,12 +369,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500, help="members per bulk request (at most 1000)")
     parser.add_argument("--single", type=int, default=200, help="members added one by one (baseline)")
     parser.add_argument("--summaries", type=int, default=30, help="summary calls timed")
+    parser.add_argument("--events", type=int, default=3000, help="events consumed (at most 20000)")
     args = parser.parse_args()
     members, batch = min(args.members, 20000), min(args.batch, 1000)
     single, summaries = min(args.single, 1000), min(args.summaries, 200)
+    events = max(2, min(args.events, 20000))
 
     async def work(infra: BenchInfra, _: Path) -> None:
-        await run(infra.kafka_bootstrap, infra.mongo_url, members, batch, single, summaries)
+        await run(infra.kafka_bootstrap, infra.mongo_url, members, batch, single, summaries, events)
 
     run_bounded("campaigns", work, deadline_seconds=DEADLINE_SECONDS)
 

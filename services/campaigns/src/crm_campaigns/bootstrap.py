@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from crm_runtime import ServiceRuntime, ServiceSettings
+from crm_runtime.imports import ImportJobs
 from fastapi import FastAPI
 
 from .api import attribution_router, campaigns_router
 from .handlers import register_handlers
+from .imports import member_import
 from .repository import CampaignRepository, MemberRepository, OpportunityRepository
 
 
@@ -22,6 +24,7 @@ def create_app(settings: CampaignsSettings | None = None) -> FastAPI:
     for repository in (campaigns, members, opportunities):
         runtime.on_startup(repository.ensure_indexes)
     register_handlers(runtime.consumer, members, opportunities)
+    imports = ImportJobs(runtime, [member_import(campaigns, members, opportunities)])
     return runtime.create_app(
         title="CRM campaigns",
         description=(
@@ -34,12 +37,17 @@ def create_app(settings: CampaignsSettings | None = None) -> FastAPI:
         routers=[
             campaigns_router(runtime, campaigns, members, opportunities),
             attribution_router(runtime, members),
+            imports.router(),
         ],
         openapi_tags=[
             {"name": "campaigns", "description": "Campaigns, their costs, members and member statuses."},
             {
                 "name": "attribution",
                 "description": "The campaigns that touched each lead (first touch credited).",
+            },
+            {
+                "name": "imports",
+                "description": "Import jobs: a file of campaign members worked in the background",
             },
         ],
     )

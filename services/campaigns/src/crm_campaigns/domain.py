@@ -4,6 +4,7 @@ No I/O here."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -436,6 +437,102 @@ def check_member_status_change(
             f"({' > '.join(s.value for s in ENGAGEMENT_ORDER)}, or unsubscribed)",
         )
     return True
+
+
+class LeadReference(BaseModel):
+    """A lead as the campaigns service knows it from its lead events: its id here, and the
+    system it was captured from with its id there (a migration names leads by those)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    lead_id: str
+    source_system: str
+    external_id: str
+
+    @property
+    def capture_key(self) -> str:
+        return capture_key(self.source_system, self.external_id)
+
+
+def capture_key(source_system: str, external_id: str) -> str:
+    # The unit separator cannot occur in a single-line id, so the key is unambiguous.
+    return f"{source_system}\x1f{external_id}"
+
+
+class ImportedStatus(BaseModel):
+    """One status an imported member held, since when, and the column of the file it came from
+    (what a rejection names)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: MemberStatus
+    at: AwareDatetime
+    column: str
+
+
+def imported_history(
+    campaign: Campaign,
+    *,
+    status: MemberStatus | None,
+    joined_at: datetime,
+    responded_at: datetime | None,
+    status_at: datetime | None,
+) -> list[ImportedStatus]:
+    """The statuses an exported member held, oldest first, as a member that lived through
+    them: it joined at ``joined_at`` (with the campaign's first status if the file dates its
+    later ones after that), responded at ``responded_at`` if given, and reached ``status``
+    (default: responded if it responded, else the campaign's first) at ``status_at`` (default:
+    its latest known date). Each step must be a move the campaign allows (forward, or to
+    unsubscribed); raises
+    InvalidCampaign / IllegalTransition naming the column at fault."""
+    # A row saying only when the member responded stands at responded.
+    current = status or (STATUS_ON_CAPTURE if responded_at is not None else campaign.first_member_status)
+    campaign.check_offers(current)
+    if (
+        responded_at is not None
+        and current is not MemberStatus.UNSUBSCRIBED
+        and _rank(current) < _rank(STATUS_ON_CAPTURE)
+    ):
+        raise InvalidCampaign(
+            "responded_at",
+            f"a member that responded stands at {STATUS_ON_CAPTURE.value} or further (or unsubscribed), "
+            f"not at {current.value}",
+        )
+    if responded_at is not None and current is STATUS_ON_CAPTURE:
+        if status_at is not None and status_at != responded_at:
+            raise InvalidCampaign(
+                "responded_at",
+                f"a responded member responded when it reached the status ({status_at.isoformat()})",
+            )
+    column = "status_at" if status_at else "status"
+    if responded_at is not None and current is STATUS_ON_CAPTURE:
+        status_at, column = responded_at, "responded_at"
+    at = status_at or max(joined_at, responded_at or joined_at)
+    steps = [ImportedStatus(status=current, at=at, column=column)]
+    if responded_at is not None and current is not STATUS_ON_CAPTURE:
+        steps.append(ImportedStatus(status=STATUS_ON_CAPTURE, at=responded_at, column="responded_at"))
+    # Oldest first; on the same instant, the earlier engagement step first.
+    steps.sort(key=lambda step: (step.at, step.status is MemberStatus.UNSUBSCRIBED, _rank(step.status)))
+    earliest = steps[0]
+    if earliest.at < joined_at:
+        raise InvalidCampaign(
+            earliest.column, f"{earliest.at.isoformat()} lies before joined_at ({joined_at.isoformat()})"
+        )
+    if earliest.at > joined_at:
+        first = campaign.first_member_status
+        if any(step.status is first for step in steps):
+            raise InvalidCampaign(
+                "joined_at",
+                f"the campaign's first status {first.value} is dated {earliest.at.isoformat()}: "
+                "joined_at must be that date",
+            )
+        steps.insert(0, ImportedStatus(status=first, at=joined_at, column="joined_at"))
+    for previous, step in itertools.pairwise(steps):
+        try:
+            check_member_status_change(previous.status, step.status, campaign.offered_statuses)
+        except CampaignRuleViolation as exc:
+            raise type(exc)(step.column, exc.reason) from exc
+    return steps
 
 
 class LeadConversion(BaseModel):

@@ -10,6 +10,9 @@
   lead's membership is still applied when the membership appears.
 - ``opportunities``: the opportunities attributed to a campaign with their state (open, won,
   lost), guarded by the opportunity's version so an older event never overwrites a newer one.
+- ``known_leads``: every lead seen in a ``lead.created`` or ``lead.updated``, with the system it
+  was captured from and its id there, so a members import can name leads by either. Written
+  insert-only (``$setOnInsert``): no indexed key ever moves by update.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from .domain import (
     Campaign,
     CampaignMember,
     LeadConversion,
+    LeadReference,
     LeadTouch,
     MemberCounts,
     OpportunityOutcome,
@@ -42,6 +46,7 @@ CAMPAIGNS = "campaigns"
 MEMBERS = "members"
 LEAD_CONVERSIONS = "lead_conversions"
 OPPORTUNITIES = "opportunities"
+KNOWN_LEADS = "known_leads"
 DUPLICATE_KEY = 11000
 
 
@@ -101,6 +106,22 @@ class CampaignRepository:
             level = [c.id for c in children]
         return found
 
+    async def named(
+        self, campaign_ids: Iterable[str], names: Iterable[str], session: AsyncClientSession
+    ) -> list[Campaign]:
+        """The campaigns with these ids or names, in one query (without their cost ledgers:
+        for reading their member statuses, never for saving)."""
+        query: Document = {
+            "$or": [{"_id": {"$in": sorted(set(campaign_ids))}}, {"name": {"$in": sorted(set(names))}}]
+        }
+        cursor = self._campaigns.find(query, {"cost_entries": 0}, session=session)
+        return [_to_campaign(doc) for doc in await cursor.to_list()]
+
+    async def names(self, session: AsyncClientSession, *, limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` campaigns' ids and names (what a rejected reference may have meant)."""
+        cursor = self._campaigns.find({}, {"name": 1}, limit=limit, session=session)
+        return [(doc["_id"], doc["name"]) for doc in await cursor.to_list()]
+
     async def add(self, campaign: Campaign, session: AsyncClientSession) -> None:
         await self._campaigns.insert_one(_to_document(campaign), session=session)
 
@@ -136,8 +157,10 @@ def _to_campaign(doc: Document) -> Campaign:
 
 class MemberRepository:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.db = db
         self._members = db[MEMBERS]
         self._conversions = db[LEAD_CONVERSIONS]
+        self._known_leads = db[KNOWN_LEADS]
 
     async def ensure_indexes(self) -> None:
         await self._members.create_index([("campaign_id", ASCENDING), ("member_id", ASCENDING)], unique=True)
@@ -145,6 +168,45 @@ class MemberRepository:
         await self._members.create_index(
             [("campaign_id", ASCENDING), ("first_touch", ASCENDING), ("converted", ASCENDING)]
         )
+        # Not unique (a lead id may be re-captured under another key); insert-only, never moved.
+        await self._known_leads.create_index([("capture_key", ASCENDING)])
+
+    # -- leads known here ---------------------------------------------------------------------
+    async def record_leads(self, leads: Sequence[LeadReference], session: AsyncClientSession) -> None:
+        """Remember leads seen in lead events; the first capture key seen for a lead stays."""
+        operations = [
+            UpdateOne({"_id": lead.lead_id}, {"$setOnInsert": _lead_document(lead)}, upsert=True)
+            for lead in leads
+        ]
+        if operations:
+            await self._known_leads.bulk_write(operations, ordered=False, session=session)
+
+    async def known_leads(
+        self, lead_ids: Iterable[str], capture_keys: Iterable[str], session: AsyncClientSession
+    ) -> list[LeadReference]:
+        """The known leads with these ids or capture keys (``LeadReference.capture_key``)."""
+        query: Document = {
+            "$or": [
+                {"_id": {"$in": sorted(set(lead_ids))}},
+                {"capture_key": {"$in": sorted(set(capture_keys))}},
+            ]
+        }
+        cursor = self._known_leads.find(query, session=session)
+        return [
+            LeadReference(
+                lead_id=doc["_id"], source_system=doc["source_system"], external_id=doc["external_id"]
+            )
+            for doc in await cursor.to_list()
+        ]
+
+    async def lead_memberships(
+        self, lead_ids: Sequence[str], session: AsyncClientSession
+    ) -> list[CampaignMember]:
+        """Every campaign membership of these leads."""
+        cursor = self._members.find(
+            {"lead_id": {"$in": list(lead_ids)}, "member_type": MemberType.LEAD.value}, session=session
+        )
+        return [_to_member(doc) for doc in await cursor.to_list()]
 
     async def get(
         self, campaign_id: str, member_id: str, session: AsyncClientSession | None = None
@@ -328,6 +390,14 @@ def _member_key(campaign_id: str, member_id: str) -> str:
     return f"{campaign_id}|{member_id}"
 
 
+def _lead_document(lead: LeadReference) -> Document:
+    return {
+        "source_system": lead.source_system,
+        "external_id": lead.external_id,
+        "capture_key": lead.capture_key,
+    }
+
+
 def _member_document(member: CampaignMember) -> Document:
     doc: Document = to_bson(member.model_dump())
     doc["_id"] = _member_key(member.campaign_id, member.member_id)
@@ -354,11 +424,21 @@ class OpportunityRepository:
     has touches here, else its own."""
 
     def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.db = db
         self._opportunities = db[OPPORTUNITIES]
 
     async def ensure_indexes(self) -> None:
         await self._opportunities.create_index([("campaign_id", ASCENDING)])
         await self._opportunities.create_index([("lead_id", ASCENDING)], sparse=True)
+
+    async def of(
+        self, opportunity_ids: Sequence[str], lead_ids: Sequence[str], session: AsyncClientSession
+    ) -> list[Document]:
+        """The stored opportunities with these ids or of these leads, as stored."""
+        query: Document = {
+            "$or": [{"_id": {"$in": list(opportunity_ids)}}, {"lead_id": {"$in": list(lead_ids)}}]
+        }
+        return await self._opportunities.find(query, session=session).to_list()
 
     async def own_campaign(self, opportunity_id: str, session: AsyncClientSession) -> str | None:
         doc = await self._opportunities.find_one(

@@ -22,7 +22,7 @@ from crm_contracts.events.campaigns import (
     MemberType,
 )
 from crm_contracts.events.common import Actor
-from crm_contracts.events.leads import LeadConverted, LeadCreated, LeadUpdated
+from crm_contracts.events.leads import LeadConverted, LeadCreated, LeadSnapshot, LeadUpdated
 from crm_contracts.events.opportunities import OpportunityFigures
 from crm_runtime import UnitOfWork, make_event
 from pydantic import BaseModel
@@ -35,14 +35,19 @@ from .domain import (
     Campaign,
     CampaignDetails,
     CampaignMember,
+    CampaignRuleViolation,
     IllegalTransition,
+    ImportedStatus,
     InvalidCampaign,
+    LeadReference,
     LeadTouch,
     MemberAddition,
+    MemberStatusEntry,
     NewCostEntry,
     NewMember,
     OpportunityState,
     check_hierarchy,
+    check_member_status_change,
     first_touch,
     first_touch_changes,
     last_touch,
@@ -53,6 +58,7 @@ from .repository import CampaignRepository, MemberRepository, OpportunityReposit
 
 SOURCE = "/crm/campaigns"
 VIA_API = "api"
+VIA_IMPORT = "import"
 # Who moves a member to ``responded`` when its lead is captured through the campaign.
 CAPTURE = Actor(id="lead-capture", name="Lead captured through the campaign")
 # Every campaign counts ``responded`` as a response (a rule of its member statuses), so a
@@ -312,6 +318,7 @@ async def add_lead_member(
     """A lead captured with a campaign id becomes that campaign's member: a touch at its
     capture. Returns whether the membership was new."""
     lead = created.lead
+    await members.record_leads([_reference(lead)], uow.session)
     if lead.campaign_id is None:
         return False
     return await _touch_lead(
@@ -326,6 +333,10 @@ async def add_lead_member(
     )
 
 
+def _reference(lead: LeadSnapshot) -> LeadReference:
+    return LeadReference(lead_id=lead.lead_id, source_system=lead.source_system, external_id=lead.external_id)
+
+
 async def follow_lead_update(
     members: MemberRepository, opportunities: OpportunityRepository, uow: UnitOfWork, updated: LeadUpdated
 ) -> bool:
@@ -333,6 +344,7 @@ async def follow_lead_update(
     that capture; the snapshot's campaign and capture time say which and when. Touches are never
     taken back: a lead whose campaign is cleared keeps the touches it had."""
     lead = updated.lead
+    await members.record_leads([_reference(lead)], uow.session)
     if lead.campaign_id is None:
         return False
     return await _touch_lead(
@@ -463,6 +475,77 @@ async def _refresh_attribution(
             marks[lead_id] = changes
     await members.mark_first_touches(marks, uow.session)
     await opportunities.reattribute(moved, uow.session)
+
+
+async def import_lead_member(
+    members: MemberRepository,
+    opportunities: OpportunityRepository,
+    uow: UnitOfWork,
+    campaign: Campaign,
+    lead_id: str,
+    history: list[ImportedStatus],
+    *,
+    by: Actor,
+) -> bool:
+    """An exported membership of a lead: a touch of the campaign at its join, and the statuses
+    it held (``imported_history``), each emitted as a live member's would be, at its own time
+    (``campaign.member_added`` with the joining status, then ``campaign.member_status_changed``
+    per step). A membership the campaign has already (e.g. from the lead's capture) gains the
+    statuses it did not reach yet that are forward moves from where it stands; statuses it has
+    reached are skipped, so importing the same file again changes nothing and emits nothing.
+    Returns whether anything changed."""
+    joined = history[0]
+    member = await members.get(campaign.id, member_id_for(MemberType.LEAD, lead_id), uow.session)
+    events: list[tuple[BaseModel, datetime]] = []
+    if member is None:
+        member = CampaignMember.join(
+            campaign.id,
+            MemberType.LEAD,
+            lead_id,
+            status=joined.status,
+            at=joined.at,
+            via=VIA_IMPORT,
+            by=by.id,
+        )
+        if conversion := (await members.conversions([lead_id], uow.session)).get(lead_id):
+            member.apply_conversion(conversion)
+        events.append((member.added_event(VIA_IMPORT), joined.at))
+        expected = None
+        touched = True
+    else:
+        expected = member.version
+        touched = member.touch(joined.at, via=VIA_IMPORT)
+    for step in history:
+        if step.status in member.reached or not _moves_forward(member, step.status, campaign):
+            continue
+        previous = member.status
+        member.status = step.status
+        member.status_history.append(MemberStatusEntry(status=step.status, at=step.at, by=by.id))
+        member.version += 1
+        changed = member.status_changed_event(
+            previous, responses=campaign.response_statuses, at=step.at, by=by
+        )
+        events.append((changed, step.at))
+    if expected is not None and not touched and not events:
+        return False
+    if expected is not None and member.version == expected:
+        member.version += 1  # a widened touch is a change of the membership too
+    if touched:
+        await _refresh_attribution(members, opportunities, uow, [lead_id], {lead_id: member})
+    if expected is None:
+        await members.add(member, uow.session)
+    else:
+        await members.save(member, expected, uow.session)
+    for data, at in events:
+        await _emit(uow, data, subject=campaign.id, version=None, time=at)
+    return True
+
+
+def _moves_forward(member: CampaignMember, status: MemberStatus, campaign: Campaign) -> bool:
+    try:
+        return check_member_status_change(member.status, status, campaign.offered_statuses)
+    except CampaignRuleViolation:
+        return False  # behind where the member stands now: what it holds is newer
 
 
 class LeadTouches(BaseModel):
