@@ -22,7 +22,7 @@ DAY = timedelta(days=1)
 
 
 def campaign(**overrides: Any) -> Campaign:
-    details = CampaignDetails.model_validate({"name": "Webinar", "type": "webinar", **overrides})
+    details = CampaignDetails.model_validate({"name": "Webinar", "type": "webinar", "currency": "EUR", **overrides})
     return Campaign.plan("c-1", details, now=JOINED, by="rep-1")
 
 
