@@ -63,7 +63,6 @@ from .imports import (
     ContactRow,
     ImportReport,
     ImportRow,
-    OpportunityRow,
     RowOutcome,
 )
 from .repository import AlreadyExists, ConcurrentModification, Repositories
@@ -83,7 +82,6 @@ from .use_cases import (
     delete_sales_team,
     import_account,
     import_contact,
-    import_opportunity,
     load_case,
     move_opportunity,
     move_opportunity_to_pipeline,
@@ -946,20 +944,7 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
             lambda uow, row, by: import_contact(repos, uow, source_system, row, by=by),
         )
 
-    @imports.post(
-        "/opportunities",
-        dependencies=write,
-        openapi_extra=upload,
-        summary="Import opportunities in their original stages and dates (CSV or NDJSON); a report per row",
-    )
-    async def import_opportunities(request: Request, source_system: SourceSystem) -> ImportReport:
-        return await import_all(
-            request,
-            source_system,
-            OpportunityRow,
-            lambda uow, row, by: import_opportunity(repos, uow, policy, source_system, row, by=by),
-        )
-
+    # Opportunities are imported by an import job (``opportunity_import``).
     return [pipelines, products, teams, accounts, contacts, opportunities, imports]
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from crm_runtime import ServiceRuntime, ServiceSettings
+from crm_runtime.imports import ImportJobs
 from fastapi import FastAPI
 from pydantic import Field
 
 from .api import routers
 from .domain import DEFAULT_LOSS_REASONS, LossReason
 from .handlers import register_handlers
+from .opportunity_import import opportunity_import
 from .repository import Repositories
 from .use_cases import DuplicateRecord, Policy, seed_default_pipeline
 
@@ -27,6 +29,7 @@ def create_app(settings: OpportunitiesSettings | None = None) -> FastAPI:
     runtime = ServiceRuntime(settings)
     repos = Repositories.of(runtime.db)
     policy = Policy(default_loss_reasons=tuple(settings.default_loss_reasons))
+    imports = ImportJobs(runtime, [opportunity_import(repos, policy)])
 
     async def prepare_storage() -> None:
         await repos.ensure_indexes()
@@ -43,7 +46,7 @@ def create_app(settings: OpportunitiesSettings | None = None) -> FastAPI:
             "Accounts, contacts and opportunities moving through configurable pipelines until "
             "they are won or lost; the closed opportunity's case."
         ),
-        routers=routers(runtime, repos, policy),
+        routers=[*routers(runtime, repos, policy), imports.router()],
         openapi_tags=[
             {"name": "pipelines", "description": "Pipelines and their ordered stages"},
             {"name": "products", "description": "The product catalogue line items come from"},
@@ -51,6 +54,10 @@ def create_app(settings: OpportunitiesSettings | None = None) -> FastAPI:
             {"name": "accounts", "description": "Companies the business tracks"},
             {"name": "contacts", "description": "People, usually at an account"},
             {"name": "opportunities", "description": "Potential revenue, stage moves, the case"},
-            {"name": "imports", "description": "Bulk upserts from another CRM, reported per row"},
+            {
+                "name": "imports",
+                "description": "Bulk upserts from another CRM: opportunities as background import jobs "
+                "(progress, rejections as CSV); accounts and contacts reported per row",
+            },
         ],
     )
