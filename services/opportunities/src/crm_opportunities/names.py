@@ -1,7 +1,8 @@
 """How a name another CRM wrote (a product, a stage, a sales team, a loss reason) finds the
-record it means here: its id or its name, exactly, or else with case, accents and runs of
-blanks not counting ("  ÉQUIPE  nord " is "Equipe Nord"). Anything else is unknown, and the
-rejection says which known values come closest; a name that two records share is ambiguous."""
+record it means here: its id or its name, exactly, or else with case, accents, underscores and
+runs of blanks not counting ("  ÉQUIPE  nord " is "Equipe Nord", "No Budget" is "no_budget").
+Anything else is unknown, and the rejection says which known values come closest; a name that
+two records share is ambiguous."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ T = TypeVar("T")
 
 
 def name_key(text: str) -> str:
-    """``text`` with case, accents (any combining mark) and runs of blanks folded away."""
-    decomposed = unicodedata.normalize("NFKD", text)
+    """``text`` with case, accents (any combining mark), underscores and runs of blanks
+    folded away."""
+    decomposed = unicodedata.normalize("NFKD", text.replace("_", " "))
     bare = "".join(char for char in decomposed if not unicodedata.combining(char))
     return " ".join(bare.casefold().split())
 
