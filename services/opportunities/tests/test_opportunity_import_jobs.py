@@ -272,6 +272,20 @@ async def test_an_open_deal_imported_again_moves_on_and_a_closed_one_changed_is_
     )
     assert (await service.opportunity("O-1"))["amount"] == "4000.00"
 
+    # The deal with no account is worked on like any other; its case holds no account, and
+    # not every contact that has none either.
+    assert (
+        await service.http.post("/contacts", json={"id": "con-loose", "last_name": "Loose"})
+    ).status_code == 201
+    won_here = await service.http.post(
+        f"/opportunities/{open_one['id']}/stage", json={"stage_id": "closed_won", "by": REP}
+    )
+    assert won_here.status_code == 200, won_here.text
+    [closed] = await service.events("opportunity.closed", open_one["id"], 1)
+    assert closed.json()["data"]["opportunity"]["account_id"] is None
+    case = (await service.http.get(f"/opportunities/{open_one['id']}/case")).json()
+    assert (case["outcome"], case["account"], case["contacts"]) == ("won", None, [])
+
 
 async def test_a_csv_export_gives_history_and_line_items_one_cell_each(service: Service) -> None:
     export = (
