@@ -143,7 +143,11 @@ async def test_imported_deals_show_in_every_report_as_the_deals_that_lived_throu
 
     won = await live_deal(suite, "won-1", ["qualification", "proposal", "closed_won"])
     still_open = await live_deal(suite, "open-1", ["qualification"])
-    body = b"\n".join(json.dumps(exported(deal)).encode() for deal in (won, still_open))
+    # And a deal with no account (exports hold them), won in the default pipeline.
+    no_account = {"external_id": "x-orphan", "name": "Nobody's", "status": "won", "amount": "100"}
+    no_account |= {"created_at": "2026-02-01T09:00:00Z", "closed_at": "2026-03-01T09:00:00Z"}
+    rows = [exported(won), exported(still_open), no_account]
+    body = b"\n".join(json.dumps(row).encode() for row in rows)
     job = await suite.ok(
         "POST",
         "opportunities",
@@ -155,7 +159,7 @@ async def test_imported_deals_show_in_every_report_as_the_deals_that_lived_throu
     async def imported() -> bool:
         state = await suite.ok("GET", "opportunities", f"/imports/{job['id']}")
         assert state["state"] in ("queued", "running", "done"), state
-        return bool(state["state"] == "done" and state["applied"] == 2)
+        return bool(state["state"] == "done" and state["applied"] == 3)
 
     await eventually(imported, timeout=120)
 
@@ -181,5 +185,12 @@ async def test_imported_deals_show_in_every_report_as_the_deals_that_lived_throu
         return lived, replayed
 
     lived, replayed = await eventually(both_applied, timeout=120)
+
+    async def orphan_reported() -> None:
+        report = await suite.ok("GET", "reporting", "/reports/win-loss?pipeline_id=default")
+        [row] = report["rows"]
+        assert (row["won"], row["won_revenue"], row["average_cycle_days"]) == (1, "100.00", "28.00"), row
+
+    await eventually(orphan_reported, timeout=60)
     for path, lived_answer, replayed_answer in zip(REPORTS, lived, replayed, strict=True):
         assert json.loads(json.dumps(replayed_answer).replace(REPLAYED, LIVED)) == lived_answer, path
