@@ -18,16 +18,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from crm_contracts.envelope import utcnow
 from crm_contracts.events.common import Actor
 from crm_contracts.events.opportunities import OpportunityFigures, StageKind
 from crm_runtime import UnitOfWork
 from crm_runtime.imports import ImportContext, ImportRow, ImportTarget, Rejection, rejections_of
+from crm_runtime.mongo import Document
 from crm_runtime.suggestions import did_you_mean
 from crm_runtime.uploads import UnreadableUpload
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pymongo import ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import BulkWriteError
@@ -55,10 +56,12 @@ from .opportunity_events import (
     opportunity_moved,
     opportunity_updated,
 )
-from .opportunity_rows import OpportunityRow
-from .repository import AlreadyExists, ConcurrentModification, Repositories, _to_document
+from .opportunity_rows import LineItemEntry, OpportunityRow
+from .repository import AlreadyExists, ConcurrentModification, Repositories, _Records, _to_document
 from .use_cases import Policy
 
+R = TypeVar("R", bound=BaseModel)
+T = TypeVar("T")
 OBJECT = "opportunities"
 # Figures a row sets on an opportunity imported before (the others are its history).
 IMPORTED_FIGURES = ("name", "amount", "currency", "expected_close_date", "owner_id", "probability")
@@ -107,7 +110,7 @@ class ChunkRecords:
             accounts.setdefault(account.id, account)
             for alias in set(account.aliases) & missing:
                 accounts[alias] = accounts[account.id]
-        pipelines = await repos.pipelines.all()
+        pipelines = await _find(repos.pipelines, {}, session)  # few, and cached for the chunk
         product_names = {item.product for row in rows for item in row.line_items or ()}
         products = await _catalogue(repos.products, product_names, session)
         team_names = {
@@ -130,22 +133,27 @@ def _spellings(*names: str | None) -> list[str]:
     return [name for name in names if name]
 
 
-async def _find_in(records: Any, key: str, values: Iterable[str], session: AsyncClientSession) -> list[Any]:
+async def _find_in(
+    records: _Records[R], key: str, values: Iterable[str], session: AsyncClientSession
+) -> list[R]:
     wanted = sorted(set(values))
     if not wanted:
         return []
-    docs = await records.collection.find({key: {"$in": wanted}}, session=session).to_list()
+    return await _find(records, {key: {"$in": wanted}}, session)
+
+
+async def _find(records: _Records[R], query: Document, session: AsyncClientSession) -> list[R]:
+    docs = await records.collection.find(query, session=session).to_list()
     return [records._to_record(doc) for doc in docs]
 
 
-async def _catalogue(records: Any, names: set[str], session: AsyncClientSession) -> list[Any]:
+async def _catalogue(records: _Records[R], names: set[str], session: AsyncClientSession) -> list[R]:
     """The records ``names`` name by id; the whole catalogue (small: products, teams) when
     some name is not an id, to match it by name and suggest the closest."""
     found = await _find_in(records, "_id", names, session)
-    if names <= {record.id for record in found}:
+    if names <= {getattr(record, "id") for record in found}:  # noqa: B009 - every record has an id
         return found
-    docs = await records.collection.find({}, session=session).to_list()
-    return [records._to_record(doc) for doc in docs]
+    return await _find(records, {}, session)
 
 
 # -- a row resolved against them ---------------------------------------------------------------
@@ -224,7 +232,7 @@ def resolve(
     )
 
 
-def _named(names: Names[Any], column: str, value: str) -> Any:
+def _named(names: Names[T], column: str, value: str) -> T:
     try:
         return names.resolve(value)
     except UnknownName as exc:
@@ -248,7 +256,7 @@ def _stage_of_status(row: OpportunityRow, pipeline: Pipeline, stage_id: str | No
     return next(stage.id for stage in pipeline.stages if stage.kind is kind)
 
 
-def _line_item(products: Names[Product], index: int, entry: Any, currency: str) -> LineItem:
+def _line_item(products: Names[Product], index: int, entry: LineItemEntry, currency: str) -> LineItem:
     column = f"line_items.{index}.product"
     product = _named(products, column, entry.product)
     if product.currency != currency:
