@@ -187,10 +187,11 @@ async def test_imported_deals_show_in_every_report_as_the_deals_that_lived_throu
 
     lived, replayed = await eventually(both_applied, timeout=120)
 
-    async def orphan_reported() -> None:
+    async def orphan_reported() -> bool:
         report = await suite.ok("GET", "reporting", "/reports/win-loss?pipeline_id=default")
         [row] = report["rows"]
         assert (row["won"], row["won_revenue"], Decimal(row["average_cycle_days"])) == (1, "100.00", 28), row
+        return True
 
     await eventually(orphan_reported, timeout=60)
     for path, lived_answer, replayed_answer in zip(REPORTS, lived, replayed, strict=True):
