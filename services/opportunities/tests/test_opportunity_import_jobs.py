@@ -282,7 +282,7 @@ async def test_an_open_deal_imported_again_moves_on_and_a_closed_one_changed_is_
     )
     assert won_here.status_code == 200, won_here.text
     [closed] = await service.events("opportunity.closed", open_one["id"], 1)
-    assert closed.json()["data"]["opportunity"]["account_id"] is None
+    assert "account_id" not in closed.json()["data"]["opportunity"]  # events leave null fields out
     case = (await service.http.get(f"/opportunities/{open_one['id']}/case")).json()
     assert (case["outcome"], case["account"], case["contacts"]) == ("won", None, [])
 
