@@ -22,7 +22,9 @@ DAY = timedelta(days=1)
 
 
 def campaign(**overrides: Any) -> Campaign:
-    details = CampaignDetails.model_validate({"name": "Webinar", "type": "webinar", "currency": "EUR", **overrides})
+    details = CampaignDetails.model_validate(
+        {"name": "Webinar", "type": "webinar", "currency": "EUR", **overrides}
+    )
     return Campaign.plan("c-1", details, now=JOINED, by="rep-1")
 
 

@@ -29,7 +29,8 @@ from crm_opportunities.domain import (
     default_pipeline,
     normalise_domain,
 )
-from crm_opportunities.imports import AccountRow, OpportunityRow, imported_id
+from crm_opportunities.imports import AccountRow, imported_id
+from crm_opportunities.opportunity_rows import OpportunityRow
 from crm_runtime.uploads import problems_of
 from pydantic import ValidationError
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from crm_opportunities.bootstrap import OpportunitiesSettings, create_app
 from crm_opportunities.imports import ContactRow
+from crm_opportunities.opportunity_rows import OpportunityRow
 from crm_runtime.chunking import UploadChunker
 from crm_runtime.imports import ImportRow, rejections_of
 from pydantic import ValidationError
@@ -69,9 +70,8 @@ async def test_a_control_character_in_a_text_filter_is_refused(http: httpx.Async
     assert list(fields(await http.get("/sales-teams", params={"region": "DACH\x00"}))) == ["region"]
 
 
-async def test_import_rows_with_number_dates_or_control_characters_fail_alone(
-    http: httpx.AsyncClient,
-) -> None:
+def test_opportunity_import_rows_with_number_dates_or_control_characters_are_rejected_alone() -> None:
+    # As the opportunities import job reads and checks each row before anything is written.
     ndjson = b"\n".join(
         [
             b'{"external_id": "o1", "name": "Deal", "account_id": "acc-1", "expected_close_date": 20270331}',
@@ -81,18 +81,20 @@ async def test_import_rows_with_number_dates_or_control_characters_fail_alone(
             b' "stage_history": [{"stage_id": "prospecting", "entered_at": "1700000000"}]}',
         ]
     )
-    response = await http.post(
-        "/imports/opportunities?source_system=old-crm",
-        content=ndjson,
-        headers={"content-type": "application/x-ndjson"},
-    )
-    assert response.status_code == 200, response.text
-    rows = response.json()["rows"]
-    assert [row["status"] for row in rows] == ["failed"] * 4
-    assert rows[0]["problems"] == [{"field": "expected_close_date", "reason": ISO_DATE}]
-    assert rows[1]["problems"] == [{"field": "created_at", "reason": ISO_TIME}]
-    assert [p["field"] for p in rows[2]["problems"]] == ["name"]
-    assert rows[3]["problems"] == [{"field": "stage_history.0.entered_at", "reason": ISO_TIME}]
+    chunker = UploadChunker("application/x-ndjson")
+    records = [record for chunk in chunker.feed(ndjson) + chunker.finish() for record in chunk]
+    found = []
+    for record in records:
+        assert record.fields is not None, record
+        row = ImportRow(record.number, record.fields)
+        with pytest.raises(ValidationError) as err:
+            OpportunityRow.model_validate(row.fields)
+        found.append(rejections_of(row, err.value))
+    o1, o2, o3, o4 = found
+    assert [(r.column, r.reason) for r in o1] == [("expected_close_date", ISO_DATE)]
+    assert [(r.column, r.reason) for r in o2] == [("created_at", ISO_TIME)]
+    assert [r.column for r in o3] == ["name"]
+    assert [(r.column, r.reason) for r in o4] == [("stage_history.0.entered_at", ISO_TIME)]
 
 
 def test_contact_import_rows_with_number_times_or_control_characters_are_rejected_alone() -> None:

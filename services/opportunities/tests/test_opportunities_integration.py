@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -494,50 +493,8 @@ async def test_a_bulk_import_reports_each_row_and_a_second_run_changes_nothing(s
     a3 = (await service.http.get(f"/accounts/{imported_id('account', 'legacy', 'A-3')}")).json()
     assert a3["id"] == a1["id"]  # same domain: the same company
 
-    legacy = {"account_external_id": "A-1"}
-    records: list[dict[str, Any]] = [
-        {"external_id": "O-1", "name": "Won in 2025", "stage_id": "closed_won", "amount": "4000"}
-        | {"created_at": "2025-01-10T09:00:00Z", "closed_at": "2025-03-01T17:00:00Z"},
-        {"external_id": "O-2", "name": "Open one", "stage_id": "negotiation", "amount": "900"}
-        | {"created_at": "2025-06-01T09:00:00Z"},
-        {"external_id": "O-3", "name": "Lost, no reason", "stage_id": "closed_lost"},
-    ]
-    lines = [json.dumps(legacy | record).encode() for record in records]
-    lines.append(
-        json.dumps({"external_id": "O-4", "name": "Nobody", "account_external_id": "A-404"}).encode()
-    )
-    opportunities = b"\n".join(lines)
-    ndjson = {"content-type": "application/x-ndjson"}
-    imported = await service.http.post(
-        "/imports/opportunities?source_system=legacy", content=opportunities, headers=ndjson
-    )
-    assert imported.status_code == 200, imported.text
-    report = imported.json()
-    assert report["counts"] == {"created": 2, "failed": 2}
-    assert [p["field"] for r in report["rows"][2:] for p in r["problems"]] == [
-        "loss_reason",
-        "account_external_id",
-    ]
-    won = (await service.http.get(f"/opportunities/{report['rows'][0]['id']}")).json()
-    assert (won["status"], won["created_at"], won["closed_at"]) == (
-        "won",
-        "2025-01-10T09:00:00Z",
-        "2025-03-01T17:00:00Z",
-    )
-    [closed] = await service.events("opportunity.closed", until=lambda rs: len(rs) >= 1)
-    assert (closed.json()["time"], closed.json()["data"]["won"]) == ("2025-03-01T17:00:00Z", True)
-
-    again = await service.http.post(
-        "/imports/opportunities?source_system=legacy", content=opportunities, headers=ndjson
-    )
-    assert [r["status"] for r in again.json()["rows"]][:2] == ["unchanged", "unchanged"]
-    moved = opportunities.split(b"\n")[1].replace(b'"negotiation"', b'"proposal"').replace(b'"900"', b'"950"')
-    update = await service.http.post(
-        "/imports/opportunities?source_system=legacy", content=moved, headers=ndjson
-    )
-    [row] = update.json()["rows"]
-    assert (row["status"], row["changed_fields"]) == ("updated", ["amount", "stage_id"])
-    assert await service.count("opportunities") == 2 and await service.count("accounts") == 1
+    # Its opportunities part is in test_opportunity_import_jobs (the import job).
+    assert await service.count("accounts") == 1
     wrong_type = await service.http.post(
         "/imports/accounts?source_system=legacy", content=b"{}", headers={"content-type": "application/xml"}
     )
@@ -842,7 +799,7 @@ async def test_pipelines_are_published_in_order_and_an_opportunity_moves_between
     assert [o["id"] for o in listed["items"]] == ["opp-h9"]
 
 
-async def test_imports_upsert_accounts_and_contacts_and_replay_opportunities_through_their_history(
+async def test_imports_upsert_accounts_and_contacts(
     service: Service,
 ) -> None:
     accounts = b"external_id,name,industry,domain\nA-1,Analytical Engines,Computing,engines-imp.example\n"
@@ -883,52 +840,7 @@ async def test_imports_upsert_accounts_and_contacts_and_replay_opportunities_thr
     )
     assert await service.count("contacts", {"email": "grace@navy.example"}) == 1
 
-    history = [
-        {"stage_id": "prospecting", "entered_at": "2025-01-10T09:00:00Z"},
-        {"stage_id": "proposal", "entered_at": "2025-02-01T09:00:00Z"},
-        {"stage_id": "closed_won", "entered_at": "2025-03-01T17:00:00Z"},
-    ]
-    record = {"external_id": "O-1", "name": "Won in 2025", "account_external_id": "A-1", "amount": "4000"}
-    backwards = [history[1], history[0], history[2]]
-    ndjson = b"\n".join(
-        json.dumps(r).encode()
-        for r in (
-            record | {"stage_history": history},
-            record | {"external_id": "O-2", "stage_history": backwards},
-        )
-    )
-    report = await service.http.post(
-        "/imports/opportunities?source_system=old",
-        content=ndjson,
-        headers={"content-type": "application/x-ndjson"},
-    )
-    rows = report.json()["rows"]
-    assert [r["status"] for r in rows] == ["created", "failed"]
-    assert rows[1]["problems"][0]["field"] == "stage_history.1.entered_at"
-    won = (await service.http.get(f"/opportunities/{rows[0]['id']}")).json()
-    assert (won["status"], won["version"], won["created_at"], won["closed_at"]) == (
-        "won",
-        3,
-        "2025-01-10T09:00:00Z",
-        "2025-03-01T17:00:00Z",
-    )
-    assert [(v["stage_id"], v["entered_at"], v["left_at"]) for v in won["stage_history"]] == [
-        ("prospecting", "2025-01-10T09:00:00Z", "2025-02-01T09:00:00Z"),
-        ("proposal", "2025-02-01T09:00:00Z", "2025-03-01T17:00:00Z"),
-        ("closed_won", "2025-03-01T17:00:00Z", None),
-    ]
-    moves = await service.events("opportunity.stage_changed", until=lambda rs: len(rs) >= 2)
-    assert [(r.json()["time"], r.json()["sequence"]) for r in moves] == [
-        ("2025-02-01T09:00:00Z", "2"),
-        ("2025-03-01T17:00:00Z", "3"),
-    ]
-    account_updates = await service.events("account.updated", until=lambda rs: len(rs) >= 2)
-    assert [r.json()["data"]["changed_fields"] for r in account_updates] == [["industry"], ["type"]]
-    became_customer = account_updates[1]
-    # Edited by the import since, so the account's clock does not go back to the 2025 win.
-    assert became_customer.json()["data"]["updated_by"]["id"] == "import:old"
-    assert became_customer.json()["time"] == account_updates[0].json()["time"]
-    assert (await service.http.get(f"/accounts/{account_id}")).json()["type"] == "customer"
+    # Opportunities replayed through their history: test_opportunity_import_jobs.
 
 
 # -- end to end: duplicated, out-of-order conversions racing with stage moves ------------------

@@ -1,5 +1,5 @@
 """HTTP routes of the opportunities service: pipelines, products, sales teams, accounts,
-contacts, opportunities and bulk imports."""
+contacts and opportunities."""
 
 from __future__ import annotations
 
@@ -24,17 +24,8 @@ from crm_contracts.events.common import (
 from crm_contracts.events.leads import LeadSource
 from crm_contracts.events.opportunities import AccountTier, AccountType
 from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
-from crm_runtime.uploads import (
-    UPLOAD_TYPES,
-    RowProblem,
-    UnreadableUpload,
-    UploadRecord,
-    media_type,
-    problems_of,
-    read_upload,
-)
-from fastapi import APIRouter, Depends, Query, Request, Response, status
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, model_validator
+from fastapi import APIRouter, Depends, Query, Response, status
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 
 from .domain import (
     DEFAULT_PIPELINE_ID,
@@ -50,7 +41,6 @@ from .domain import (
     LossReason,
     Opportunity,
     OpportunityChanges,
-    OpportunityRuleViolation,
     Pipeline,
     Product,
     SalesTeam,
@@ -60,15 +50,11 @@ from .domain import (
     normalise_domain,
 )
 from .imports import (
-    ImportReport,
     ImportRow,
-    OpportunityRow,
-    RowOutcome,
 )
 from .repository import AlreadyExists, ConcurrentModification, Repositories
 from .use_cases import (
     DuplicateRecord,
-    Imported,
     LineRequest,
     NewOpportunity,
     NotFound,
@@ -80,7 +66,6 @@ from .use_cases import (
     create_product,
     create_sales_team,
     delete_sales_team,
-    import_opportunity,
     load_case,
     move_opportunity,
     move_opportunity_to_pipeline,
@@ -861,89 +846,8 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
         except IllegalTransition as exc:
             raise ApiError(409, "not_closed", str(exc), field=exc.field) from exc
 
-    # -- bulk import ------------------------------------------------------------------------
-    imports = APIRouter(prefix="/imports", tags=["imports"])
-    upload = {
-        "requestBody": {
-            "required": True,
-            "content": {
-                kind: {"schema": {"type": "string", "description": "One record per line / row"}}
-                for kind in UPLOAD_TYPES
-            },
-        }
-    }
-
-    async def read_records(request: Request) -> list[UploadRecord]:
-        content_type = request.headers.get("content-type", "")
-        if media_type(content_type) not in UPLOAD_TYPES:
-            raise ApiError(415, "unsupported_media_type", f"send one of {', '.join(UPLOAD_TYPES)}")
-        try:
-            return read_upload(await request.body(), content_type)
-        except UnreadableUpload as exc:
-            raise ApiError(422, "unreadable_upload", str(exc), field=exc.field) from exc
-
-    async def import_row(
-        record: UploadRecord,
-        model: type[R],
-        work: Callable[[UnitOfWork, R], Awaitable[Imported]],
-    ) -> RowOutcome:
-        """One row in its own unit of work: its records and events commit together or not at all."""
-        outcome = RowOutcome(row=record.number, external_id=record.external_id, status="failed")
-        if record.fields is None:
-            outcome.problems = [record.problem] if record.problem else []
-            return outcome
-        try:
-            row = model.model_validate(record.fields)
-        except ValidationError as exc:
-            outcome.problems = problems_of(exc)
-            return outcome
-        try:
-            result = await runtime.transaction(lambda uow: work(uow, row))
-        except (NotFound, DuplicateRecord, OpportunityRuleViolation) as exc:
-            outcome.problems = [RowProblem(field=exc.field, reason=str(exc))]
-            return outcome
-        except (StaleVersion, ConcurrentModification, AlreadyExists) as exc:
-            outcome.problems = [
-                RowProblem(field="(row)", reason=f"changed concurrently, import again: {exc}")
-            ]
-            return outcome
-        return RowOutcome(
-            row=record.number,
-            external_id=row.external_id,
-            status=result.status,
-            id=result.record_id,
-            changed_fields=list(result.changed_fields),
-        )
-
-    async def import_all(
-        request: Request,
-        source_system: str,
-        model: type[R],
-        work: Callable[[UnitOfWork, R, Actor], Awaitable[Imported]],
-    ) -> ImportReport:
-        """Every record of the upload, each in its own unit of work, into one report."""
-        by = Actor(id=f"import:{source_system}")
-        outcomes = [
-            await import_row(record, model, lambda uow, row: work(uow, row, by))
-            for record in await read_records(request)
-        ]
-        return ImportReport.of(source_system, outcomes)
-
-    @imports.post(
-        "/opportunities",
-        dependencies=write,
-        openapi_extra=upload,
-        summary="Import opportunities in their original stages and dates (CSV or NDJSON); a report per row",
-    )
-    async def import_opportunities(request: Request, source_system: SourceSystem) -> ImportReport:
-        return await import_all(
-            request,
-            source_system,
-            OpportunityRow,
-            lambda uow, row, by: import_opportunity(repos, uow, policy, source_system, row, by=by),
-        )
-
-    return [pipelines, products, teams, accounts, contacts, opportunities, imports]
+    # Imports (accounts, contacts, opportunities) are import jobs: ``import_targets``.
+    return [pipelines, products, teams, accounts, contacts, opportunities]
 
 
 def _filters(**values: Any) -> dict[str, Any]:

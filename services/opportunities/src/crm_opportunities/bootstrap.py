@@ -58,8 +58,8 @@ def create_app(settings: OpportunitiesSettings | None = None) -> FastAPI:
             {"name": "opportunities", "description": "Potential revenue, stage moves, the case"},
             {
                 "name": "imports",
-                "description": "Import jobs: CSV or NDJSON files of accounts and contacts from another "
-                "CRM worked in the background; opportunities as a synchronous upload reported per row",
+                "description": "Import jobs: CSV or NDJSON files of accounts, contacts and opportunities "
+                "from another CRM worked in the background (progress, rejections as CSV)",
             },
         ],
     )

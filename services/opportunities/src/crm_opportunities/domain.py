@@ -640,11 +640,13 @@ class HistoricalStage:
 
 @dataclass(frozen=True)
 class ImportedStep:
-    """One step of an imported opportunity's replay: its opening (no move) or one move, with
-    the opportunity as it stood right after, for the event that reports the step."""
+    """One step of an imported opportunity's replay: its opening (no move, no changed fields),
+    its line items put on (the ``changed_fields``) or one move, with the opportunity as it
+    stood right after, for the event that reports the step."""
 
     move: StageMove | None
     snapshot: Opportunity
+    changed_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -782,7 +784,7 @@ class Opportunity(BaseModel):
     id: str
     version: int = 0
     name: str
-    account_id: str
+    account_id: str | None = Field(default=None, description="None: a deal with no account (imported)")
     primary_contact_id: str | None = None
     owner_id: str | None = None
     pipeline_id: str
@@ -824,7 +826,7 @@ class Opportunity(BaseModel):
         *,
         opportunity_id: str,
         name: str,
-        account_id: str,
+        account_id: str | None,
         pipeline: Pipeline,
         by: Actor,
         now: datetime,
@@ -891,6 +893,8 @@ class Opportunity(BaseModel):
         by: Actor,
         now: datetime,
         history: Sequence[HistoricalStage] = (),
+        line_items: Sequence[LineItem] = (),
+        derive_amount: bool = True,
         **fields: Any,
     ) -> ImportedOpportunity:
         """An opportunity brought over from another CRM, replayed through its original stages
@@ -899,7 +903,10 @@ class Opportunity(BaseModel):
 
         Without a ``history`` only the current stage is known: an open one is entered at
         ``created_at``; a closed one is reached from the pipeline's first stage at ``closed_at``
-        (the path in between is unknown, the dates are not)."""
+        (the path in between is unknown, the dates are not).
+
+        ``line_items`` are put on right after the opening, as a rep would before moving the
+        deal on (with ``derive_amount`` the amount becomes their total)."""
         path = _import_path(pipeline, stage_id, created_at, closed_at, loss_reason, history, now)
         first_at, first_stage = path[0]
         # The row's probability is the current one: it applies to the last stage, if open.
@@ -917,6 +924,18 @@ class Opportunity(BaseModel):
         except OpportunityRuleViolation as exc:
             raise type(exc)(str(exc), field="stage_history.0.stage_id" if history else exc.field) from exc
         steps = [ImportedStep(move=None, snapshot=opportunity.model_copy(deep=True))]
+        if line_items:
+            try:
+                changed = opportunity.set_line_items(
+                    line_items, derive_amount=derive_amount, by=by, now=first_at
+                )
+            except OpportunityRuleViolation as exc:
+                raise type(exc)(str(exc), field="line_items") from exc
+            steps.append(
+                ImportedStep(
+                    move=None, snapshot=opportunity.model_copy(deep=True), changed_fields=tuple(changed)
+                )
+            )
         for index, (entered_at, next_stage) in enumerate(path[1:], start=1):
             last = index == len(path) - 1
             try:

@@ -1,6 +1,7 @@
-"""What the opportunities service imports as jobs (``crm_runtime.imports``): accounts and
-contacts. A chunk of rows is validated first, then applied by the one per-row use case
-(``import_account`` / ``import_contact``) over the chunk's records held in memory
+"""What the opportunities service imports as jobs (``crm_runtime.imports``): accounts,
+contacts and opportunities (``opportunity_import``). A chunk of account or contact rows is
+validated first, then applied by the one per-row use case (``import_account`` /
+``import_contact``) over the chunk's records held in memory
 (``ImportBatch``): a few ``$in`` reads, one write per collection and kind of change, one outbox
 write.
 
@@ -26,6 +27,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from .domain import OpportunityRuleViolation, normalise_domain
 from .import_records import ImportBatch
 from .imports import AccountRow, ContactRow, imported_id
+from .opportunity_import import opportunity_import
 from .repository import Repositories
 from .use_cases import DuplicateRecord, NotFound, Policy, import_account, import_contact
 
@@ -39,7 +41,7 @@ _COLUMNS = {"parent_account_id": "parent_external_id", "id": "external_id"}
 def import_targets(repos: Repositories, policy: Policy) -> list[ImportTarget]:
     """Everything the service imports as jobs, for ``ImportJobs`` (``policy``: for the targets
     whose rules need the installation's settings, such as loss reasons)."""
-    return [account_import(repos), contact_import(repos)]
+    return [account_import(repos), contact_import(repos), opportunity_import(repos, policy)]
 
 
 def _validated(

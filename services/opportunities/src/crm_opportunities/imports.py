@@ -1,24 +1,21 @@
 """Bulk import from another CRM: the rows of an NDJSON or CSV upload (accounts, contacts,
-opportunities), each validated on its own, so one bad row is reported and the others still go in."""
+opportunities), each validated on its own, so one bad row is reported and the others still go in.
+Opportunity rows are in ``opportunity_rows``."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 from crm_contracts.events.common import (
     Currency,
     Id,
-    IsoDate,
     IsoDateTime,
     Money,
-    Percent,
     ShortText,
     SingleLine,
 )
-from crm_contracts.events.leads import LeadSource
 from crm_contracts.events.opportunities import AccountTier, AccountType
-from crm_runtime.uploads import RowProblem, count_statuses
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,7 +27,7 @@ from pydantic import (
 )
 
 from .countries import country_code
-from .domain import DEFAULT_PIPELINE_ID, LossReason, YearEstablished
+from .domain import YearEstablished
 
 # Ids derived from (system, kind, external id): importing the same export again updates the
 # same records instead of duplicating them.
@@ -116,75 +113,3 @@ class ContactRow(ImportRow):
         if self.account_external_id is not None and self.account_id is not None:
             raise ValueError("give at most one of account_external_id and account_id")
         return self
-
-
-class HistoryEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    stage_id: Id
-    entered_at: IsoDateTime
-
-
-class OpportunityRow(ImportRow):
-    name: ShortText
-    account_external_id: ExternalId | None = None
-    account_id: Id | None = Field(default=None, description="An account of this service, instead")
-    pipeline_id: Id = DEFAULT_PIPELINE_ID
-    stage_id: Id | None = Field(default=None, description="The original stage; the first one when omitted")
-    probability: Percent | None = None
-    amount: Money | None = None
-    currency: Currency | None = Field(default=None, description="The company currency when omitted")
-    expected_close_date: IsoDate | None = None
-    owner_id: Id | None = None
-    lead_source: LeadSource | None = None
-    campaign_id: Id | None = None
-    created_at: IsoDateTime | None = Field(default=None, description="The original creation time")
-    closed_at: IsoDateTime | None = None
-    loss_reason: LossReason | None = None
-    stage_history: list[HistoryEntry] | None = Field(
-        default=None,
-        min_length=1,
-        max_length=100,
-        description=(
-            "The stages it went through, oldest first, ending with the current one. NDJSON: a "
-            "list of {stage_id, entered_at}; CSV: stage@timestamp entries separated by '|'"
-        ),
-    )
-
-    @field_validator("stage_history", mode="before")
-    @classmethod
-    def _history_from_csv(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        entries = []
-        for entry in value.split("|"):
-            stage_id, separator, at = entry.strip().partition("@")
-            if not (stage_id and separator and at):
-                raise ValueError("write each entry as stage_id@timestamp, entries separated by |")
-            entries.append({"stage_id": stage_id.strip(), "entered_at": at.strip()})
-        return entries
-
-    @model_validator(mode="after")
-    def _one_account(self) -> OpportunityRow:
-        if (self.account_external_id is None) == (self.account_id is None):
-            raise ValueError("give exactly one of account_external_id and account_id")
-        return self
-
-
-class RowOutcome(BaseModel):
-    row: int = Field(description="NDJSON: line number; CSV: record number after the header (1 = first)")
-    external_id: str | None = None
-    status: Literal["created", "updated", "matched", "unchanged", "failed"]
-    id: str | None = None
-    changed_fields: list[str] = Field(default_factory=list)
-    problems: list[RowProblem] = Field(default_factory=list)
-
-
-class ImportReport(BaseModel):
-    source_system: str
-    counts: dict[str, int]
-    rows: list[RowOutcome]
-
-    @classmethod
-    def of(cls, source_system: str, rows: list[RowOutcome]) -> ImportReport:
-        return cls(source_system=source_system, counts=count_statuses(row.status for row in rows), rows=rows)

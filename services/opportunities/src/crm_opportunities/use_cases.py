@@ -21,12 +21,7 @@ from crm_contracts.envelope import utcnow
 from crm_contracts.events.common import Actor
 from crm_contracts.events.leads import LeadConverted, LeadSource
 from crm_contracts.events.opportunities import (
-    OpportunityClosed,
-    OpportunityCreated,
     OpportunityFigures,
-    OpportunityStageChanged,
-    OpportunityUpdated,
-    StageKind,
 )
 from crm_runtime import UnitOfWork, make_event
 from pydantic import BaseModel
@@ -42,7 +37,6 @@ from .domain import (
     Contact,
     ContactChanges,
     ContactRole,
-    HistoricalStage,
     IllegalTransition,
     InvalidRequest,
     LineItem,
@@ -58,10 +52,16 @@ from .domain import (
     default_pipeline,
     normalise_domain,
 )
-from .imports import AccountRow, ContactRow, OpportunityRow, imported_id
+from .imports import AccountRow, ContactRow, imported_id
+from .opportunity_events import (
+    SOURCE,
+    account_updated,
+    opportunity_created,
+    opportunity_moved,
+    opportunity_updated,
+)
 from .repository import AlreadyExists, ConcurrentModification, Repositories
 
-SOURCE = "/crm/opportunities"
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -230,20 +230,15 @@ async def update_account(
 
 
 async def _emit_account_updated(uow: UnitOfWork, account: Account, changed: list[str]) -> None:
-    await _emit(
-        uow,
-        catalog.ACCOUNT_UPDATED,
-        account.updated_event(changed),
-        subject=account.id,
-        version=account.version,
-        time=account.updated_at,
-    )
+    await uow.emit(*account_updated(account, changed))
 
 
 async def _account_won_a_deal(
-    repos: Repositories, uow: UnitOfWork, account_id: str, *, by: Actor, when: datetime
+    repos: Repositories, uow: UnitOfWork, account_id: str | None, *, by: Actor, when: datetime
 ) -> None:
     """A won opportunity turns its prospect account into a customer, in the same transaction."""
+    if account_id is None:
+        return
     account = await repos.accounts.get(account_id, uow.session)
     if account is None:
         return
@@ -410,7 +405,9 @@ async def _figures(
     stage's position in the pipeline, the team's region, the account's industry."""
     if pipeline is None or pipeline.id != opportunity.pipeline_id:
         pipeline = await repos.pipelines.get(opportunity.pipeline_id, uow.session)
-    if account is None or account.id != opportunity.account_id:
+    if opportunity.account_id is None:
+        account = None
+    elif account is None or account.id != opportunity.account_id:
         account = await repos.accounts.get(opportunity.account_id, uow.session)
     team = None
     if opportunity.sales_team_id is not None:
@@ -477,14 +474,7 @@ async def open_opportunity(repos: Repositories, uow: UnitOfWork, new: NewOpportu
 async def _emit_created(
     uow: UnitOfWork, opportunity: Opportunity, figures: OpportunityFigures, *, by: Actor
 ) -> None:
-    await _emit(
-        uow,
-        catalog.OPPORTUNITY_CREATED,
-        OpportunityCreated(opportunity=figures, created_by=by),
-        subject=opportunity.id,
-        version=opportunity.version,
-        time=opportunity.created_at,
-    )
+    await uow.emit(*opportunity_created(opportunity, figures, by=by))
 
 
 async def _opportunity(
@@ -590,54 +580,7 @@ async def _record_move(
 async def _emit_move(
     uow: UnitOfWork, opportunity: Opportunity, move: StageMove, figures: OpportunityFigures, *, by: Actor
 ) -> None:
-    """``opportunity`` as it stood right after ``move`` (a replayed import passes snapshots)."""
-    now = move.current.entered_at
-    changed = OpportunityStageChanged(
-        opportunity_id=opportunity.id,
-        pipeline_id=opportunity.pipeline_id,
-        previous_pipeline_id=move.previous_pipeline_id,
-        previous_stage_id=move.previous.stage_id,
-        previous_stage_name=move.previous.stage_name,
-        previous_stage_kind=move.previous.stage_kind,
-        stage_id=opportunity.stage_id,
-        stage_name=opportunity.stage_name,
-        stage_kind=opportunity.stage_kind,
-        probability=opportunity.probability,
-        forecast_category=opportunity.forecast_category,
-        amount=opportunity.amount,
-        currency=opportunity.currency,
-        expected_close_date=opportunity.expected_close_date,
-        changed_at=now,
-        changed_by=by,
-        opportunity=figures,
-    )
-    await _emit(
-        uow,
-        catalog.OPPORTUNITY_STAGE_CHANGED,
-        changed,
-        subject=opportunity.id,
-        version=opportunity.version,
-        time=now,
-    )
-    if move.closed:
-        closed = OpportunityClosed(
-            opportunity_id=opportunity.id,
-            won=opportunity.stage_kind is StageKind.CLOSED_WON,
-            amount=opportunity.amount,
-            currency=opportunity.currency,
-            loss_reason=opportunity.loss_reason,
-            closed_at=now,
-            closed_by=by,
-            opportunity=figures,
-        )
-        await _emit(
-            uow,
-            catalog.OPPORTUNITY_CLOSED,
-            closed,
-            subject=opportunity.id,
-            version=opportunity.version,
-            time=now,
-        )
+    await uow.emit_many(opportunity_moved(opportunity, move, figures, by=by))
 
 
 async def update_opportunity(
@@ -728,15 +671,8 @@ async def _emit_updated(
     by: Actor,
     now: datetime,
 ) -> None:
-    data = OpportunityUpdated(
-        opportunity=await _figures(repos, uow, opportunity),
-        changed_fields=changed,
-        updated_at=now,
-        updated_by=by,
-    )
-    await _emit(
-        uow, catalog.OPPORTUNITY_UPDATED, data, subject=opportunity.id, version=opportunity.version, time=now
-    )
+    figures = await _figures(repos, uow, opportunity)
+    await uow.emit(*opportunity_updated(opportunity, figures, changed, by=by, now=now))
 
 
 # -- lead conversion --------------------------------------------------------------------------
@@ -878,8 +814,11 @@ async def load_case(repos: Repositories, opportunity_id: str) -> Case:
     opportunity = await repos.opportunities.get(opportunity_id)
     if opportunity is None:
         raise NotFound("opportunity", opportunity_id, field="opportunity_id")
-    account = await repos.accounts.find(opportunity.account_id)
-    contacts = await repos.contacts.of_account(opportunity.account_id)
+    account: Account | None = None
+    contacts: list[Contact] = []
+    if opportunity.account_id is not None:  # a deal with no account has only its own contacts
+        account = await repos.accounts.find(opportunity.account_id)
+        contacts = await repos.contacts.of_account(opportunity.account_id)
     involved = [opportunity.primary_contact_id, *(role.contact_id for role in opportunity.contact_roles)]
     known = {contact.id for contact in contacts}
     for contact_id in dict.fromkeys(c for c in involved if c is not None and c not in known):
@@ -1044,106 +983,3 @@ async def import_contact(
     )
     await create_contact(repos, uow, contact)
     return Imported("created", contact.id)
-
-
-_IMPORTED_FIGURES = ("name", "amount", "currency", "expected_close_date", "owner_id", "probability")
-
-
-async def import_opportunity(
-    repos: Repositories, uow: UnitOfWork, policy: Policy, system: str, row: OpportunityRow, *, by: Actor
-) -> Imported:
-    """Create the opportunity replayed through its original stages and dates, or bring one
-    imported before up to date (figures, pipeline, then stage) with the usual events."""
-    opportunity_id = imported_id("opportunity", system, row.external_id)
-    account = await _row_account(repos, uow, system, row.account_id, row.account_external_id)
-    assert account is not None  # the row model demands one of the two references
-    pipeline = await _pipeline(repos, uow, row.pipeline_id)
-    existing = await repos.opportunities.get(opportunity_id, uow.session)
-    if existing is None:
-        return await _import_new_opportunity(repos, uow, policy, row, opportunity_id, account, pipeline, by)
-    given = row.model_fields_set & set(_IMPORTED_FIGURES)
-    if row.currency is None:
-        given.discard("currency")  # a blank currency keeps the opportunity's own
-    changes = OpportunityChanges.model_validate({name: getattr(row, name) for name in given})
-    other_pipeline = existing.pipeline_id != pipeline.id
-    target_stage = row.stage_id if row.stage_id not in (None, existing.stage_id) else None
-    if existing.is_closed:
-        same = all(getattr(existing, name) == getattr(changes, name) for name in given)
-        if same and target_stage is None and not other_pipeline:
-            return Imported("unchanged", existing.id)
-        raise IllegalTransition(
-            f"opportunity {existing.id} is closed here; reopen it before importing changes", field="stage_id"
-        )
-    read_version = existing.version
-    now = utcnow()
-    changed = existing.update(changes, by=by, now=now)
-    if changed:
-        await _emit_updated(repos, uow, existing, changed, by=by, now=now)
-    if other_pipeline:
-        source = await _pipeline(repos, uow, existing.pipeline_id)
-        move = existing.move_to_pipeline(source, pipeline, row.stage_id, by=by, now=now)
-        await _record_move(repos, uow, existing, move, pipeline=pipeline, by=by)
-        changed = [*changed, "pipeline_id", "stage_id"]
-    elif target_stage is not None:
-        move = existing.move_to_stage(
-            pipeline,
-            target_stage,
-            by=by,
-            now=now,
-            loss_reason=row.loss_reason,
-            default_loss_reasons=policy.default_loss_reasons,
-        )
-        await _record_move(repos, uow, existing, move, pipeline=pipeline, by=by)
-        changed = [*changed, "stage_id"]
-    if not changed:
-        return Imported("unchanged", existing.id)
-    await repos.opportunities.update(existing, read_version, uow.session)
-    return Imported("updated", existing.id, changed)
-
-
-async def _import_new_opportunity(
-    repos: Repositories,
-    uow: UnitOfWork,
-    policy: Policy,
-    row: OpportunityRow,
-    opportunity_id: str,
-    account: Account,
-    pipeline: Pipeline,
-    by: Actor,
-) -> Imported:
-    """Replayed step by step, each step's events at the time it really happened, so reporting
-    sees the stages and their durations as the other CRM recorded them."""
-    imported = Opportunity.imported(
-        pipeline=pipeline,
-        stage_id=row.stage_id,
-        created_at=row.created_at,
-        closed_at=row.closed_at,
-        loss_reason=row.loss_reason,
-        default_loss_reasons=policy.default_loss_reasons,
-        by=by,
-        now=utcnow(),
-        history=[
-            HistoricalStage(stage_id=h.stage_id, entered_at=h.entered_at) for h in row.stage_history or ()
-        ],
-        opportunity_id=opportunity_id,
-        name=row.name,
-        account_id=account.id,
-        probability=row.probability,
-        amount=row.amount,
-        currency=row.currency or policy.company_currency,
-        expected_close_date=row.expected_close_date,
-        owner_id=row.owner_id,
-        lead_source=row.lead_source,
-        campaign_id=row.campaign_id,
-    )
-    opportunity = imported.opportunity
-    await repos.opportunities.add(opportunity, uow.session)
-    for step in imported.steps:
-        figures = await _figures(repos, uow, step.snapshot, pipeline=pipeline, account=account)
-        if step.move is None:
-            await _emit_created(uow, step.snapshot, figures, by=by)
-        else:
-            await _emit_move(uow, step.snapshot, step.move, figures, by=by)
-    if opportunity.status is OpportunityStatus.WON and opportunity.closed_at is not None:
-        await _account_won_a_deal(repos, uow, account.id, by=by, when=opportunity.closed_at)
-    return Imported("created", opportunity.id)

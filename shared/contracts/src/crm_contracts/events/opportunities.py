@@ -80,7 +80,9 @@ class OpportunityFigures(Contract):
 
     opportunity_id: Id
     name: ShortText
-    account_id: Id
+    account_id: Id | None = Field(
+        default=None, description="None for a deal with no account (imported from a CRM that allows it)"
+    )
     primary_contact_id: Id | None = None
     owner_id: Id | None = None
     pipeline_id: Id
