@@ -21,8 +21,8 @@ from crm_contracts.events.common import (
     ShortText,
     SingleLine,
 )
-from crm_contracts.events.leads import LeadSource
 from crm_contracts.events.opportunities import AccountTier, AccountType
+from crm_contracts.events.picklists import PicklistCode
 from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
 from crm_runtime.uploads import (
     UPLOAD_TYPES,
@@ -304,7 +304,7 @@ class NewOpportunityBody(_Body):
     currency: Currency = "EUR"
     expected_close_date: IsoDate | None = None
     lead_id: Id | None = None
-    lead_source: LeadSource | None = None
+    lead_source: PicklistCode | None = None
     campaign_id: Id | None = None
     contact_roles: list[ContactRole] = Field(default_factory=list, max_length=50)
     sales_team_id: Id | None = None

@@ -16,8 +16,8 @@ from crm_contracts.events.common import (
     ShortText,
     SingleLine,
 )
-from crm_contracts.events.leads import LeadSource
 from crm_contracts.events.opportunities import AccountTier, AccountType
+from crm_contracts.events.picklists import PicklistCode
 from crm_runtime.uploads import RowProblem, count_statuses
 from pydantic import (
     BaseModel,
@@ -109,7 +109,7 @@ class OpportunityRow(ImportRow):
     currency: Currency = "EUR"
     expected_close_date: IsoDate | None = None
     owner_id: Id | None = None
-    lead_source: LeadSource | None = None
+    lead_source: PicklistCode | None = None
     campaign_id: Id | None = None
     created_at: IsoDateTime | None = Field(default=None, description="The original creation time")
     closed_at: IsoDateTime | None = None

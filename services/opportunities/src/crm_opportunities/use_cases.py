@@ -19,7 +19,7 @@ from crm_contracts import catalog
 from crm_contracts.catalog import EventSpec
 from crm_contracts.envelope import utcnow
 from crm_contracts.events.common import Actor
-from crm_contracts.events.leads import LeadConverted, LeadSource
+from crm_contracts.events.leads import LeadConverted
 from crm_contracts.events.opportunities import (
     OpportunityClosed,
     OpportunityCreated,
@@ -28,6 +28,7 @@ from crm_contracts.events.opportunities import (
     OpportunityUpdated,
     StageKind,
 )
+from crm_contracts.events.picklists import PicklistCode
 from crm_runtime import UnitOfWork, make_event
 from pydantic import BaseModel
 
@@ -432,7 +433,7 @@ class NewOpportunity:
     owner_id: str | None = None
     primary_contact_id: str | None = None
     lead_id: str | None = None
-    lead_source: LeadSource | None = None
+    lead_source: PicklistCode | None = None
     campaign_id: str | None = None
     contact_roles: Sequence[ContactRole] = ()
     sales_team_id: str | None = None
