@@ -68,12 +68,12 @@ def picklists_router(runtime: ServiceRuntime, repo: LeadRepository) -> APIRouter
 
     @router.get("", dependencies=read, summary="The organisation's picklists (lead sources, origins)")
     async def list_picklists() -> list[Picklist]:
-        lists = await repo.picklist_store.all(fresh=True)
+        lists = await repo.picklist_store.all()
         return [lists.of(name) for name in PicklistName]
 
     @router.get("/{name}", dependencies=read, summary="One picklist (version 0: the defaults)")
     async def get_picklist(name: PicklistName) -> Picklist:
-        return (await repo.picklist_store.all(fresh=True)).of(name)
+        return (await repo.picklist_store.all()).of(name)
 
     @router.put(
         "/{name}",

@@ -4,8 +4,6 @@ stored: it has its default values (version 0)."""
 
 from __future__ import annotations
 
-import time
-
 from crm_contracts.events.picklists import PicklistName
 from crm_runtime.mongo import Document, from_bson, to_bson
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -15,7 +13,6 @@ from pymongo.errors import DuplicateKeyError
 from .picklists import Picklist, Picklists
 
 PICKLISTS = "picklists"
-PICKLISTS_TTL_SECONDS = 5.0
 
 
 class PicklistChanged(Exception):
@@ -23,26 +20,19 @@ class PicklistChanged(Exception):
 
 
 class PicklistStore:
-    def __init__(self, db: AsyncDatabase[Document], *, ttl_seconds: float = PICKLISTS_TTL_SECONDS) -> None:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._lists = db[PICKLISTS]
-        self._ttl = ttl_seconds
-        self._cached: tuple[float, Picklists] | None = None
 
-    async def all(self, session: AsyncClientSession | None = None, *, fresh: bool = False) -> Picklists:
-        """Every picklist in force. Captures use a copy at most ``ttl_seconds`` old: lists change
-        rarely, and one read per capture would double a capture's reads."""
-        cached = self._cached
-        if not fresh and cached is not None and time.monotonic() - cached[0] < self._ttl:
-            return cached[1]
+    async def all(self, session: AsyncClientSession | None = None) -> Picklists:
+        """Every picklist in force, read in the caller's transaction: one small query per capture
+        or batch of captures, so a revision applies to the next capture in every replica."""
         stored: dict[PicklistName, Picklist] = {}
         async for doc in self._lists.find({}, session=session):
             data = from_bson(doc)
             data["name"] = data.pop("_id")
             picklist = Picklist.model_validate(data)
             stored[picklist.name] = picklist
-        lists = Picklists({name: stored.get(name) or Picklist.default(name) for name in PicklistName})
-        self._cached = (time.monotonic(), lists)
-        return lists
+        return Picklists({name: stored.get(name) or Picklist.default(name) for name in PicklistName})
 
     async def save(self, picklist: Picklist, expected_version: int, session: AsyncClientSession) -> None:
         doc: Document = to_bson(picklist.model_dump(exclude={"name"}))
@@ -55,8 +45,5 @@ class PicklistStore:
             )
         except DuplicateKeyError as exc:
             raise PicklistChanged(f"the {picklist.name} picklist was revised concurrently") from exc
-        finally:
-            # Not yet committed: drop the copy, so the next read sees whichever list is in force.
-            self._cached = None
         if result.matched_count != 1:
             raise PicklistChanged(f"the {picklist.name} picklist changed since version {expected_version}")

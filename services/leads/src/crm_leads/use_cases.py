@@ -410,7 +410,7 @@ async def revise_picklist(
 ) -> Picklist:
     """Replace a picklist's values (labels, aliases, active flags, new values) and announce it
     on ``picklist.revised``. Leads keep the values they hold; see ``Picklist.revised``."""
-    current = (await repo.picklist_store.all(uow.session, fresh=True)).of(name)
+    current = (await repo.picklist_store.all(uow.session)).of(name)
     if expected_version is not None and expected_version != current.version:
         raise PicklistChanged(f"expected_version: the {name} picklist is at version {current.version}")
     now = now_ms()
