@@ -3,10 +3,12 @@ real Kafka: an administrator adds a lead source with aliases; captures spelling 
 (``lead.captured`` and HTTP) are stored as the canonical value, blank sources as ``unknown``,
 an unmatched source is refused (dead letter, 422) naming the closest values, or kept as
 ``other`` once the list says so; reporting's lead-sources view shows the new source as its own
-row under its label; deactivating and relabelling it loses no lead."""
+row under its label; a refused capture replayed from the dead-letter topic once its spelling is
+an alias lands there; deactivating and relabelling a source loses no lead."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from crm_localinfra.testing import (
     service_env,
 )
 from crm_runtime.dead_letters import H_ERROR
+from crm_runtime.dlq_cli import main as dlq_main
 from crm_runtime.events import encode, make_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -108,7 +111,7 @@ def defaults() -> list[dict[str, Any]]:
 
 
 async def test_an_organisation_defined_source_folds_its_aliases_and_reports_as_its_own_row(
-    suite: Suite,
+    suite: Suite, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     listed = (await suite.call("GET", "leads", "/picklists")).json()
     assert [(p["name"], p["version"]) for p in listed] == [("lead_source", 0), ("lead_origin", 0)]
@@ -182,9 +185,18 @@ async def test_an_organisation_defined_source_folds_its_aliases_and_reports_as_i
     assert set(rows) == {"trade_fair", "unknown"}
     assert (rows["trade_fair"]["label"], rows["unknown"]["label"]) == ("Trade fair", "Unknown")
 
+    # The refused capture is not lost: once the spelling is an alias, replaying files it there.
+    with_alias = [v | {"aliases": ["Referal"]} if v["value"] == "referral" else v for v in defaults()]
+    await suite.revise([*with_alias, TRADE_FAIR], 1)
+    for key, value in service_env(suite.infra, "leads", isolation=suite.isolation).items():
+        monkeypatch.setenv(f"CRM_{key.upper()}", str(value))
+    assert await asyncio.to_thread(dlq_main, ["replay", "lead.captured"]) == 0  # the CLI runs its own loop
+    replayed = await suite.lead("mc-5")
+    assert (replayed["lead_source"], replayed["lead_source_given"]) == ("referral", "Referal")
+
     # Retire and relabel it: the leads keep it, reports show the new label, new captures are refused.
     retired = {**TRADE_FAIR, "label": "Trade fair (until 2026)", "active": False}
-    await suite.revise([*defaults(), retired], 1)
+    await suite.revise([*with_alias, retired], 2)
     assert (await suite.lead("mc-1"))["lead_source"] == "trade_fair"
     late = await suite.call(
         "POST", "leads", "/leads", json={"person": {"last_name": "Somerville"}, "lead_source": "Messe"}
@@ -198,7 +210,7 @@ async def test_an_organisation_defined_source_folds_its_aliases_and_reports_as_i
     await eventually(relabelled, timeout=60)
 
     # With unknown_values "other" an unmatched value is kept as other, the spelling beside it.
-    await suite.revise([*defaults(), retired], 2, unknown_values="other")
+    await suite.revise([*with_alias, retired], 3, unknown_values="other")
     await suite.publish("mc-6", lead_source="Carrier Pigeon")
     kept = await suite.lead("mc-6")
     assert (kept["lead_source"], kept["lead_source_given"]) == ("other", "Carrier Pigeon")
