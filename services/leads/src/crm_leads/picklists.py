@@ -25,7 +25,7 @@ from crm_contracts.events.picklists import (
     UnknownValues,
 )
 from crm_runtime.suggestions import did_you_mean
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 OTHER = "other"
 MAX_VALUES = 500
@@ -77,10 +77,12 @@ class Picklist(BaseModel):
     )
     revised_at: AwareDatetime | None = None
     revised_by: str | None = None
+    _spellings: dict[str, PicklistValue] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _usable(self) -> Picklist:
         check_definition(self.values, self.blank_value, self.unknown_values)
+        self._spellings = _index(self.values)  # every capture looks values up by spelling
         return self
 
     @classmethod
@@ -95,7 +97,7 @@ class Picklist(BaseModel):
             if self.blank_value is None:
                 raise UnknownPicklistValue(field, "", "a value is required")
             return self.blank_value
-        entry = _index(self.values).get(spelling_key(given))
+        entry = self._spellings.get(spelling_key(given))
         if entry is not None and entry.active:
             return entry.value
         if self.unknown_values is UnknownValues.OTHER:
