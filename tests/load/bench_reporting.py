@@ -79,6 +79,7 @@ from crm_contracts.events.opportunities import (
     PipelineDefined,
     StageKind,
 )
+from crm_contracts.events.picklists import PicklistRevised
 from crm_localinfra.testing import running_services, service_env
 from crm_reporting.aggregates import COUNTER_VIEWS, Changes, Tally, nest
 from crm_reporting.domain import CampaignFacts, LeadFacts, OpportunityFacts
@@ -423,6 +424,9 @@ class PlainStore:
 
     async def define_pipeline(self, pipeline: PipelineDefined) -> None:
         self.pipelines.append(pipeline)
+
+    async def define_picklist(self, picklist: PicklistRevised) -> None:
+        pass  # the benchmark's events revise no picklist
 
     def tally(self) -> Tally:
         """The counters of the final facts: what all the per-event differences add up to."""

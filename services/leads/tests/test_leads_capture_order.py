@@ -17,6 +17,7 @@ import pytest
 from crm_contracts.events.leads import LeadCaptured
 from crm_leads.bootstrap import LeadsSettings
 from crm_leads.domain import MAX_DUPLICATE_LINKS, Lead, LeadStatus
+from crm_leads.picklists import Picklists
 from crm_leads.repository import LeadRepository
 from crm_leads.scoring import ScoringRules, default_rules
 from crm_leads.use_cases import capture_lead
@@ -120,6 +121,9 @@ class InMemoryLeads:
 
     async def scoring_rules(self, session: Any = None) -> ScoringRules:
         return self.rules
+
+    async def picklists(self, session: Any = None) -> Picklists:
+        return Picklists.defaults()
 
 
 STATE_FIELDS = {

@@ -250,7 +250,7 @@ def test_conversion_carries_new_ids_source_and_campaign_and_cannot_happen_twice(
     assert (event.account.account_id, event.contact.contact_id) == ("id-1", "id-2")
     assert event.opportunity is not None and event.opportunity.opportunity_id == "id-3"
     assert event.account.is_new and event.account.domain == "engines.example"
-    assert event.lead_source.value == "web" and event.campaign_id == "camp-1"
+    assert event.lead_source == "web" and event.campaign_id == "camp-1"
     assert lead.conversion is not None and lead.conversion.opportunity_id == "id-3"
     with pytest.raises(LeadAlreadyConverted):
         lead.convert(ConversionRequest(), now=NOW, by=REP, company_currency="EUR")
@@ -306,7 +306,7 @@ def test_merge_fills_the_survivors_gaps_keeps_both_histories_and_ends_the_duplic
     assert survivor.person.first_name == "Ada"  # the survivor's own values stay
     assert (survivor.person.last_name, survivor.person.phone) == ("Lovelace", "+44 1234567")
     assert (survivor.company.name, survivor.company.size) == ("Engines", 120)
-    assert survivor.lead_source is LeadSource.EVENT and survivor.campaign_id == "camp-9"
+    assert survivor.lead_source == LeadSource.EVENT and survivor.campaign_id == "camp-9"
     assert survivor.consent.do_not_call  # consent only tightens
     assert (survivor.engagement.visits, survivor.engagement.page_views) == (5, 1)
     assert survivor.custom == {"booth": "B12"}

@@ -10,7 +10,9 @@ from decimal import Decimal
 from statistics import median
 from typing import Any
 
+from crm_contracts.events.leads import default_picklist_values
 from crm_contracts.events.opportunities import StageKind
+from crm_contracts.events.picklists import PicklistName
 from crm_reporting.domain import FUNNEL_STEPS, LeadFacts, OpportunityFacts, value_of
 from crm_reporting.memory import MemoryFactStore
 from crm_reporting.views import (
@@ -325,6 +327,9 @@ def win_loss(store: MemoryFactStore, q: WinLossQuery) -> list[WinLossRow]:
     return rows
 
 
+DEFAULT_SOURCE_LABELS = {v.value: v.label for v in default_picklist_values(PicklistName.LEAD_SOURCE)}
+
+
 def lead_sources(store: MemoryFactStore, q: LeadSourceQuery) -> list[LeadSourceRow]:
     match = {"campaign_id": q.campaign_id} if q.campaign_id else {}
     leads: dict[Any, list[int]] = defaultdict(lambda: [0, 0, 0])
@@ -346,6 +351,7 @@ def lead_sources(store: MemoryFactStore, q: LeadSourceQuery) -> list[LeadSourceR
         rows.append(
             LeadSourceRow(
                 lead_source=key[0],
+                label=DEFAULT_SOURCE_LABELS.get(key[0]) if key[0] else None,  # the story revises no picklist
                 period=key[1],
                 leads=counts[0],
                 qualified=counts[1],

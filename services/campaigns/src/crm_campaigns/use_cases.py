@@ -329,7 +329,7 @@ async def add_lead_member(
         lead.lead_id,
         at=lead.captured_at,
         via=catalog.LEAD_CREATED.topic,
-        lead_source=lead.lead_source.value,
+        lead_source=lead.lead_source,
     )
 
 
@@ -355,7 +355,7 @@ async def follow_lead_update(
         lead.lead_id,
         at=lead.captured_at,
         via=catalog.LEAD_UPDATED.topic,
-        lead_source=lead.lead_source.value,
+        lead_source=lead.lead_source,
     )
 
 
@@ -379,7 +379,7 @@ async def record_lead_conversion(
             converted.lead_id,
             at=converted.captured_at or converted.converted_at,
             via=catalog.LEAD_CONVERTED.topic,
-            lead_source=converted.lead_source.value,
+            lead_source=converted.lead_source,
         )
     opened = converted.opportunity
     if opened is not None:

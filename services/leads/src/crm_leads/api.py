@@ -20,12 +20,12 @@ from crm_contracts.events.leads import (
     LeadCaptured,
     LeadOrigin,
     LeadRating,
-    LeadSource,
     LeadStatus,
     Person,
     Utm,
     lead_captured_example,
 )
+from crm_contracts.events.picklists import PICKLIST_CODE_PATTERN, PicklistGiven
 from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
 from crm_runtime.jobs import Job, JobFinished, JobView
 from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
@@ -44,6 +44,7 @@ from .domain import (
     ManualRating,
     search_tokens,
 )
+from .picklists import UnknownPicklistValue
 from .repository import ConcurrentModification, LeadQuery, LeadRepository, LeadSort
 from .scoring import ScoreContribution, ScoringRules, ScoringRuleSet, default_rules
 from .use_cases import (
@@ -81,9 +82,13 @@ class NewLead(BaseModel):
     external_id: Annotated[str, SingleLine(min_length=1, max_length=128)] | None = None
     person: Person = Person()
     company: Company = Company()
-    lead_source: LeadSource = LeadSource.OTHER
+    lead_source: PicklistGiven | None = Field(
+        default=None,
+        description="A value, label or alias of the lead_source picklist (GET /picklists/lead_source); "
+        "missing or blank: unknown",
+    )
     source_detail: Annotated[str, SingleLine(max_length=200)] | None = None
-    origin: LeadOrigin = LeadOrigin.MANUAL
+    origin: PicklistGiven = Field(default=LeadOrigin.MANUAL.value, description="Of the lead_origin picklist")
     campaign_id: Id | None = None
     utm: Utm | None = None
     consent: Consent = Consent()
@@ -203,9 +208,11 @@ class LeadView(BaseModel):
     person: Person
     company: Company
     company_domain: str | None
-    lead_source: LeadSource
+    lead_source: str = Field(description="The lead_source picklist's value")
+    lead_source_given: str | None = Field(description="The lead_source as the latest capture wrote it")
     source_detail: str | None
-    origin: LeadOrigin
+    origin: str = Field(description="The lead_origin picklist's value")
+    origin_given: str | None = Field(description="The origin as the latest capture wrote it")
     campaign_id: str | None
     utm: Utm | None
     consent: Consent
@@ -373,6 +380,8 @@ def leads_router(runtime: ServiceRuntime, repo: LeadRepository, rescoring: Resco
             return await capture(captured, by)
         except ConcurrentModification as exc:
             raise ApiError(409, "concurrent_modification", str(exc)) from exc
+        except UnknownPicklistValue as exc:
+            raise ApiError(422, "unknown_picklist_value", str(exc), field=exc.field) from exc
 
     @router.get("/{lead_id}", dependencies=read, summary="One lead with its score, duplicates and history")
     async def get_lead(lead_id: Id) -> LeadView:
@@ -424,7 +433,10 @@ def leads_router(runtime: ServiceRuntime, repo: LeadRepository, rescoring: Resco
     async def list_leads(
         lead_status: Annotated[LeadStatus | None, Query(alias="status")] = None,
         rating: LeadRating | None = None,
-        lead_source: LeadSource | None = None,
+        lead_source: Annotated[
+            str | None,
+            Query(pattern=PICKLIST_CODE_PATTERN, description="A value of the lead_source picklist"),
+        ] = None,
         campaign_id: Id | None = None,
         owner_id: Id | None = None,
         captured_from: Annotated[
@@ -440,7 +452,7 @@ def leads_router(runtime: ServiceRuntime, repo: LeadRepository, rescoring: Resco
         for name, value in (
             ("status", lead_status.value if lead_status else None),
             ("rating", rating.value if rating else None),
-            ("lead_source", lead_source.value if lead_source else None),
+            ("lead_source", lead_source),
             ("campaign_id", campaign_id),
             ("owner_id", owner_id),
         ):

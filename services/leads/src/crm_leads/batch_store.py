@@ -19,6 +19,7 @@ from crm_contracts.events.leads import LeadCaptured, LeadStatus
 from pymongo.asynchronous.client_session import AsyncClientSession
 
 from .domain import MAX_DUPLICATE_LINKS, Lead, MatchKeys
+from .picklists import Picklists
 from .repository import ConcurrentModification, LeadRepository, stored_form
 from .scoring import ScoringRules
 
@@ -28,10 +29,13 @@ _MATCH_LIMIT = MAX_DUPLICATE_LINKS * 2  # as LeadRepository.find_matches, per ke
 class BatchLeads:
     """A ``LeadStore`` over one batch's leads (see the module docstring)."""
 
-    def __init__(self, repo: LeadRepository, session: AsyncClientSession, rules: ScoringRules) -> None:
+    def __init__(
+        self, repo: LeadRepository, session: AsyncClientSession, rules: ScoringRules, picklists: Picklists
+    ) -> None:
         self._repo = repo
         self._session = session
         self._rules = rules
+        self._picklists = picklists
         self._held: dict[str, Lead] = {}
         self._missing: set[str] = set()  # ids known not to be stored
         self._read_version: dict[str, int] = {}  # the stored version of each lead read
@@ -54,8 +58,12 @@ class BatchLeads:
         them; then, for the stored ones among them, their survivors and linked duplicates and
         the leads sharing their stored keys. At most two rounds of four queries."""
         rules = await repo.scoring_rules(session)
-        store = cls(repo, session, rules)
-        candidates = [Lead.capture(captured, rules, now=captured.captured_at, by="") for captured in captures]
+        picklists = await repo.picklists(session)
+        store = cls(repo, session, rules, picklists)
+        candidates = [
+            Lead.capture(captured, rules, now=captured.captured_at, by="", picklists=picklists)
+            for captured in captures
+        ]
         await store._hold_ids({candidate.id for candidate in candidates})
         await store._hold_keys(candidate.match_keys for candidate in candidates)
         stored = [store._held[c.id] for c in candidates if c.id in store._held]
@@ -103,6 +111,9 @@ class BatchLeads:
 
     async def scoring_rules(self, session: AsyncClientSession | None = None) -> ScoringRules:
         return self._rules
+
+    async def picklists(self, session: AsyncClientSession | None = None) -> Picklists:
+        return self._picklists
 
     # -- storing ------------------------------------------------------------------------------
     async def save(self) -> None:

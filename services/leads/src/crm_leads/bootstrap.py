@@ -10,6 +10,7 @@ from pydantic import Field
 from .api import leads_router
 from .handlers import register_handlers
 from .imports import lead_import
+from .picklist_api import picklists_router
 from .repository import LeadRepository
 from .use_cases import RESCORING_JOB, Rescoring, rescoring_step
 
@@ -38,13 +39,18 @@ def create_app(settings: LeadsSettings | None = None) -> FastAPI:
     return runtime.create_app(
         title="CRM leads",
         description="Capture leads from any system, de-duplicate, qualify hot/warm/cold, convert.",
-        routers=[*leads_router(runtime, repo, rescoring), imports.router()],
+        routers=[*leads_router(runtime, repo, rescoring), picklists_router(runtime, repo), imports.router()],
         openapi_tags=[
             {
                 "name": "leads",
                 "description": "Capture, import, search, work, qualify, merge and convert leads",
             },
             {"name": "scoring", "description": "Qualification scoring rules an administrator configures"},
+            {
+                "name": "picklists",
+                "description": "The organisation's value lists for lead source and origin: values, labels, "
+                "aliases that fold spellings together, and what a blank or unknown value gets",
+            },
             {
                 "name": "imports",
                 "description": "Import jobs: a CSV or NDJSON file of leads worked in the background",

@@ -32,6 +32,7 @@ from crm_contracts.events.leads import (
 )
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from .picklists import FoldedCapture, Picklists
 from .scoring import LeadScore, ScoreContribution, ScoringRules
 from .scoring import score as score_facts
 
@@ -43,6 +44,8 @@ LEAD_NAMESPACE = uuid.UUID("5b0a7c1e-6f43-4c7e-9a8e-2f1d3c4b5a69")
 MAX_DUPLICATE_LINKS = 25
 MAX_CUSTOM_ATTRIBUTES = 50
 _ABSENT = object()
+_NO_CHANNEL = frozenset({LeadSource.OTHER.value, LeadSource.UNKNOWN.value})
+DEFAULT_LISTS = Picklists.defaults()
 
 
 class LeadRuleViolation(Exception):
@@ -365,9 +368,13 @@ class Lead(BaseModel):
     external_id: str
     person: Person = Person()
     company: Company = Company()
-    lead_source: LeadSource = LeadSource.OTHER
+    lead_source: str = LeadSource.UNKNOWN.value
+    lead_source_given: str | None = Field(
+        default=None, description="The lead_source as the latest capture wrote it, before folding"
+    )
     source_detail: str | None = None
-    origin: LeadOrigin = LeadOrigin.API
+    origin: str = LeadOrigin.API.value
+    origin_given: str | None = Field(default=None, description="The origin as the latest capture wrote it")
     campaign_id: str | None = None
     utm: Utm | None = None
     consent: Consent = Consent()
@@ -394,8 +401,20 @@ class Lead(BaseModel):
 
     # -- capture ----------------------------------------------------------------------------
     @classmethod
-    def capture(cls, captured: LeadCaptured, rules: ScoringRules, *, now: datetime, by: str) -> Lead:
-        captured = canonical_capture(captured)
+    def capture(
+        cls,
+        captured: LeadCaptured,
+        rules: ScoringRules,
+        *,
+        now: datetime,
+        by: str,
+        picklists: Picklists | None = None,
+    ) -> Lead:
+        """A new lead from a capture, its picklist fields folded into the organisation's values
+        (``picklists``; the defaults when it never revised them). Raises
+        ``UnknownPicklistValue`` for a value the lists refuse."""
+        folded = (picklists or DEFAULT_LISTS).fold(captured)
+        captured = canonical_capture(folded.captured)
         lead = cls(
             id=lead_id_for(captured.source_system, captured.external_id),
             source_system=captured.source_system,
@@ -405,22 +424,31 @@ class Lead(BaseModel):
             created_at=now,
             updated_at=now,
         )
-        lead._take_captured_fields(captured)
+        lead._take_captured_fields(captured, folded)
         lead._apply_score(rules, now)
         lead.version = 1
         lead.history.append(HistoryEntry(at=now, by=by, action="captured", to_status=LeadStatus.NEW))
         return lead
 
-    def recapture(self, captured: LeadCaptured, rules: ScoringRules, *, now: datetime, by: str) -> list[str]:
+    def recapture(
+        self,
+        captured: LeadCaptured,
+        rules: ScoringRules,
+        *,
+        now: datetime,
+        by: str,
+        picklists: Picklists | None = None,
+    ) -> list[str]:
         """Apply a resent capture of this lead's key. The capture with the latest
         ``captured_at`` wins (ties broken by content), so resends in any order end in the same
         state. Returns the changed fields (empty: nothing to do)."""
-        captured = canonical_capture(captured)
+        folded = (picklists or DEFAULT_LISTS).fold(captured)
+        captured = canonical_capture(folded.captured)
         digest = capture_digest(captured)
         if (captured.captured_at, digest) <= (self.captured_at, self.capture_digest):
             return []
         before = self._captured_state()
-        self._take_captured_fields(captured)
+        self._take_captured_fields(captured, folded)
         self.captured_at = captured.captured_at
         self.capture_digest = digest
         changed = [name for name, value in self._captured_state().items() if before[name] != value]
@@ -430,11 +458,18 @@ class Lead(BaseModel):
         return changed
 
     def absorb_capture(
-        self, captured: LeadCaptured, rules: ScoringRules, *, now: datetime, by: str, for_lead: str
+        self,
+        captured: LeadCaptured,
+        rules: ScoringRules,
+        *,
+        now: datetime,
+        by: str,
+        for_lead: str,
+        picklists: Picklists | None = None,
     ) -> list[str]:
         """A capture of a lead merged into this one: newer data than this lead's own updates
         the fields it carries (empty values never erase), older data only fills gaps."""
-        captured = canonical_capture(captured)
+        captured = canonical_capture((picklists or DEFAULT_LISTS).fold(captured).captured)
         newer = captured.captured_at >= self.captured_at
         before = self._captured_state()
         incoming = {name: getattr(captured, name) for name in CAPTURED_FIELDS}
@@ -451,9 +486,11 @@ class Lead(BaseModel):
     def _captured_state(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in (*CAPTURED_FIELDS, "captured_at")}
 
-    def _take_captured_fields(self, captured: LeadCaptured) -> None:
+    def _take_captured_fields(self, captured: LeadCaptured, folded: FoldedCapture) -> None:
         for name in CAPTURED_FIELDS:
             setattr(self, name, getattr(captured, name))
+        self.lead_source_given = folded.lead_source_given
+        self.origin_given = folded.origin_given
         self._derive()
 
     def _derive(self) -> None:
@@ -480,8 +517,8 @@ class Lead(BaseModel):
             "person.free_mail": is_free_mail(mail_domain) if mail_domain else None,
             "person.email": self.person.email,
             "person.phone": self.person.phone,
-            "lead_source": self.lead_source.value,
-            "origin": self.origin.value,
+            "lead_source": self.lead_source,
+            "origin": self.origin,
             "campaign_id": self.campaign_id,
             "consent.do_not_email": self.consent.do_not_email,
             "consent.do_not_call": self.consent.do_not_call,
@@ -782,10 +819,11 @@ class Lead(BaseModel):
             ):
                 setattr(self, name, value)
                 taken.append(name)
-        # "other" is the absence of a known channel; origin says how this record entered, so stays.
-        source: LeadSource = incoming["lead_source"]
-        if source is not LeadSource.OTHER and source is not self.lead_source:
-            if prefer_incoming or self.lead_source is LeadSource.OTHER:
+        # "other" and "unknown" are the absence of a known channel; origin says how this record
+        # entered, so stays.
+        source: str = incoming["lead_source"]
+        if source not in _NO_CHANNEL and source != self.lead_source:
+            if prefer_incoming or self.lead_source in _NO_CHANNEL:
                 self.lead_source = source
                 taken.append("lead_source")
         custom = dict(self.custom)

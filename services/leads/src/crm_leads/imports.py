@@ -13,6 +13,7 @@ from crm_runtime.imports import ImportContext, ImportRow, ImportTarget, Rejectio
 from crm_runtime.uploads import UnreadableUpload
 from pydantic import BaseModel, ValidationError
 
+from .picklists import UnknownPicklistValue
 from .repository import LeadRepository
 from .use_cases import capture_leads
 
@@ -44,11 +45,17 @@ def lead_import(repo: LeadRepository) -> ImportTarget:
     async def apply(rows: list[ImportRow], context: ImportContext, uow: UnitOfWork) -> list[Rejection]:
         rejections: list[Rejection] = []
         captures: list[LeadCaptured] = []
+        picklists = await repo.picklists(uow.session)
         for row in rows:  # everything validated before the chunk writes anything
             try:
-                captures.append(captured_from(row.fields, context.source_system))
+                captured = captured_from(row.fields, context.source_system)
+                picklists.fold(captured)  # a source or origin the lists refuse rejects the row
             except ValidationError as exc:
                 rejections += rejections_of(row, exc)
+            except UnknownPicklistValue as exc:
+                rejections.append(Rejection.of(row, exc.field, exc.given, exc.reason))
+            else:
+                captures.append(captured)
         by = f"import:{context.source_system}"
         await capture_leads(repo, uow, [(captured, by) for captured in captures])
         return rejections

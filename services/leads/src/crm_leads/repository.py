@@ -22,6 +22,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from .domain import MAX_DUPLICATE_LINKS, OPEN_STATUSES, Lead, MatchKeys
+from .picklist_store import PicklistStore
+from .picklists import Picklists
 from .scoring import ScoringRules, default_rules
 
 LEADS = "leads"
@@ -80,6 +82,8 @@ class LeadStore(Protocol):
 
     async def scoring_rules(self, session: AsyncClientSession | None = None) -> ScoringRules: ...
 
+    async def picklists(self, session: AsyncClientSession | None = None) -> Picklists: ...
+
 
 class LeadRepository:
     def __init__(self, db: AsyncDatabase[Document], *, rules_ttl_seconds: float = RULES_TTL_SECONDS) -> None:
@@ -88,6 +92,11 @@ class LeadRepository:
         self._rules_ttl = rules_ttl_seconds
         self._cached_rules: tuple[float, ScoringRules] | None = None
         self._rules_observers: list[Callable[[ScoringRules], None]] = []
+        self.picklist_store = PicklistStore(db)
+
+    async def picklists(self, session: AsyncClientSession | None = None) -> Picklists:
+        """The organisation's picklists captures are folded with."""
+        return await self.picklist_store.all(session)
 
     def on_new_scoring_rules(self, observer: Callable[[ScoringRules], None]) -> None:
         """Call ``observer`` when this process first sees a rule set another version than the

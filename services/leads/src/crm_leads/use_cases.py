@@ -27,6 +27,7 @@ from crm_contracts.events.leads import (
     LeadStatus,
     LeadUpdated,
 )
+from crm_contracts.events.picklists import PicklistName, PicklistValue, UnknownValues
 from crm_runtime import UnitOfWork, make_event
 from crm_runtime.jobs import Job, JobRunner, JobStep, Step
 
@@ -39,6 +40,8 @@ from .domain import (
     LeadRuleViolation,
     shared_keys,
 )
+from .picklist_store import PicklistChanged
+from .picklists import Picklist
 from .repository import ConcurrentModification, LeadRepository, LeadStore
 from .scoring import ScoringRules, ScoringRuleSet
 
@@ -111,10 +114,12 @@ async def capture_lead(
     store: LeadStore, uow: UnitOfWork, captured: LeadCaptured, *, by: str, now: datetime | None = None
 ) -> CaptureResult:
     """Create the lead, or update it when the capturing system sends it again. The one path
-    for ``lead.captured``, the HTTP capture endpoints and bulk imports."""
+    for ``lead.captured``, the HTTP capture endpoints and bulk imports. Its source and origin
+    are folded into the organisation's picklists; ``UnknownPicklistValue`` if refused."""
     now = now or now_ms()
     rules = await store.scoring_rules(uow.session)
-    candidate = Lead.capture(captured, rules, now=now, by=by)
+    picklists = await store.picklists(uow.session)
+    candidate = Lead.capture(captured, rules, now=now, by=by, picklists=picklists)
     existing = await store.get(candidate.id, uow.session)
     if existing is None:
         await _refresh_duplicates(store, uow, candidate, now=now, by=by, record=False)
@@ -124,7 +129,7 @@ async def capture_lead(
 
     expected = existing.version
     keys_before = (existing.match_keys, existing.captured_at)
-    changed = existing.recapture(captured, rules, now=now, by=by)
+    changed = existing.recapture(captured, rules, now=now, by=by, picklists=picklists)
     if not changed:
         survivor = await _survivor_of(store, uow, existing)
         return CaptureResult(survivor, existing.id, "unchanged")
@@ -135,7 +140,9 @@ async def capture_lead(
         survivor = await _survivor_of(store, uow, existing)
         survivor_expected = survivor.version
         survivor_keys = (survivor.match_keys, survivor.captured_at)
-        absorbed = survivor.absorb_capture(captured, rules, now=now, by=by, for_lead=existing.id)
+        absorbed = survivor.absorb_capture(
+            captured, rules, now=now, by=by, for_lead=existing.id, picklists=picklists
+        )
         if absorbed:
             if (survivor.match_keys, survivor.captured_at) != survivor_keys:
                 absorbed += await _refresh_duplicates(store, uow, survivor, now=now, by=by, record=False)
@@ -393,6 +400,42 @@ async def replace_scoring_rules(
     )
     await repo.save_scoring_rules(rules, current.version, uow.session)
     return rules
+
+
+# -- picklists ----------------------------------------------------------------------------------
+async def revise_picklist(
+    repo: LeadRepository,
+    uow: UnitOfWork,
+    name: PicklistName,
+    values: list[PicklistValue],
+    *,
+    blank_value: str | None,
+    unknown_values: UnknownValues,
+    expected_version: int | None,
+    by: Actor,
+) -> Picklist:
+    """Replace a picklist's values (labels, aliases, active flags, new values) and announce it
+    on ``picklist.revised``. Leads keep the values they hold; see ``Picklist.revised``."""
+    current = (await repo.picklist_store.all(uow.session)).of(name)
+    if expected_version is not None and expected_version != current.version:
+        raise PicklistChanged(f"expected_version: the {name} picklist is at version {current.version}")
+    now = now_ms()
+    revised = current.revised(
+        values, blank_value=blank_value, unknown_values=unknown_values, now=now, by=by.id
+    )
+    await repo.picklist_store.save(revised, current.version, uow.session)
+    await uow.emit(
+        catalog.PICKLIST_REVISED,
+        make_event(
+            catalog.PICKLIST_REVISED,
+            revised.revised_event(by),
+            source=SOURCE,
+            subject=name.value,
+            version=revised.version,
+            time=now,
+        ),
+    )
+    return revised
 
 
 async def rescore_leads(

@@ -21,8 +21,8 @@ from crm_contracts.events.common import (
     ShortText,
     SingleLine,
 )
-from crm_contracts.events.leads import LeadSource
 from crm_contracts.events.opportunities import AccountTier, AccountType
+from crm_contracts.events.picklists import PicklistCode
 from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
 from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
@@ -296,7 +296,7 @@ class NewOpportunityBody(_Body):
     )
     expected_close_date: IsoDate | None = None
     lead_id: Id | None = None
-    lead_source: LeadSource | None = None
+    lead_source: PicklistCode | None = None
     campaign_id: Id | None = None
     contact_roles: list[ContactRole] = Field(default_factory=list, max_length=50)
     sales_team_id: Id | None = None

@@ -14,7 +14,6 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from crm_contracts.events.common import MONEY_MAX, Actor, Currency, Id, Percent, ShortText, SingleLine
-from crm_contracts.events.leads import LeadSource
 from crm_contracts.events.opportunities import (
     AccountCreated,
     AccountTier,
@@ -28,6 +27,7 @@ from crm_contracts.events.opportunities import (
     PipelineStage,
     StageKind,
 )
+from crm_contracts.events.picklists import PicklistCode
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -799,7 +799,7 @@ class Opportunity(BaseModel):
     currency: str
     expected_close_date: date | None = None
     lead_id: str | None = None
-    lead_source: LeadSource | None = None
+    lead_source: PicklistCode | None = None
     campaign_id: str | None = None
     created_at: AwareDatetime
     created_by: Actor
@@ -838,7 +838,7 @@ class Opportunity(BaseModel):
         owner_id: str | None = None,
         primary_contact_id: str | None = None,
         lead_id: str | None = None,
-        lead_source: LeadSource | None = None,
+        lead_source: PicklistCode | None = None,
         campaign_id: str | None = None,
         contact_roles: Sequence[ContactRole] = (),
         sales_team_id: str | None = None,
@@ -1302,7 +1302,7 @@ class Case(BaseModel):
     contacts: list[Contact]
     sales_team: SalesTeam | None = Field(description="The team that worked it, as the team stands now")
     lead_id: str | None
-    lead_source: LeadSource | None
+    lead_source: PicklistCode | None
     campaign_id: str | None
     contact_roles: list[ContactRole]
     line_items: list[LineItem]

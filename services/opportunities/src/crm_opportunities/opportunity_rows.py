@@ -10,7 +10,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
 from crm_contracts.events.common import Currency, Id, IsoDate, IsoDateTime, Money, Percent, ShortText
-from crm_contracts.events.leads import LeadSource
+from crm_contracts.events.picklists import PicklistCode
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .domain import DEFAULT_PIPELINE_ID
@@ -103,7 +103,7 @@ class OpportunityRow(ImportRow):
     expected_close_date: IsoDate | None = None
     owner_id: Id | None = None
     sales_team_id: Name | None = Field(default=None, description="The sales team's id or name")
-    lead_source: LeadSource | None = None
+    lead_source: PicklistCode | None = None
     campaign_id: Id | None = None
     created_at: IsoDateTime | None = Field(default=None, description="The original creation time")
     closed_at: IsoDateTime | None = None

@@ -19,10 +19,11 @@ from crm_contracts import catalog
 from crm_contracts.catalog import EventSpec
 from crm_contracts.envelope import utcnow
 from crm_contracts.events.common import Actor
-from crm_contracts.events.leads import LeadConverted, LeadSource
+from crm_contracts.events.leads import LeadConverted
 from crm_contracts.events.opportunities import (
     OpportunityFigures,
 )
+from crm_contracts.events.picklists import PicklistCode
 from crm_runtime import UnitOfWork, make_event
 from pydantic import BaseModel
 
@@ -430,7 +431,7 @@ class NewOpportunity:
     owner_id: str | None = None
     primary_contact_id: str | None = None
     lead_id: str | None = None
-    lead_source: LeadSource | None = None
+    lead_source: PicklistCode | None = None
     campaign_id: str | None = None
     contact_roles: Sequence[ContactRole] = ()
     sales_team_id: str | None = None

@@ -27,6 +27,7 @@ from itertools import combinations
 from typing import Any
 
 from crm_contracts.events.opportunities import PipelineDefined, StageKind
+from crm_contracts.events.picklists import PicklistRevised
 
 from .domain import FUNNEL_STEPS, CampaignFacts, LeadFacts, OpportunityFacts, Revision, value_of
 
@@ -56,7 +57,18 @@ VELOCITY = "velocity_counts"
 HISTORY = "pipeline_history_counts"
 CAMPAIGNS = "campaign_counts"
 STAGES = "stage_names"
-COUNTER_VIEWS: tuple[str, ...] = (FUNNEL, PIPELINE, FORECAST, WIN_LOSS, VELOCITY, HISTORY, CAMPAIGNS, STAGES)
+LABELS = "picklist_labels"
+COUNTER_VIEWS: tuple[str, ...] = (
+    FUNNEL,
+    PIPELINE,
+    FORECAST,
+    WIN_LOSS,
+    VELOCITY,
+    HISTORY,
+    CAMPAIGNS,
+    STAGES,
+    LABELS,
+)
 
 
 def with_pairs(dimensions: Cuboid, pairs: Iterable[tuple[str, str]]) -> tuple[Cuboid, ...]:
@@ -102,6 +114,7 @@ HISTORY_CUBOID: Cuboid = ("pipeline_id", "stage_id", "currency")
 STAGE_CUBOID: Cuboid = ("pipeline_id", "stage_id")
 MOVE_CUBOID: Cuboid = ("pipeline_id", "stage_id", "to_stage_id")
 DURATION_CUBOID: Cuboid = ("pipeline_id", "stage_id", "days")
+LABEL_CUBOID: Cuboid = ("picklist", "value")
 CAMPAIGN_CUBOID: Cuboid = ("campaign_id",)
 
 
@@ -491,6 +504,16 @@ def pipeline_tally(pipeline: PipelineDefined) -> Tally:
     return tally
 
 
+def picklist_tally(picklist: PicklistRevised) -> Tally:
+    """A picklist's revision labels its values (newest revision wins), so a view shows an
+    organisation-defined value under its label and a relabelled one under its new label."""
+    tally = Tally()
+    for entry in picklist.values:
+        key = CounterKey(LABELS, LABEL_CUBOID, (picklist.picklist.value, entry.value), ALL)
+        tally.name(key, f"{TOTALS}.label", name_tag(picklist.revised_at, entry.label))
+    return tally
+
+
 # -- members ----------------------------------------------------------------------------------
 def member_tally(campaign_id: str) -> Tally:
     """One new member of a campaign (memberships are a set: only a first sighting counts)."""
@@ -559,6 +582,7 @@ class Changes:
     campaigns: dict[str, tuple[CampaignFacts | None, CampaignFacts]] = field(default_factory=dict)
     new_members: list[tuple[str, datetime]] = field(default_factory=list)
     pipelines: list[PipelineDefined] = field(default_factory=list)
+    picklists: list[PicklistRevised] = field(default_factory=list)
 
     def lead(self, original: LeadFacts | None, current: LeadFacts) -> None:
         held = self.leads.get(current.lead_id)
@@ -582,6 +606,8 @@ class Changes:
             total.merge(member_tally(campaign_id))
         for pipeline in self.pipelines:
             total.merge(pipeline_tally(pipeline))
+        for picklist in self.picklists:
+            total.merge(picklist_tally(picklist))
         return total
 
     def as_of(self) -> dict[str, datetime]:
@@ -598,4 +624,11 @@ class Changes:
         return newest
 
     def __bool__(self) -> bool:
-        return bool(self.leads or self.opportunities or self.campaigns or self.new_members or self.pipelines)
+        return bool(
+            self.leads
+            or self.opportunities
+            or self.campaigns
+            or self.new_members
+            or self.pipelines
+            or self.picklists
+        )

@@ -18,7 +18,8 @@ from typing import Annotated, Any, TypeVar
 
 from crm_contracts.events.campaigns import CampaignStatus, CampaignType
 from crm_contracts.events.common import Currency, Id, IsoDate, ShortText, SingleLine
-from crm_contracts.events.leads import LeadOrigin, LeadRating, LeadSource
+from crm_contracts.events.leads import LeadRating
+from crm_contracts.events.picklists import PICKLIST_CODE_PATTERN
 from crm_runtime import ApiError, ServiceRuntime
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
@@ -242,6 +243,9 @@ def _check_range(period_from: date | None, period_to: date | None) -> None:
         raise ApiError(422, "validation_failed", "to must be later than from", field="to")
 
 
+PicklistFilter = Annotated[
+    str | None, Query(pattern=PICKLIST_CODE_PATTERN, description="A value of the leads service's picklist")
+]
 Label = Annotated[Annotated[str, SingleLine(min_length=1, max_length=100)] | None, Query()]
 FromDay = Annotated[
     IsoDate | None, Query(alias="from", description="First day, inclusive (YYYY-MM-DD, UTC).")
@@ -286,8 +290,8 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
     )
     async def funnel(
         request: Request,
-        lead_source: LeadSource | None = None,
-        origin: LeadOrigin | None = None,
+        lead_source: PicklistFilter = None,
+        origin: PicklistFilter = None,
         campaign_id: Id | None = None,
         rating: LeadRating | None = None,
         owner_id: Id | None = None,
@@ -435,7 +439,7 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
         account_industry: Label = None,
         product_id: Id | None = None,
         pipeline_id: Id | None = None,
-        lead_source: LeadSource | None = None,
+        lead_source: PicklistFilter = None,
         campaign_id: Id | None = None,
         loss_reason: Annotated[ShortText | None, Query()] = None,
         period_from: FromDay = None,

@@ -37,10 +37,8 @@ from crm_contracts.events.leads import (
     LeadConverted,
     LeadCreated,
     LeadDisqualified,
-    LeadOrigin,
     LeadQualified,
     LeadRating,
-    LeadSource,
     LeadStatus,
     LeadUpdated,
 )
@@ -53,6 +51,7 @@ from crm_contracts.events.opportunities import (
     OpportunityUpdated,
     StageKind,
 )
+from crm_contracts.events.picklists import PicklistCode
 from pydantic import BaseModel, ConfigDict, Field
 
 # (aggregate version, event time, event id): the order in which register values win.
@@ -159,12 +158,12 @@ FUNNEL_STEPS: tuple[str, ...] = tuple(FunnelSteps.model_fields)
 class LeadFacts(Fact):
     lead_id: str
     status: LeadStatus | None = None
-    lead_source: LeadSource | None = None
+    lead_source: PicklistCode | None = None
     campaign_id: str | None = None
     rating: LeadRating | None = None
     score: int | None = None
     owner_id: str | None = None
-    origin: LeadOrigin | None = None
+    origin: PicklistCode | None = None
     captured_at: datetime | None = None
     qualified_at: datetime | None = Field(default=None, description="First qualification.")
     disqualified_at: datetime | None = Field(default=None, description="Latest disqualification.")
@@ -330,7 +329,7 @@ class OpportunityFacts(Fact):
     weighted_amount: Decimal | None = None
     expected_close_date: date | None = None
     lead_id: str | None = None
-    lead_source: LeadSource | None = None
+    lead_source: PicklistCode | None = None
     campaign_id: str | None = None
     sales_team_id: str | None = None
     sales_region: str | None = None
@@ -344,7 +343,7 @@ class OpportunityFacts(Fact):
     converted_from_lead_id: str | None = Field(
         default=None, description="The lead whose conversion opened it (from lead.converted)."
     )
-    converted_lead_source: LeadSource | None = Field(default=None, description="From lead.converted.")
+    converted_lead_source: PicklistCode | None = Field(default=None, description="From lead.converted.")
     converted_campaign_id: str | None = Field(default=None, description="From lead.converted.")
     revisions: tuple[Revision, ...] = Field(default=(), description="One per event, ordered by stamp.")
 
@@ -358,7 +357,7 @@ class OpportunityFacts(Fact):
         return self.campaign_id or self.converted_campaign_id
 
     @property
-    def attributed_lead_source(self) -> LeadSource | None:
+    def attributed_lead_source(self) -> PicklistCode | None:
         return self.lead_source or self.converted_lead_source
 
     @property

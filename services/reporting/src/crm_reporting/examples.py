@@ -169,6 +169,7 @@ lead_sources = Example(
     [
         LeadSourceRow(
             lead_source="event",
+            label="Event",
             period=None,
             leads=800,
             qualified=320,

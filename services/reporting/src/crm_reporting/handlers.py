@@ -29,6 +29,7 @@ PROJECTED_EVENTS: tuple[EventSpec[Any], ...] = (
     catalog.CAMPAIGN_MEMBER_ADDED,
     catalog.PIPELINE_CREATED,
     catalog.PIPELINE_UPDATED,
+    catalog.PICKLIST_REVISED,
 )
 
 

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from crm_contracts.envelope import CloudEvent
 from crm_contracts.events.opportunities import PipelineDefined
+from crm_contracts.events.picklists import PicklistRevised
 
 from .aggregates import Changes, CounterKey, Fields, Tally, nest
 from .domain import CampaignFacts, LeadFacts, OpportunityFacts
@@ -69,6 +70,9 @@ class MemoryFactStore:
 
     async def define_pipeline(self, pipeline: PipelineDefined) -> None:
         self.changes.pipelines.append(pipeline)
+
+    async def define_picklist(self, picklist: PicklistRevised) -> None:
+        self.changes.picklists.append(picklist)
 
     def apply(self, tally: Tally) -> None:
         """Add counter differences (what the merger does to the stored counters)."""

@@ -22,6 +22,7 @@ from crm_contracts.envelope import CloudEvent
 from crm_contracts.events.campaigns import CampaignMemberAdded
 from crm_contracts.events.leads import LeadConverted
 from crm_contracts.events.opportunities import PipelineDefined
+from crm_contracts.events.picklists import PicklistRevised
 
 from .domain import (
     CampaignEvent,
@@ -57,6 +58,10 @@ class FactStore(Protocol):
 
     async def define_pipeline(self, pipeline: PipelineDefined) -> None:
         """Note a pipeline's definition (its stage names and order)."""
+        ...
+
+    async def define_picklist(self, picklist: PicklistRevised) -> None:
+        """Note a picklist's revision (the labels of its values)."""
         ...
 
 
@@ -100,6 +105,8 @@ async def project(event: CloudEvent[Any], store: FactStore) -> None:
         await store.add_member(data.campaign_id, data.member_id, to_millis(event.time))
     elif isinstance(data, PipelineDefined):
         await store.define_pipeline(data)
+    elif isinstance(data, PicklistRevised):
+        await store.define_picklist(data)
     else:
         raise TypeError(f"reporting does not project {type(data).__name__}")
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
 from crm_contracts.events.opportunities import PipelineDefined
+from crm_contracts.events.picklists import PicklistRevised
 from crm_runtime.mongo import Document, from_bson, in_transaction, to_bson
 from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -480,6 +481,9 @@ class MongoFactStore:
 
     async def define_pipeline(self, pipeline: PipelineDefined) -> None:
         self.changes.pipelines.append(pipeline)
+
+    async def define_picklist(self, picklist: PicklistRevised) -> None:
+        self.changes.picklists.append(picklist)
 
     async def flush(self, *, events: int) -> None:
         """Write the changed facts and the delta document of their counter differences;

@@ -17,8 +17,9 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from crm_contracts.events.campaigns import CampaignStatus, CampaignType
-from crm_contracts.events.leads import LeadOrigin, LeadRating, LeadSource
+from crm_contracts.events.leads import LeadRating, default_picklist_values
 from crm_contracts.events.opportunities import ForecastCategory
+from crm_contracts.events.picklists import PicklistCode, PicklistName
 from pydantic import BaseModel, ConfigDict, Field
 
 from .aggregates import (
@@ -33,6 +34,8 @@ from .aggregates import (
     FUNNEL_CUBOIDS,
     HISTORY,
     HISTORY_CUBOID,
+    LABEL_CUBOID,
+    LABELS,
     MOVE_CUBOID,
     PIPELINE,
     PIPELINE_CUBOIDS,
@@ -371,8 +374,8 @@ class PeriodBasis(StrEnum):
 
 
 class FunnelQuery(Period):
-    lead_source: LeadSource | None = None
-    origin: LeadOrigin | None = None
+    lead_source: PicklistCode | None = None
+    origin: PicklistCode | None = None
     campaign_id: str | None = None
     rating: LeadRating | None = None
     owner_id: str | None = None
@@ -503,7 +506,8 @@ class LeadSourceQuery(Period):
 
 
 class LeadSourceRow(BaseModel):
-    lead_source: str | None
+    lead_source: str | None = Field(description="The lead_source picklist's value (unknown: none given)")
+    label: str | None = Field(description="The value's label in the organisation's picklist")
     period: date | None
     leads: int = Field(description="Leads captured.")
     qualified: int
@@ -538,6 +542,7 @@ async def lead_source_rows(source: ViewSource, query: LeadSourceQuery) -> list[L
     deals_cuboid = choose_cuboid(WIN_LOSS_CUBOIDS, [*match, *group], "lead sources")
     leads = await read_dated(source, FUNNEL, funnel_cuboid, match, *span, group)
     deals = await read_dated(source, WIN_LOSS, deals_cuboid, match, *span, group)
+    labels = await picklist_labels(source, PicklistName.LEAD_SOURCE)
     rows = []
     for key in sorted(set(leads) | set(deals), key=lambda k: (sort_key(k[0][0]), sort_key(k[1]))):
         lf, df = leads.get(key, {}), deals.get(key, {})
@@ -550,6 +555,7 @@ async def lead_source_rows(source: ViewSource, query: LeadSourceQuery) -> list[L
         rows.append(
             LeadSourceRow(
                 lead_source=key[0][0],
+                label=labels.get(str(key[0][0])),
                 period=key[1],
                 leads=count["captured"],
                 qualified=count["qualified"],
@@ -567,6 +573,17 @@ async def lead_source_rows(source: ViewSource, query: LeadSourceQuery) -> list[L
             )
         )
     return rows
+
+
+async def picklist_labels(source: ViewSource, picklist: PicklistName) -> dict[str, str]:
+    """Each value's label: the newest revision's (``picklist.revised``), else the default's."""
+    labels = {entry.value: entry.label for entry in default_picklist_values(picklist)}
+    selector = Selector(LABELS, LABEL_CUBOID, match={"picklist": picklist.value}, periods=(ALL,))
+    for doc in await source.counters(selector):
+        label = doc.text("label")
+        if label:
+            labels[str(doc.values["value"])] = name_of(label)
+    return labels
 
 
 # -- win/loss ---------------------------------------------------------------------------------
@@ -589,7 +606,7 @@ class WinLossQuery(Period):
     account_industry: str | None = None
     product_id: str | None = None
     pipeline_id: str | None = None
-    lead_source: LeadSource | None = None
+    lead_source: PicklistCode | None = None
     campaign_id: str | None = None
     loss_reason: str | None = None
     group_by: WinLossDimension | None = None

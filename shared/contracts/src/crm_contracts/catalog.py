@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from .events import campaigns, leads, opportunities
+from .events import campaigns, leads, opportunities, picklists
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -232,6 +232,16 @@ CAMPAIGN_MEMBER_STATUS_CHANGED = EventSpec(
     consumers=(),
 )
 
+PICKLIST_REVISED = EventSpec(
+    "picklist.revised",
+    picklists.PicklistRevised,
+    description="An administrator revised one of the organisation's picklists (lead sources, "
+    "origins): its full list of values with labels, aliases and whether each is active. Keyed by "
+    "the picklist's name; a picklist never revised has its default values.",
+    producer="leads",
+    consumers=("reporting",),
+)
+
 ALL_EVENTS: tuple[EventSpec[Any], ...] = (
     LEAD_CAPTURED,
     LEAD_CREATED,
@@ -256,6 +266,7 @@ ALL_EVENTS: tuple[EventSpec[Any], ...] = (
     PIPELINE_UPDATED,
     LEAD_MERGED,
     CAMPAIGN_MEMBER_STATUS_CHANGED,
+    PICKLIST_REVISED,
 )
 
 BY_TOPIC: dict[str, EventSpec[Any]] = {spec.topic: spec for spec in ALL_EVENTS}

@@ -22,12 +22,14 @@ from .common import (
     ShortText,
     SingleLine,
 )
+from .picklists import PicklistCode, PicklistGiven, PicklistName, PicklistValue
 
 Score = Annotated[int, Field(ge=0, le=100)]
 
 
 class LeadSource(StrEnum):
-    """The channel a lead came through; ``other`` plus ``source_detail`` extends it."""
+    """The default lead sources: the channel a lead came through. The organisation's list is a
+    picklist (``lead_source``) the leads service keeps; these are its values until revised."""
 
     WEB = "web"
     ORGANIC_SEARCH = "organic_search"
@@ -41,15 +43,50 @@ class LeadSource(StrEnum):
     CHAT = "chat"
     LIST_IMPORT = "list_import"
     OTHER = "other"
+    UNKNOWN = "unknown"
+    """A capture that names no source (missing or blank)."""
 
 
 class LeadOrigin(StrEnum):
-    """How the lead entered the suite."""
+    """The default lead origins (picklist ``lead_origin``): how the lead entered the suite."""
 
     API = "api"
     LANDING_PAGE_FORM = "landing_page_form"
     IMPORT = "import"
     MANUAL = "manual"
+
+
+_LABELS: dict[str, str] = {
+    LeadSource.WEB: "Web",
+    LeadSource.ORGANIC_SEARCH: "Organic search",
+    LeadSource.PAID_SEARCH: "Paid search",
+    LeadSource.SOCIAL: "Social",
+    LeadSource.REFERRAL: "Referral",
+    LeadSource.PARTNER: "Partner",
+    LeadSource.EVENT: "Event",
+    LeadSource.COLD_CALL: "Cold call",
+    LeadSource.EMAIL: "Email",
+    LeadSource.CHAT: "Chat",
+    LeadSource.LIST_IMPORT: "List import",
+    LeadSource.OTHER: "Other",
+    LeadSource.UNKNOWN: "Unknown",
+    LeadOrigin.API: "API",
+    LeadOrigin.LANDING_PAGE_FORM: "Landing page form",
+    LeadOrigin.IMPORT: "Import",
+    LeadOrigin.MANUAL: "Manual",
+}
+DEFAULT_PICKLISTS: dict[PicklistName, tuple[type[StrEnum], str]] = {
+    PicklistName.LEAD_SOURCE: (LeadSource, LeadSource.UNKNOWN),
+    PicklistName.LEAD_ORIGIN: (LeadOrigin, LeadOrigin.API),
+}
+"""Each picklist's default values and the value a capture naming none gets."""
+
+
+def default_picklist_values(name: PicklistName) -> list[PicklistValue]:
+    """The values a picklist has until an administrator revises it: the suite's closed lists
+    of before, with their labels."""
+    values, _ = DEFAULT_PICKLISTS[name]
+    return [PicklistValue(value=member.value, label=_LABELS[member.value]) for member in values]
 
 
 class LeadStatus(StrEnum):
@@ -142,9 +179,23 @@ class LeadCaptured(Contract):
     )
     person: Person = Person()
     company: Company = Company()
-    lead_source: LeadSource = LeadSource.OTHER
+    lead_source: PicklistGiven | None = Field(
+        default=None,
+        description="A value of the organisation's lead_source picklist, one of its labels or "
+        "aliases (ignoring case, spaces and punctuation); stored as the picklist's value. "
+        "Missing or blank: unknown. A value the list does not know is refused (the event goes "
+        "to lead.captured.dlq naming the closest values) or kept as other, as the picklist's "
+        "unknown_values setting says. Defaults: web, organic_search, paid_search, social, "
+        "referral, partner, event, cold_call, email, chat, list_import, other, unknown.",
+        examples=["web"],
+    )
     source_detail: Annotated[str, SingleLine(max_length=200)] | None = None
-    origin: LeadOrigin = LeadOrigin.API
+    origin: PicklistGiven | None = Field(
+        default=None,
+        description="A value of the organisation's lead_origin picklist (matched as lead_source "
+        "is); missing or blank: api. Defaults: api, landing_page_form, import, manual.",
+        examples=["landing_page_form"],
+    )
     campaign_id: Id | None = None
     utm: Utm | None = None
     consent: Consent = Consent()
@@ -180,8 +231,8 @@ class LeadSnapshot(Contract):
     external_id: str
     person: Person
     company: Company
-    lead_source: LeadSource
-    origin: LeadOrigin
+    lead_source: PicklistCode
+    origin: PicklistCode
     campaign_id: Id | None = None
     owner_id: Id | None = None
     captured_at: IsoDateTime
@@ -204,7 +255,7 @@ class LeadQualified(Contract):
     lead_id: Id
     rating: LeadRating
     score: Score | None = None
-    lead_source: LeadSource
+    lead_source: PicklistCode
     campaign_id: Id | None = None
     qualified_at: IsoDateTime
     qualified_by: Actor
@@ -213,7 +264,7 @@ class LeadQualified(Contract):
 class LeadDisqualified(Contract):
     lead_id: Id
     reason: ShortText
-    lead_source: LeadSource
+    lead_source: PicklistCode
     campaign_id: Id | None = None
     disqualified_at: IsoDateTime
     disqualified_by: Actor
@@ -275,7 +326,7 @@ class LeadConverted(Contract):
     account: ConvertedAccount
     contact: ConvertedContact
     opportunity: ConvertedOpportunity | None = None
-    lead_source: LeadSource
+    lead_source: PicklistCode
     campaign_id: Id | None = None
     converted_at: IsoDateTime
     converted_by: Actor

@@ -9,7 +9,7 @@ from typing import Annotated
 from pydantic import EmailStr, Field
 
 from .common import Actor, Contract, Currency, Id, IsoDate, IsoDateTime, Money, Percent, ShortText, SingleLine
-from .leads import LeadSource
+from .picklists import PicklistCode
 
 
 class AccountType(StrEnum):
@@ -95,7 +95,7 @@ class OpportunityFigures(Contract):
     currency: Currency
     expected_close_date: IsoDate | None = None
     lead_id: Id | None = None
-    lead_source: LeadSource | None = None
+    lead_source: PicklistCode | None = None
     campaign_id: Id | None = None
     created_at: IsoDateTime
     stage_order: int | None = Field(
