@@ -729,3 +729,46 @@ async def test_metrics_expose_consumer_lag_outbox_and_event_counters(leads: Lead
     ready = await leads.http.get("/health/ready")
     assert live.status_code == 200
     assert ready.status_code == 200 and ready.json()["checks"] == {"mongodb": "ok", "kafka": "ok"}
+
+
+# -- issue 18: what an outside publisher needs ------------------------------------------------
+async def _by_capture_key(leads: Leads, system: str, external_id: str) -> list[dict[str, Any]]:
+    answer = await leads.http.get("/leads", params={"external_system": system, "external_id": external_id})
+    assert answer.status_code == 200, answer.text
+    items: list[dict[str, Any]] = answer.json()["items"]
+    return items
+
+
+async def test_a_publisher_finds_its_lead_by_its_own_system_and_id(leads: Leads) -> None:
+    # Two publishers reuse the id "42": over Kafka each captures its own lead, and each finds
+    # its own over HTTP by (system, id) without reading lead.created.
+    for system, name in (("webforms", "Ada"), ("adplatform", "Bob")):
+        event = captured_event(source_system=system, external_id="42", person={"first_name": name})
+        await leads.publish(event, key=f"{system}:42".encode())
+
+    async def both() -> bool:
+        return len(await leads.stored({"external_id": "42"})) == 2
+
+    await eventually(both)
+    [ada] = await _by_capture_key(leads, "webforms", "42")
+    [bob] = await _by_capture_key(leads, "adplatform", "42")
+    assert (ada["id"], ada["person"]["first_name"]) == (lead_id_for("webforms", "42"), "Ada")
+    assert (bob["id"], bob["person"]["first_name"]) == (lead_id_for("adplatform", "42"), "Bob")
+    assert await _by_capture_key(leads, "webforms", "43") == []
+
+    # A lead merged into another still answers its key, pointing at the survivor.
+    merged = await leads.http.post(f"/leads/{bob['id']}/merge", json={"duplicate_id": ada["id"], "by": REP})
+    assert merged.status_code == 200, merged.text
+    [gone] = await _by_capture_key(leads, "webforms", "42")
+    assert (gone["status"], gone["merged_into"]) == ("merged", bob["id"])
+
+
+async def test_a_lead_lookup_needs_both_the_system_and_its_id(leads: Leads) -> None:
+    for given, missing in (
+        ({"external_id": "42"}, "external_system"),
+        ({"external_system": "webforms"}, "external_id"),
+    ):
+        answer = await leads.http.get("/leads", params=given)
+        assert answer.status_code == 422, answer.text
+        assert [f["field"] for f in answer.json()["fields"]] == [missing]
+        assert missing in answer.json()["message"]

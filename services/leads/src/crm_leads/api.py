@@ -27,6 +27,7 @@ from crm_contracts.events.leads import (
     lead_captured_example,
 )
 from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
+from crm_runtime.external_refs import ByExternalReference
 from crm_runtime.jobs import Job, JobFinished, JobView
 from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -417,7 +418,10 @@ def leads_router(runtime: ServiceRuntime, repo: LeadRepository, rescoring: Resco
         "",
         dependencies=read,
         summary="List and search leads with filters, sorting and cursor pagination",
-        description="Merged leads are left out unless `status=merged` is asked for. `q` finds leads whose "
+        description="Merged leads are left out unless `status=merged` is asked for. "
+        "`external_system` and `external_id` (both, or neither) find the lead the capturing system "
+        "knows by that id -- its `source_system` and `external_id`, a merged lead included -- "
+        "through the unique capture-key index. `q` finds leads whose "
         "name, email, company name, company domain or phone starts with each of its words, ignoring "
         "case and accents (`q=ada engines`).",
     )
@@ -435,6 +439,7 @@ def leads_router(runtime: ServiceRuntime, repo: LeadRepository, rescoring: Resco
         sort: LeadSort = LeadSort.CAPTURED_AT_DESC,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, Query(max_length=600, pattern=r"^[A-Za-z0-9_\-]+$")] = None,
+        reference: ByExternalReference = None,
     ) -> LeadPage:
         filters: dict[str, str] = {}
         for name, value in (
@@ -459,6 +464,7 @@ def leads_router(runtime: ServiceRuntime, repo: LeadRepository, rescoring: Resco
             sort=sort,
             after=decode_cursor(cursor, sort) if cursor else None,
             limit=limit,
+            capture_key=(reference.system, reference.external_id) if reference else None,
         )
         leads = await repo.search(query)
         next_cursor = encode_cursor(sort, leads[-1]) if len(leads) == limit else None

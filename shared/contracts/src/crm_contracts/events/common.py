@@ -189,6 +189,12 @@ class MultiLine(_PlainText):
 ShortText = Annotated[str, SingleLine(min_length=1, max_length=200)]
 LongText = Annotated[str, MultiLine(max_length=5000)]
 
+# Another system's name and its own id for a record: together, and only together, they identify
+# the record (different systems reuse the same ids).
+SOURCE_SYSTEM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+SourceSystem = Annotated[str, SingleLine(min_length=1, max_length=64), Field(pattern=SOURCE_SYSTEM_PATTERN)]
+ExternalId = Annotated[str, SingleLine(min_length=1, max_length=128)]
+
 
 class Contract(BaseModel):
     """Base of every event payload: unknown fields are refused so typos surface early."""
