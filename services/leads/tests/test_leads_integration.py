@@ -9,6 +9,7 @@ import io
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -16,7 +17,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from crm_contracts import catalog
-from crm_contracts.events.leads import IDENTIFYING_FIELDS, LeadCaptured, lead_captured_example
+from crm_contracts.events.leads import (
+    IDENTIFYING_FIELDS,
+    LeadCaptured,
+    lead_captured_example,
+    lead_captured_key,
+)
 from crm_leads.bootstrap import LeadsSettings, create_app
 from crm_leads.domain import lead_id_for
 from crm_localinfra.testing import (
@@ -58,7 +64,7 @@ class Leads:
             bootstrap, self.topic(spec_topic), until=lambda records: len(records) >= count, timeout=seconds
         )
 
-    async def publish(self, value: bytes, key: bytes) -> None:
+    async def publish(self, value: bytes, key: bytes | None) -> None:
         await publish_raw(self.settings.kafka_bootstrap_servers, self.topic("lead.captured"), value, key=key)
 
     async def drained(self) -> None:
@@ -772,3 +778,83 @@ async def test_a_lead_lookup_needs_both_the_system_and_its_id(leads: Leads) -> N
         assert answer.status_code == 422, answer.text
         assert [f["field"] for f in answer.json()["fields"]] == [missing]
         assert missing in answer.json()["message"]
+
+
+def _timeless(external_id: str, first_name: str) -> dict[str, Any]:
+    """A capture without captured_at (an export that has no timestamps)."""
+    payload = lead_captured_example() | {"external_id": external_id, "person": {"first_name": first_name}}
+    del payload["captured_at"]
+    return payload
+
+
+async def test_a_capture_without_captured_at_takes_the_event_time_and_says_so(leads: Leads) -> None:
+    event_time = datetime(2026, 5, 4, 8, 15, tzinfo=UTC)
+    timeless = LeadCaptured.model_validate(_timeless("no-time", "Tim"))
+    event = make_event(
+        catalog.LEAD_CAPTURED, timeless, source="/webforms", subject="no-time", time=event_time
+    )
+    await leads.publish(encode(event), key=b"webforms:no-time")
+    timed = captured_event(external_id="timed", person={"first_name": "Tina"})
+    await leads.publish(timed, key=b"webforms:timed")
+
+    [created, created_too] = await leads.events("lead.created", 2)
+    by_id = {
+        r.json()["data"]["lead"]["external_id"]: r.json()["data"]["lead"] for r in (created, created_too)
+    }
+    assert (by_id["no-time"]["captured_at"], by_id["no-time"]["captured_at_source"]) == (
+        "2026-05-04T08:15:00Z",
+        "event_time",
+    )
+    assert (by_id["timed"]["captured_at"], by_id["timed"]["captured_at_source"]) == (
+        lead_captured_example()["captured_at"],
+        "payload",
+    )
+    [lead] = await _by_capture_key(leads, "webforms", "no-time")
+    assert (lead["captured_at"], lead["captured_at_source"]) == ("2026-05-04T08:15:00Z", "event_time")
+
+
+async def test_an_http_capture_without_captured_at_takes_the_time_of_receipt(leads: Leads) -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    answer = await leads.http.post("/leads/capture", json=_timeless("http-no-time", "Hal"))
+    assert answer.status_code == 201, answer.text
+    lead = answer.json()
+    assert lead["captured_at_source"] == "received"
+    assert before <= datetime.fromisoformat(lead["captured_at"]) <= datetime.now(UTC)
+    entered = await leads.http.post("/leads", json={"person": {"first_name": "Rita"}})
+    assert entered.json()["captured_at_source"] == "received", entered.text
+    given = await leads.http.post(
+        "/leads", json={"person": {"first_name": "Gil"}, "captured_at": "2025-01-01T00:00:00Z"}
+    )
+    assert (given.json()["captured_at"], given.json()["captured_at_source"]) == (
+        "2025-01-01T00:00:00Z",
+        "payload",
+    )
+
+
+async def test_captures_keyed_otherwise_or_not_at_all_are_accepted_like_the_documented_key(
+    leads: Leads,
+) -> None:
+    # The documented key, a key of the publisher's own making, and a null key: three leads, and
+    # a resend of the first under a null key is still the same capture (the key is never read).
+    keyed = {
+        "documented": lead_captured_key("webforms", "documented"),
+        "own-key": b"partition-me-anyhow",
+        "no-key": None,
+    }
+    for external_id, key in keyed.items():
+        await leads.publish(
+            captured_event(external_id=external_id, person={"first_name": external_id}), key=key
+        )
+    newer = lead_captured_example()["person"] | {"first_name": "documented", "job_title": "CTO"}
+    resend = captured_event(external_id="documented", person=newer, captured_at="2026-12-01T00:00:00Z")
+    await leads.publish(resend, key=None)
+
+    async def all_applied() -> bool:
+        stored = {
+            doc["external_id"]: doc for doc in await leads.stored({"external_id": {"$in": list(keyed)}})
+        }
+        return len(stored) == 3 and stored["documented"]["person"].get("job_title") == "CTO"
+
+    await eventually(all_applied)
+    assert await leads.topic_size("lead.created") == 3
+    assert await leads.topic_size("lead.captured.dlq") == 0

@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from crm_contracts.envelope import utcnow
 from crm_contracts.events.common import Actor, Id, IsoDateTime, MultiLine, ShortText, SingleLine
 from crm_contracts.events.leads import (
+    CapturedAtSource,
     Company,
     Consent,
     CustomAttributes,
@@ -74,7 +74,8 @@ REP_EXAMPLE: dict[str, Any] = {"id": "rep-42", "name": "Rita Rep"}
 
 class NewLead(BaseModel):
     """A lead entered by a rep or posted by a system over HTTP. Without ``external_id`` the
-    ``Idempotency-Key`` header (or a fresh id) is the capture key; without ``captured_at``, now."""
+    ``Idempotency-Key`` header (or a fresh id) is the capture key; without ``captured_at``, the
+    time of receipt (``captured_at_source: received``)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [lead_captured_example()]})
 
@@ -214,6 +215,10 @@ class LeadView(BaseModel):
     owner_id: str | None
     custom: dict[str, Any]
     captured_at: AwareDatetime
+    captured_at_source: CapturedAtSource = Field(
+        description="Where captured_at comes from: the capture's own captured_at (payload), the "
+        "lead.captured event's time (event_time), or when the suite received it (received)"
+    )
     created_at: AwareDatetime
     updated_at: AwareDatetime
     disqualification_reason: str | None
@@ -344,9 +349,8 @@ def leads_router(runtime: ServiceRuntime, repo: LeadRepository, rescoring: Resco
         try:
             captured = LeadCaptured.model_validate(
                 {
-                    **body.model_dump(exclude={"external_id", "captured_at"}),
+                    **body.model_dump(exclude={"external_id"}),
                     "external_id": external_id,
-                    "captured_at": body.captured_at or utcnow(),
                 }
             )
         except ValidationError as exc:  # answered like the body's own errors, every field named

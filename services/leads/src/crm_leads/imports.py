@@ -13,6 +13,7 @@ from crm_runtime.imports import ImportContext, ImportRow, ImportTarget, Rejectio
 from crm_runtime.uploads import UnreadableUpload
 from pydantic import BaseModel, ValidationError
 
+from .domain import timed_capture
 from .repository import LeadRepository
 from .use_cases import capture_leads
 
@@ -37,16 +38,19 @@ def capture_key(fields: dict[str, Any], source_system: str) -> str | None:
 def lead_import(repo: LeadRepository) -> ImportTarget:
     """``POST /imports/leads``: each row is a ``lead.captured`` payload and goes through the
     one capture path (upsert by capture key, de-duplication, scoring, ``lead.created`` /
-    ``lead.updated`` with the row's own capture time), a chunk set-based like a fetched batch
-    of ``lead.captured`` (``capture_leads``: a few ``$in`` reads, one insert, one bulk write,
-    one outbox write)."""
+    ``lead.updated`` with the row's own capture time, else the upload's receipt), a chunk
+    set-based like a fetched batch of ``lead.captured`` (``capture_leads``: a few ``$in``
+    reads, one insert, one bulk write, one outbox write)."""
 
     async def apply(rows: list[ImportRow], context: ImportContext, uow: UnitOfWork) -> list[Rejection]:
         rejections: list[Rejection] = []
         captures: list[LeadCaptured] = []
         for row in rows:  # everything validated before the chunk writes anything
             try:
-                captures.append(captured_from(row.fields, context.source_system))
+                captured = captured_from(row.fields, context.source_system)
+                # A row without captured_at was captured, as far as the suite knows, when the
+                # upload arrived (the same time for every chunk, and for a resumed job).
+                captures.append(timed_capture(captured, event_time=None, received_at=context.received_at))
             except ValidationError as exc:
                 rejections += rejections_of(row, exc)
         by = f"import:{context.source_system}"

@@ -25,6 +25,7 @@ import io
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
@@ -107,6 +108,7 @@ class RowFailed(Exception):
 class ImportContext:
     job_id: str
     source_system: str
+    received_at: datetime  # when the upload was accepted: the time of receipt of its rows
 
 
 ApplyChunk = Callable[[list[ImportRow], ImportContext, UnitOfWork], Awaitable[list[Rejection]]]
@@ -295,7 +297,9 @@ class ImportJobs:
                 else:
                     rows.append(ImportRow(number, orjson.loads(stored["f"])))
             try:
-                rejections += await target.apply(rows, ImportContext(job.id, params.source_system), uow)
+                rejections += await target.apply(
+                    rows, ImportContext(job.id, params.source_system, job.created_at), uow
+                )
             except RowFailed as exc:
                 left_out[exc.rejection.row] = exc.rejection
                 raise RedoBatch(f"row {exc.rejection.row} left out") from exc
