@@ -386,3 +386,10 @@ def test_a_newer_capture_brings_its_time_and_where_it_came_from() -> None:
         NOW + timedelta(days=1),
         CapturedAtSource.EVENT_TIME,
     )
+
+
+def test_a_resend_without_its_own_time_and_nothing_new_keeps_the_first_time() -> None:
+    lead = Lead.capture(captured(captured_at=None), RULES, now=NOW, by="t")
+    later = timed_capture(captured(captured_at=None), event_time=None, received_at=NOW + timedelta(days=1))
+    assert lead.recapture(later, RULES, now=NOW + timedelta(days=1), by="t") == []
+    assert (lead.captured_at, lead.version) == (NOW, 1)

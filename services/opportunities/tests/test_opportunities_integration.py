@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -1179,3 +1180,46 @@ async def test_a_lookup_needs_both_the_system_and_its_id(service: Service) -> No
             answer = await service.http.get(path, params=given)
             assert answer.status_code == 422, (path, answer.text)
             assert [f["field"] for f in answer.json()["fields"]] == [missing], (path, answer.text)
+
+
+async def test_ids_from_another_crm_with_spaces_work_in_bodies_paths_and_filters(service: Service) -> None:
+    # Names another CRM uses as ids, taken as they are: spaces, accents, dots, ampersands.
+    product, team, owner = "Widget Pro 2", "Team Nord & Ost", "Rita Rep"
+    made = await service.http.post(
+        "/products", json={"id": product, "name": "Widget", "list_price": "100.00"}
+    )
+    assert made.status_code == 201, made.text
+    made = await service.http.post(
+        "/sales-teams", json={"id": team, "name": "Nord-Ost", "region": "DACH", "manager_id": "Jörg M."}
+    )
+    assert made.status_code == 201, made.text
+    made = await service.http.post(
+        "/accounts", json={"id": "Müller Holding GmbH", "name": "Müller", "owner_id": owner}
+    )
+    assert made.status_code == 201, made.text
+    deal = await service.http.post(
+        "/opportunities",
+        json={
+            "id": "Deal 2026 Q1",
+            "name": "Widgets",
+            "account_id": "Müller Holding GmbH",
+            "owner_id": owner,
+            "sales_team_id": team,
+            "by": REP,
+        },
+    )
+    assert deal.status_code == 201, deal.text
+    path = "/opportunities/" + quote(deal.json()["id"], safe="")
+    lines = await service.http.put(
+        f"{path}/line-items", json={"items": [{"product_id": product, "quantity": "3"}], "by": REP}
+    )
+    assert lines.status_code == 200, lines.text
+    assert lines.json()["amount"] == "300.00"
+
+    assert (await service.http.get("/products/" + quote(product, safe=""))).json()["id"] == product
+    assert (await service.http.get("/sales-teams/" + quote(team, safe=""))).json()["manager_id"] == "Jörg M."
+    by_owner = (await service.http.get("/opportunities", params={"owner_id": owner})).json()["items"]
+    by_team = (await service.http.get("/opportunities", params={"sales_team_id": team})).json()["items"]
+    assert [o["id"] for o in by_owner] == [o["id"] for o in by_team] == ["Deal 2026 Q1"]
+    [created] = await service.events("opportunity.created", until=lambda rs: len(rs) >= 1)
+    assert (created.json()["data"]["opportunity"]["owner_id"], created.key) == (owner, b"Deal 2026 Q1")

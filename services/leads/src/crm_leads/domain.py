@@ -452,6 +452,8 @@ class Lead(BaseModel):
         ``captured_at`` wins (ties broken by content), so resends in any order end in the same
         state. Returns the changed fields (empty: nothing to do)."""
         captured = canonical_capture(captured, received_at=now)
+        if captured.captured_at_source is not CapturedAtSource.PAYLOAD and not self._brings_news(captured):
+            return []  # a resend without its own time: its receipt is no newer capture of the lead
         digest = capture_digest(captured)
         if (captured.captured_at, digest) <= (self.captured_at, self.capture_digest):
             return []
@@ -485,6 +487,9 @@ class Lead(BaseModel):
         changed += self._apply_score(rules, now)
         self._touch(now, by, "updated", detail=f"capture of merged lead {for_lead}: " + ", ".join(changed))
         return changed
+
+    def _brings_news(self, captured: LeadCaptured) -> bool:
+        return any(getattr(self, name) != getattr(captured, name) for name in CAPTURED_FIELDS)
 
     def _captured_state(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in (*CAPTURED_FIELDS, "captured_at", "captured_at_source")}
