@@ -147,3 +147,11 @@ def test_older_event_versions_are_upcast_to_the_current_model() -> None:
     without_upcaster = replace(LEAD_CAPTURED, version=2)
     with pytest.raises(ValueError, match=r"expected 'com\.crmsuite\.lead\.captured\.v2'"):
         decode(without_upcaster, raw)
+
+
+def test_compound_keys_stay_unambiguous_whatever_the_ids_hold() -> None:
+    from crm_runtime.mongo import compound_key
+
+    assert compound_key("spring-fair", "lead:42") == "spring-fair|lead:42"  # as keys stored before
+    pairs = [("a|b", "c"), ("a", "b|c"), ("a\\", "|c"), ("a\\|", "c"), ("a", "\\|c")]
+    assert len({compound_key(*pair) for pair in pairs}) == len(pairs)
