@@ -117,10 +117,14 @@ class Consent(Contract):
     do_not_call: bool = False
 
 
+# Counters are bounded so that they fit MongoDB's 64-bit integers (and any sane figure).
+ENGAGEMENT_MAX = 1_000_000_000
+
+
 class Engagement(Contract):
-    visits: int = Field(default=0, ge=0)
-    time_on_site_seconds: int = Field(default=0, ge=0)
-    page_views: int = Field(default=0, ge=0)
+    visits: int = Field(default=0, ge=0, le=ENGAGEMENT_MAX)
+    time_on_site_seconds: int = Field(default=0, ge=0, le=ENGAGEMENT_MAX)
+    page_views: int = Field(default=0, ge=0, le=ENGAGEMENT_MAX)
     last_activity: Annotated[str, SingleLine(max_length=200)] | None = None
     last_activity_at: IsoDateTime | None = None
 
@@ -132,7 +136,11 @@ _IDENTIFYING_PATHS = [tuple(field.split(".")) for field in IDENTIFYING_FIELDS]
 CustomAttributes = Annotated[
     dict[
         Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")],
-        Annotated[str | int | float | bool | None, MultiLine().in_union()],
+        # A 64-bit int at most (what MongoDB stores); a larger number is taken as a float.
+        Annotated[
+            str | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | float | bool | None,
+            MultiLine().in_union(),
+        ],
     ],
     Field(max_length=50),
 ]
