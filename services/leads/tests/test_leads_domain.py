@@ -8,7 +8,7 @@ from itertools import count
 
 import pytest
 from crm_contracts.events.common import Actor
-from crm_contracts.events.leads import LeadCaptured, LeadRating, LeadSource, LeadStatus
+from crm_contracts.events.leads import CapturedAtSource, LeadCaptured, LeadRating, LeadSource, LeadStatus
 from crm_leads.domain import (
     ConversionRequest,
     DuplicateLink,
@@ -24,6 +24,7 @@ from crm_leads.domain import (
     search_terms,
     search_tokens,
     shared_keys,
+    timed_capture,
 )
 from crm_leads.scoring import default_rules
 
@@ -360,3 +361,51 @@ def test_a_capture_for_a_merged_leads_key_updates_the_survivor_with_newer_data_o
     )
     survivor.absorb_capture(older, RULES, now=NOW, by="t", for_lead="x")
     assert survivor.person.first_name == "Augusta" and survivor.person.phone == "+44 1234567"
+
+
+EVENT_TIME = datetime(2026, 10, 5, 8, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("captured_at", "event_time", "expected"),
+    [
+        (
+            "2026-11-01T10:00:00Z",
+            EVENT_TIME,
+            (datetime(2026, 11, 1, 10, tzinfo=UTC), CapturedAtSource.PAYLOAD),
+        ),
+        (None, EVENT_TIME, (EVENT_TIME, CapturedAtSource.EVENT_TIME)),
+        (None, None, (NOW, CapturedAtSource.RECEIVED)),
+    ],
+)
+def test_the_business_time_is_the_captures_else_the_events_else_the_receipt(
+    captured_at: str | None, event_time: datetime | None, expected: tuple[datetime, CapturedAtSource]
+) -> None:
+    timed = timed_capture(captured(captured_at=captured_at), event_time=event_time, received_at=NOW)
+    assert (timed.captured_at, timed.captured_at_source) == expected
+    lead = Lead.capture(timed, RULES, now=NOW + timedelta(hours=1), by="t")
+    assert (lead.captured_at, lead.captured_at_source) == expected
+    assert (lead.snapshot().captured_at, lead.snapshot().captured_at_source) == expected
+
+
+def test_a_newer_capture_brings_its_time_and_where_it_came_from() -> None:
+    lead = Lead.capture(captured(captured_at=None), RULES, now=NOW, by="t")
+    assert lead.captured_at_source is CapturedAtSource.RECEIVED
+    later = timed_capture(
+        captured(captured_at=None, person={"first_name": "Ada", "job_title": "CTO"}),
+        event_time=NOW + timedelta(days=1),
+        received_at=NOW + timedelta(days=2),
+    )
+    changed = lead.recapture(later, RULES, now=NOW + timedelta(days=2), by="t")
+    assert {"captured_at", "captured_at_source"} <= set(changed)
+    assert (lead.captured_at, lead.captured_at_source) == (
+        NOW + timedelta(days=1),
+        CapturedAtSource.EVENT_TIME,
+    )
+
+
+def test_a_resend_without_its_own_time_and_nothing_new_keeps_the_first_time() -> None:
+    lead = Lead.capture(captured(captured_at=None), RULES, now=NOW, by="t")
+    later = timed_capture(captured(captured_at=None), event_time=None, received_at=NOW + timedelta(days=1))
+    assert lead.recapture(later, RULES, now=NOW + timedelta(days=1), by="t") == []
+    assert (lead.captured_at, lead.version) == (NOW, 1)

@@ -284,3 +284,24 @@ async def test_crm_import_uploads_follows_the_job_and_prints_where_the_rejection
             subprocess.run, [*command, "--url", base, "--format", "csv"], capture_output=True, text=True
         )
         assert refused.returncode == 2 and "refused (422)" in refused.stderr
+
+
+async def test_an_import_row_without_captured_at_is_captured_at_the_uploads_receipt(
+    service: tuple[httpx.AsyncClient, LeadsSettings, Any],
+) -> None:
+    http, _, _ = service
+    rows = (
+        b"external_id,captured_at,person.email\n"
+        b"t1,,t1@acme.example\n"  # an export without a time for this row
+        b"t2,2024-03-01T10:00:00Z,t2@acme.example\n"
+    )
+    response = await http.post(
+        "/imports/leads?source_system=timeless-crm", content=rows, headers={"content-type": "text/csv"}
+    )
+    assert response.status_code == 202, response.text
+    job = await ended(http, response.headers["location"])
+    assert (job["state"], job["applied"]) == ("done", 2), job
+    t1 = (await http.get(f"/leads/{lead_id_for('timeless-crm', 't1')}")).json()
+    t2 = (await http.get(f"/leads/{lead_id_for('timeless-crm', 't2')}")).json()
+    assert (t1["captured_at"], t1["captured_at_source"]) == (job["created_at"], "received")
+    assert (t2["captured_at"], t2["captured_at_source"]) == ("2024-03-01T10:00:00Z", "payload")

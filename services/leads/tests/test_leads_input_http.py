@@ -131,3 +131,13 @@ def test_import_rows_with_number_times_control_characters_or_no_identity_are_rej
     c1, c2 = _import_rejections(csv, "text/csv")
     assert [(r.column, r.reason) for r in c1] == [("captured_at", ISO_TIME)]
     assert [r.column for r in c2] == ["person.first_name"]
+
+
+@pytest.mark.parametrize("path", CAPTURES)
+@pytest.mark.parametrize("counter", ["visits", "time_on_site_seconds", "page_views"])
+async def test_engagement_counters_beyond_what_the_database_holds_are_refused(
+    http: httpx.AsyncClient, path: str, counter: str
+) -> None:
+    # Found by the OpenAPI fuzz: a 22-digit visit count reached MongoDB (64-bit ints) as a 500.
+    response = await http.post(path, json=lead_captured_example() | {"engagement": {counter: 10**21}})
+    assert fields(response) == {f"engagement.{counter}": "Input should be less than or equal to 1000000000"}

@@ -9,6 +9,7 @@ import io
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -16,7 +17,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from crm_contracts import catalog
-from crm_contracts.events.leads import IDENTIFYING_FIELDS, LeadCaptured, lead_captured_example
+from crm_contracts.events.leads import (
+    IDENTIFYING_FIELDS,
+    LeadCaptured,
+    lead_captured_example,
+    lead_captured_key,
+)
 from crm_leads.bootstrap import LeadsSettings, create_app
 from crm_leads.domain import lead_id_for
 from crm_localinfra.testing import (
@@ -58,7 +64,7 @@ class Leads:
             bootstrap, self.topic(spec_topic), until=lambda records: len(records) >= count, timeout=seconds
         )
 
-    async def publish(self, value: bytes, key: bytes) -> None:
+    async def publish(self, value: bytes, key: bytes | None) -> None:
         await publish_raw(self.settings.kafka_bootstrap_servers, self.topic("lead.captured"), value, key=key)
 
     async def drained(self) -> None:
@@ -191,7 +197,7 @@ async def test_malformed_captures_are_dead_lettered_and_consumption_goes_on(lead
     parked = await leads.events("lead.captured.dlq", 2)
     errors = [r.headers[H_ERROR].decode() for r in parked]
     assert "not JSON" in errors[0]
-    assert "data.captured_at: Field required" in errors[1]
+    # captured_at is optional since issue 18: only the unknown field is wrong.
     assert "data.captured_when: Extra inputs are not permitted" in errors[1]
     assert {r.headers[H_TOPIC].decode() for r in parked} == {leads.topic("lead.captured")}
     assert [r.value for r in parked] == [b"{not json", broken]
@@ -329,24 +335,29 @@ async def run_import(
 async def test_an_ndjson_import_reports_each_row_and_keeps_historical_times(leads: Leads) -> None:
     job, rejected = await run_import(leads, NDJSON, "application/x-ndjson")
     assert job["state"] == "done" and job["object"] == "leads" and job["format"] == "ndjson"
-    assert (job["file_rows"], job["processed"], job["applied"], job["failed"]) == (5, 5, 2, 3)
-    assert sorted(rejected) == [3, 4, 5]  # line numbers; the blank line 2 is not a row
+    # r3 has no captured_at: since issue 18 it is captured at the upload's receipt, not refused.
+    assert (job["file_rows"], job["processed"], job["applied"], job["failed"]) == (5, 5, 3, 2)
+    assert sorted(rejected) == [3, 4]  # line numbers; the blank line 2 is not a row
     assert rejected[3][0]["column"] == "person.email" and rejected[3][0]["external_id"] == "r2"
     assert rejected[3][0]["value"] == "not-an-email"
     assert [(r["column"], r["reason"]) for r in rejected[4]] == [("(row)", "not a JSON object")]
-    assert [(r["column"], r["reason"]) for r in rejected[5]] == [("captured_at", "Field required")]
     r1 = (await leads.http.get(f"/leads/{lead_id_for('list-import', 'r1')}")).json()
     assert r1["captured_at"] == "2024-05-01T08:00:00Z" and r1["origin"] == "import"
     assert r1["lead_source"] == "list_import"
+    r3 = (await leads.http.get(f"/leads/{lead_id_for('list-import', 'r3')}")).json()
+    assert (r3["captured_at"], r3["captured_at_source"]) == (job["created_at"], "received")
     assert (await leads.http.get(f"/leads/{lead_id_for('tradeshow', 'r4')}")).status_code == 200
-    assert await leads.topic_size("lead.created") == 2
-    [created, _] = await leads.events("lead.created", 2)
-    assert created.json()["time"].startswith("2024-05-0")  # the event keeps the historical time
+    assert await leads.topic_size("lead.created") == 3
+    created = await leads.events("lead.created", 3)
+    times = {r.json()["data"]["lead"]["external_id"]: r.json()["time"] for r in created}
+    assert times["r1"].startswith("2024-05-01")  # the event keeps the historical time
 
+    # Imported again (a later receipt): r3 brings nothing new, so it keeps its first time.
     again, rejected_again = await run_import(leads, NDJSON, "application/x-ndjson")
-    assert (again["applied"], again["failed"], sorted(rejected_again)) == (2, 3, [3, 4, 5])
-    assert await leads.topic_size("lead.created") == 2 and await leads.topic_size("lead.updated") == 0
-    assert len(await leads.stored()) == 2
+    assert (again["applied"], again["failed"], sorted(rejected_again)) == (3, 2, [3, 4])
+    assert await leads.topic_size("lead.created") == 3 and await leads.topic_size("lead.updated") == 0
+    assert len(await leads.stored()) == 3
+    assert (await leads.http.get(f"/leads/{r3['id']}")).json()["captured_at"] == r3["captured_at"]
 
 
 async def test_a_csv_import_nests_dotted_columns_and_rejects_bad_rows_alone(leads: Leads) -> None:
@@ -729,3 +740,147 @@ async def test_metrics_expose_consumer_lag_outbox_and_event_counters(leads: Lead
     ready = await leads.http.get("/health/ready")
     assert live.status_code == 200
     assert ready.status_code == 200 and ready.json()["checks"] == {"mongodb": "ok", "kafka": "ok"}
+
+
+# -- issue 18: what an outside publisher needs ------------------------------------------------
+async def _by_capture_key(leads: Leads, system: str, external_id: str) -> list[dict[str, Any]]:
+    answer = await leads.http.get("/leads", params={"external_system": system, "external_id": external_id})
+    assert answer.status_code == 200, answer.text
+    items: list[dict[str, Any]] = answer.json()["items"]
+    return items
+
+
+async def test_a_publisher_finds_its_lead_by_its_own_system_and_id(leads: Leads) -> None:
+    # Two publishers reuse the id "42": over Kafka each captures its own lead, and each finds
+    # its own over HTTP by (system, id) without reading lead.created.
+    for system, name in (("webforms", "Ada"), ("adplatform", "Bob")):
+        event = captured_event(source_system=system, external_id="42", person={"first_name": name})
+        await leads.publish(event, key=f"{system}:42".encode())
+
+    async def both() -> bool:
+        return len(await leads.stored({"external_id": "42"})) == 2
+
+    await eventually(both)
+    [ada] = await _by_capture_key(leads, "webforms", "42")
+    [bob] = await _by_capture_key(leads, "adplatform", "42")
+    assert (ada["id"], ada["person"]["first_name"]) == (lead_id_for("webforms", "42"), "Ada")
+    assert (bob["id"], bob["person"]["first_name"]) == (lead_id_for("adplatform", "42"), "Bob")
+    assert await _by_capture_key(leads, "webforms", "43") == []
+
+    # A lead merged into another still answers its key, pointing at the survivor.
+    merged = await leads.http.post(f"/leads/{bob['id']}/merge", json={"duplicate_id": ada["id"], "by": REP})
+    assert merged.status_code == 200, merged.text
+    [gone] = await _by_capture_key(leads, "webforms", "42")
+    assert (gone["status"], gone["merged_into"]) == ("merged", bob["id"])
+
+
+async def test_a_lead_lookup_needs_both_the_system_and_its_id(leads: Leads) -> None:
+    for given, missing in (
+        ({"external_id": "42"}, "external_system"),
+        ({"external_system": "webforms"}, "external_id"),
+    ):
+        answer = await leads.http.get("/leads", params=given)
+        assert answer.status_code == 422, answer.text
+        assert [f["field"] for f in answer.json()["fields"]] == [missing]
+        assert missing in answer.json()["message"]
+
+
+def _timeless(external_id: str, first_name: str) -> dict[str, Any]:
+    """A capture without captured_at (an export that has no timestamps)."""
+    payload = lead_captured_example() | {"external_id": external_id, "person": {"first_name": first_name}}
+    del payload["captured_at"]
+    return payload
+
+
+async def test_a_capture_without_captured_at_takes_the_event_time_and_says_so(leads: Leads) -> None:
+    event_time = datetime(2026, 5, 4, 8, 15, tzinfo=UTC)
+    timeless = LeadCaptured.model_validate(_timeless("no-time", "Tim"))
+    event = make_event(
+        catalog.LEAD_CAPTURED, timeless, source="/webforms", subject="no-time", time=event_time
+    )
+    await leads.publish(encode(event), key=b"webforms:no-time")
+    timed = captured_event(external_id="timed", person={"first_name": "Tina"})
+    await leads.publish(timed, key=b"webforms:timed")
+
+    [created, created_too] = await leads.events("lead.created", 2)
+    by_id = {
+        r.json()["data"]["lead"]["external_id"]: r.json()["data"]["lead"] for r in (created, created_too)
+    }
+    assert (by_id["no-time"]["captured_at"], by_id["no-time"]["captured_at_source"]) == (
+        "2026-05-04T08:15:00Z",
+        "event_time",
+    )
+    assert (by_id["timed"]["captured_at"], by_id["timed"]["captured_at_source"]) == (
+        lead_captured_example()["captured_at"],
+        "payload",
+    )
+    [lead] = await _by_capture_key(leads, "webforms", "no-time")
+    assert (lead["captured_at"], lead["captured_at_source"]) == ("2026-05-04T08:15:00Z", "event_time")
+
+
+async def test_an_http_capture_without_captured_at_takes_the_time_of_receipt(leads: Leads) -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    answer = await leads.http.post("/leads/capture", json=_timeless("http-no-time", "Hal"))
+    assert answer.status_code == 201, answer.text
+    lead = answer.json()
+    assert lead["captured_at_source"] == "received"
+    assert before <= datetime.fromisoformat(lead["captured_at"]) <= datetime.now(UTC)
+    entered = await leads.http.post("/leads", json={"person": {"first_name": "Rita"}})
+    assert entered.json()["captured_at_source"] == "received", entered.text
+    given = await leads.http.post(
+        "/leads", json={"person": {"first_name": "Gil"}, "captured_at": "2025-01-01T00:00:00Z"}
+    )
+    assert (given.json()["captured_at"], given.json()["captured_at_source"]) == (
+        "2025-01-01T00:00:00Z",
+        "payload",
+    )
+
+
+async def test_captures_keyed_otherwise_or_not_at_all_are_accepted_like_the_documented_key(
+    leads: Leads,
+) -> None:
+    # The documented key, a key of the publisher's own making, and a null key: three leads, and
+    # a resend of the first under a null key is still the same capture (the key is never read).
+    keyed = {
+        "documented": lead_captured_key("webforms", "documented"),
+        "own-key": b"partition-me-anyhow",
+        "no-key": None,
+    }
+    for external_id, key in keyed.items():
+        await leads.publish(
+            captured_event(external_id=external_id, person={"first_name": external_id}), key=key
+        )
+    newer = lead_captured_example()["person"] | {"first_name": "documented", "job_title": "CTO"}
+    resend = captured_event(external_id="documented", person=newer, captured_at="2026-12-01T00:00:00Z")
+    await leads.publish(resend, key=None)
+
+    async def all_applied() -> bool:
+        stored = {
+            doc["external_id"]: doc for doc in await leads.stored({"external_id": {"$in": list(keyed)}})
+        }
+        return len(stored) == 3 and stored["documented"]["person"].get("job_title") == "CTO"
+
+    await eventually(all_applied)
+    assert await leads.topic_size("lead.created") == 3
+    assert await leads.topic_size("lead.captured.dlq") == 0
+
+
+async def test_owner_and_campaign_ids_from_another_system_keep_their_spaces_operators_are_dead_lettered(
+    leads: Leads,
+) -> None:
+    owner, campaign = "Rita Rep", "Spring Fair 2026 · Hall B"
+    await leads.publish(
+        captured_event(external_id="spaced", owner_id=owner, campaign_id=campaign), key=b"webforms:spaced"
+    )
+    operator = raw_captured_event(owner_id="$ne")
+    await leads.publish(operator, key=b"webforms:operator")
+
+    async def stored() -> list[dict[str, Any]]:
+        answer = await leads.http.get("/leads", params={"owner_id": owner, "campaign_id": campaign})
+        items: list[dict[str, Any]] = answer.json()["items"]
+        return items
+
+    [lead] = await eventually(stored)
+    assert (lead["external_id"], lead["owner_id"], lead["campaign_id"]) == ("spaced", owner, campaign)
+    [parked] = await leads.events("lead.captured.dlq", 1)
+    assert "data.owner_id: an id must not start with $" in parked.headers[H_ERROR].decode()

@@ -115,3 +115,41 @@ def test_contact_import_rows_with_number_times_or_control_characters_are_rejecte
     assert [(r.column, r.reason) for r in c1] == [("created_at", ISO_TIME)]
     assert [r.column for r in c2] == ["first_name"]
     assert c3 == []
+
+
+@pytest.mark.parametrize(
+    ("owner_id", "reason"),
+    [
+        ("$ne", "an id must not start with $"),
+        ("rep/1", "an id must not contain /"),
+        ("rep\x001", "an id must not contain control characters (found U+0000)"),
+        ("rep\u00851", "an id must not contain control characters (found U+0085)"),
+        ("..", "an id must not be . or .."),
+        ("r" * 129, "String should have at most 128 characters"),
+    ],
+)
+async def test_ids_that_are_operators_paths_or_control_characters_are_refused_naming_the_field(
+    http: httpx.AsyncClient, owner_id: str, reason: str
+) -> None:
+    assert fields(await http.post("/opportunities", json=OPPORTUNITY | {"owner_id": owner_id})) == {
+        "owner_id": reason
+    }
+    assert fields(await http.get("/opportunities", params={"owner_id": owner_id})) == {"owner_id": reason}
+
+
+async def test_an_id_in_the_path_keeps_its_spaces_but_not_spaces_at_its_ends(http: httpx.AsyncClient) -> None:
+    assert fields(await http.get("/products/%20Widget%20Pro")) == {
+        "product_id": "an id must not start or end with a space"
+    }
+    assert fields(await http.get("/products/%24where")) == {"product_id": "an id must not start with $"}
+
+
+def test_the_id_rule_is_in_the_openapi_field_descriptions() -> None:
+    document = create_app(OpportunitiesSettings(log_level="WARNING")).openapi()
+    owner = document["components"]["schemas"]["NewOpportunityBody"]["properties"]["owner_id"]
+    [text, _] = owner["anyOf"]
+    assert text["maxLength"] == 128 and "printable text, spaces inside allowed" in text["description"]
+    [product] = [
+        p for p in document["paths"]["/products/{product_id}"]["get"]["parameters"] if p["in"] == "path"
+    ]
+    assert "not starting with $" in product["schema"]["description"]

@@ -10,6 +10,7 @@ import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -391,8 +392,12 @@ async def test_custom_pipelines_and_bad_input(service: Service) -> None:
         "/opportunities", json={"name": "X", "account_id": "nobody", "by": REP}
     )
     assert unknown_account.status_code == 422 and unknown_account.json()["fields"][0]["field"] == "account_id"
+    # Since issue 18 an id is any printable text: an operator written into one is text compared
+    # for equality (it matches nothing); one that starts with $ is still refused.
     smuggled = await service.http.get("/opportunities", params={"account_id": '{"$ne": null}'})
-    assert smuggled.status_code == 422 and smuggled.json()["fields"][0]["field"] == "account_id"
+    assert smuggled.status_code == 200 and smuggled.json()["items"] == []
+    operator = await service.http.get("/opportunities", params={"account_id": "$ne"})
+    assert operator.status_code == 422 and operator.json()["fields"][0]["field"] == "account_id"
     assert (await service.http.get("/opportunities/opp-none")).status_code == 404
 
 
@@ -1036,3 +1041,117 @@ async def test_operators_smuggled_in_filter_strings_match_nothing(service: Servi
         assert listed.json()["items"] == [], smuggled
     matched = (await service.http.get("/sales-teams", params={"region": "DACH"})).json()["items"]
     assert [team["id"] for team in matched] == ["team-dach"]
+
+
+# -- lookups by another CRM's own ids (issue 18) ----------------------------------------------
+async def _import(service: Service, kind: str, system: str, csv_body: bytes) -> list[dict[str, Any]]:
+    answer = await service.http.post(
+        f"/imports/{kind}",
+        params={"source_system": system},
+        content=csv_body,
+        headers={"content-type": "text/csv"},
+    )
+    assert answer.status_code == 200, answer.text
+    rows: list[dict[str, Any]] = answer.json()["rows"]
+    return rows
+
+
+async def _looked_up(service: Service, path: str, system: str, external_id: str) -> list[dict[str, Any]]:
+    answer = await service.http.get(path, params={"external_system": system, "external_id": external_id})
+    assert answer.status_code == 200, answer.text
+    items: list[dict[str, Any]] = answer.json()["items"]
+    return items
+
+
+async def test_imported_records_are_found_by_the_exporting_systems_own_ids(service: Service) -> None:
+    # Two CRMs both call their first account "A 1": two accounts, each found by its own system.
+    [north] = await _import(service, "accounts", "crm-north", b"external_id,name\nA 1,North Ltd\n")
+    [south] = await _import(service, "accounts", "crm-south", b"external_id,name\nA 1,South Ltd\n")
+    assert north["id"] != south["id"]
+    assert [a["name"] for a in await _looked_up(service, "/accounts", "crm-north", "A 1")] == ["North Ltd"]
+    assert [a["name"] for a in await _looked_up(service, "/accounts", "crm-south", "A 1")] == ["South Ltd"]
+    assert await _looked_up(service, "/accounts", "crm-west", "A 1") == []
+
+    # Matched on import to records already here: the lookup answers those records.
+    known_account = await service.http.post(
+        "/accounts", json={"id": "acc-known", "name": "Known", "domain": "known.example"}
+    )
+    assert known_account.status_code == 201, known_account.text
+    known_contact = await service.http.post(
+        "/contacts", json={"id": "con-known", "email": "kim@known.example"}
+    )
+    assert known_contact.status_code == 201, known_contact.text
+    [by_domain] = await _import(
+        service, "accounts", "crm-north", b"external_id,name,domain\nA-2,Known Co,known.example\n"
+    )
+    [by_email] = await _import(
+        service,
+        "contacts",
+        "crm-north",
+        b"external_id,first_name,email,account_external_id\nC-9,Kim,Kim@known.example,A 1\n",
+    )
+    assert (by_domain["status"], by_email["status"]) == ("matched", "matched")
+    assert [a["id"] for a in await _looked_up(service, "/accounts", "crm-north", "A-2")] == ["acc-known"]
+    assert [c["id"] for c in await _looked_up(service, "/contacts", "crm-north", "C-9")] == ["con-known"]
+    assert await _looked_up(service, "/contacts", "crm-south", "C-9") == []
+
+    [deal] = await _import(
+        service, "opportunities", "crm-south", b"external_id,name,account_external_id\nO-1,Big deal,A 1\n"
+    )
+    [found] = await _looked_up(service, "/opportunities", "crm-south", "O-1")
+    assert (found["id"], found["account_id"]) == (deal["id"], south["id"])
+    assert await _looked_up(service, "/opportunities", "crm-north", "O-1") == []
+
+
+async def test_a_lookup_needs_both_the_system_and_its_id(service: Service) -> None:
+    for path in ("/accounts", "/contacts", "/opportunities"):
+        for given, missing in (
+            ({"external_id": "A-1"}, "external_system"),
+            ({"external_system": "crm"}, "external_id"),
+        ):
+            answer = await service.http.get(path, params=given)
+            assert answer.status_code == 422, (path, answer.text)
+            assert [f["field"] for f in answer.json()["fields"]] == [missing], (path, answer.text)
+
+
+async def test_ids_from_another_crm_with_spaces_work_in_bodies_paths_and_filters(service: Service) -> None:
+    # Names another CRM uses as ids, taken as they are: spaces, accents, dots, ampersands.
+    product, team, owner = "Widget Pro 2", "Team Nord & Ost", "Rita Rep"
+    made = await service.http.post(
+        "/products", json={"id": product, "name": "Widget", "list_price": "100.00"}
+    )
+    assert made.status_code == 201, made.text
+    made = await service.http.post(
+        "/sales-teams", json={"id": team, "name": "Nord-Ost", "region": "DACH", "manager_id": "Jörg M."}
+    )
+    assert made.status_code == 201, made.text
+    made = await service.http.post(
+        "/accounts", json={"id": "Müller Holding GmbH", "name": "Müller", "owner_id": owner}
+    )
+    assert made.status_code == 201, made.text
+    deal = await service.http.post(
+        "/opportunities",
+        json={
+            "id": "Deal 2026 Q1",
+            "name": "Widgets",
+            "account_id": "Müller Holding GmbH",
+            "owner_id": owner,
+            "sales_team_id": team,
+            "by": REP,
+        },
+    )
+    assert deal.status_code == 201, deal.text
+    path = "/opportunities/" + quote(deal.json()["id"], safe="")
+    lines = await service.http.put(
+        f"{path}/line-items", json={"items": [{"product_id": product, "quantity": "3"}], "by": REP}
+    )
+    assert lines.status_code == 200, lines.text
+    assert lines.json()["amount"] == "300.00"
+
+    assert (await service.http.get("/products/" + quote(product, safe=""))).json()["id"] == product
+    assert (await service.http.get("/sales-teams/" + quote(team, safe=""))).json()["manager_id"] == "Jörg M."
+    by_owner = (await service.http.get("/opportunities", params={"owner_id": owner})).json()["items"]
+    by_team = (await service.http.get("/opportunities", params={"sales_team_id": team})).json()["items"]
+    assert [o["id"] for o in by_owner] == [o["id"] for o in by_team] == ["Deal 2026 Q1"]
+    [created] = await service.events("opportunity.created", until=lambda rs: len(rs) >= 1)
+    assert (created.json()["data"]["opportunity"]["owner_id"], created.key) == (owner, b"Deal 2026 Q1")

@@ -13,7 +13,9 @@ import pytest
 from crm_contracts import catalog
 from crm_contracts.envelope import CloudEvent
 from crm_contracts.events.common import (
+    ID_PATTERN,
     Actor,
+    Id,
     IsoDate,
     IsoDateTime,
     LongText,
@@ -23,6 +25,8 @@ from crm_contracts.events.common import (
 )
 from crm_contracts.events.leads import IDENTIFYING_FIELDS, LeadCaptured, lead_captured_example
 from crm_contracts.schemas import event_schema
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 # pydantic's lax mode would read each of these as seconds since 1970.
@@ -205,3 +209,66 @@ def test_the_envelope_refuses_number_times_and_control_characters(change: dict[s
     with pytest.raises(ValidationError) as caught:
         CloudEvent[LeadCaptured].model_validate_json(json.dumps(envelope | change))
     assert [e["loc"] for e in caught.value.errors()] == [(field,)]
+
+
+# -- ids (issue 18): what another system calls its records, names included --------------------
+IDS = TypeAdapter(Id)
+ACCEPTED_IDS = [
+    "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+    "Rita Rep",
+    "Team Nord & Ost",
+    "Müller Holding GmbH",
+    "SKU #12 (blue), 50% off?",
+    "a.b:c|d\\e",
+    "...",
+    '{"$gt": ""}',  # text, compared for equality: never an operator
+    "营业部",
+    "x" * 128,
+]
+REFUSED_IDS = [
+    ("$ne", "id_operator"),
+    ("a/b", "id_slash"),
+    (".", "id_dot_segment"),
+    ("..", "id_dot_segment"),
+    ("rep\x001", "id_control_character"),
+    ("rep\t1", "id_control_character"),
+    ("rep\u00851", "id_control_character"),
+    (" rep", "id_edge_space"),
+    ("rep\u00a0", "id_edge_space"),
+    ("", "string_too_short"),
+    ("x" * 129, "string_too_long"),
+]
+
+
+@pytest.mark.parametrize("value", ACCEPTED_IDS)
+def test_any_printable_id_up_to_128_characters_is_taken_as_it_is(value: str) -> None:
+    assert IDS.validate_python(value) == value
+    assert IDS.validate_json(json.dumps(value)) == value
+
+
+@pytest.mark.parametrize(("value", "kind"), REFUSED_IDS)
+def test_ids_that_are_operators_paths_control_characters_or_padded_are_refused(value: str, kind: str) -> None:
+    assert refusal(IDS, value)["type"] == kind
+
+
+@pytest.mark.parametrize("value", ACCEPTED_IDS + [value for value, _ in REFUSED_IDS])
+def test_the_id_schema_pattern_agrees_with_the_validator(value: str) -> None:
+    schema = IDS.json_schema()
+    accepted_by_schema = not list(jsonschema.Draft202012Validator(schema).iter_errors(value))
+    try:
+        IDS.validate_python(value)
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert accepted_by_schema == accepted
+    assert schema["pattern"] == ID_PATTERN and "128 characters" in schema["description"]
+
+
+@given(st.from_regex(ID_PATTERN, fullmatch=True).filter(lambda text: len(text) <= 128))
+def test_every_id_the_schema_allows_is_accepted(value: str) -> None:
+    assert IDS.validate_python(value) == value
+
+
+def test_a_payload_strips_the_spaces_around_an_id_as_around_any_text() -> None:
+    captured = LeadCaptured.model_validate(lead_captured_example() | {"owner_id": "  Rita Rep "})
+    assert captured.owner_id == "Rita Rep"

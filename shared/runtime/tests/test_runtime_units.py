@@ -43,13 +43,13 @@ def test_validation_errors_name_the_field() -> None:
             "source": "/x",
             "type": catalog.LEAD_CAPTURED.type,
             "time": "2026-01-01T00:00:00Z",
-            "data": {"source_system": "s", "external_id": "e", "person": {"email": "nope"}},
+            "data": {"source_system": "s", "person": {"email": "nope"}},  # captured_at is optional
         }
     )
     with pytest.raises(ValidationError) as caught:
         decode(catalog.LEAD_CAPTURED, raw.encode())
     message = describe_validation_error(caught.value)
-    assert "data.person.email" in message and "data.captured_at: Field required" in message
+    assert "data.person.email" in message and "data.external_id: Field required" in message
 
 
 def test_mongo_operators_cannot_hide_in_ids_or_custom_keys() -> None:
@@ -161,3 +161,11 @@ def test_the_company_currency_is_an_iso_code_refused_at_start_up_when_malformed(
         monkeypatch.setenv("CRM_COMPANY_CURRENCY", wrong)
         with pytest.raises(ValidationError, match="CRM_COMPANY_CURRENCY must be an ISO 4217 code"):
             ServiceSettings(service_name="leads")
+
+
+def test_compound_keys_stay_unambiguous_whatever_the_ids_hold() -> None:
+    from crm_runtime.mongo import compound_key
+
+    assert compound_key("spring-fair", "lead:42") == "spring-fair|lead:42"  # as keys stored before
+    pairs = [("a|b", "c"), ("a", "b|c"), ("a\\", "|c"), ("a\\|", "c"), ("a", "\\|c")]
+    assert len({compound_key(*pair) for pair in pairs}) == len(pairs)

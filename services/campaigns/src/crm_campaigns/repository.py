@@ -23,7 +23,7 @@ from typing import Any
 
 from crm_contracts.events.campaigns import MemberStatus, MemberType
 from crm_contracts.events.leads import LeadConverted
-from crm_runtime.mongo import Document, from_bson, to_bson
+from crm_runtime.mongo import Document, compound_key, from_bson, to_bson
 from crm_runtime.projection import replace_if_newer
 from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -386,8 +386,7 @@ class MemberRepository:
 
 
 def _member_key(campaign_id: str, member_id: str) -> str:
-    # '|' cannot occur in an id (see the Id pattern), so the key is unambiguous.
-    return f"{campaign_id}|{member_id}"
+    return compound_key(campaign_id, member_id)
 
 
 def _lead_document(lead: LeadReference) -> Document:

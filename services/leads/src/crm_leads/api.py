@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from crm_contracts.envelope import utcnow
 from crm_contracts.events.common import Actor, Id, IsoDateTime, MultiLine, ShortText, SingleLine
 from crm_contracts.events.leads import (
+    CapturedAtSource,
     Company,
     Consent,
     CustomAttributes,
@@ -27,6 +27,7 @@ from crm_contracts.events.leads import (
 )
 from crm_contracts.events.picklists import PICKLIST_CODE_PATTERN, PicklistGiven
 from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
+from crm_runtime.external_refs import ByExternalReference
 from crm_runtime.jobs import Job, JobFinished, JobView
 from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -74,7 +75,8 @@ REP_EXAMPLE: dict[str, Any] = {"id": "rep-42", "name": "Rita Rep"}
 
 class NewLead(BaseModel):
     """A lead entered by a rep or posted by a system over HTTP. Without ``external_id`` the
-    ``Idempotency-Key`` header (or a fresh id) is the capture key; without ``captured_at``, now."""
+    ``Idempotency-Key`` header (or a fresh id) is the capture key; without ``captured_at``, the
+    time of receipt (``captured_at_source: received``)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [lead_captured_example()]})
 
@@ -220,6 +222,10 @@ class LeadView(BaseModel):
     owner_id: str | None
     custom: dict[str, Any]
     captured_at: AwareDatetime
+    captured_at_source: CapturedAtSource = Field(
+        description="Where captured_at comes from: the capture's own captured_at (payload), the "
+        "lead.captured event's time (event_time), or when the suite received it (received)"
+    )
     created_at: AwareDatetime
     updated_at: AwareDatetime
     disqualification_reason: str | None
@@ -350,9 +356,8 @@ def leads_router(runtime: ServiceRuntime, repo: LeadRepository, rescoring: Resco
         try:
             captured = LeadCaptured.model_validate(
                 {
-                    **body.model_dump(exclude={"external_id", "captured_at"}),
+                    **body.model_dump(exclude={"external_id"}),
                     "external_id": external_id,
-                    "captured_at": body.captured_at or utcnow(),
                 }
             )
         except ValidationError as exc:  # answered like the body's own errors, every field named
@@ -426,7 +431,10 @@ def leads_router(runtime: ServiceRuntime, repo: LeadRepository, rescoring: Resco
         "",
         dependencies=read,
         summary="List and search leads with filters, sorting and cursor pagination",
-        description="Merged leads are left out unless `status=merged` is asked for. `q` finds leads whose "
+        description="Merged leads are left out unless `status=merged` is asked for. "
+        "`external_system` and `external_id` (both, or neither) find the lead the capturing system "
+        "knows by that id -- its `source_system` and `external_id`, a merged lead included -- "
+        "through the unique capture-key index. `q` finds leads whose "
         "name, email, company name, company domain or phone starts with each of its words, ignoring "
         "case and accents (`q=ada engines`).",
     )
@@ -447,6 +455,7 @@ def leads_router(runtime: ServiceRuntime, repo: LeadRepository, rescoring: Resco
         sort: LeadSort = LeadSort.CAPTURED_AT_DESC,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, Query(max_length=600, pattern=r"^[A-Za-z0-9_\-]+$")] = None,
+        reference: ByExternalReference = None,
     ) -> LeadPage:
         filters: dict[str, str] = {}
         for name, value in (
@@ -471,6 +480,7 @@ def leads_router(runtime: ServiceRuntime, repo: LeadRepository, rescoring: Resco
             sort=sort,
             after=decode_cursor(cursor, sort) if cursor else None,
             limit=limit,
+            capture_key=(reference.system, reference.external_id) if reference else None,
         )
         leads = await repo.search(query)
         next_cursor = encode_cursor(sort, leads[-1]) if len(leads) == limit else None

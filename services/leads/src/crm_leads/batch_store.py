@@ -13,12 +13,12 @@ at a time."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from crm_contracts.events.leads import LeadCaptured, LeadStatus
+from crm_contracts.events.leads import LeadStatus
 from pymongo.asynchronous.client_session import AsyncClientSession
 
-from .domain import MAX_DUPLICATE_LINKS, Lead, MatchKeys
+from .domain import MAX_DUPLICATE_LINKS, Lead, MatchKeys, TimedCapture
 from .picklists import Picklists
 from .repository import ConcurrentModification, LeadRepository, stored_form
 from .scoring import ScoringRules
@@ -52,7 +52,7 @@ class BatchLeads:
 
     @classmethod
     async def load(
-        cls, repo: LeadRepository, session: AsyncClientSession, captures: list[LeadCaptured]
+        cls, repo: LeadRepository, session: AsyncClientSession, captures: Sequence[TimedCapture]
     ) -> BatchLeads:
         """Hold what ``captures`` will read: their leads and every lead sharing a key with
         them; then, for the stored ones among them, their survivors and linked duplicates and

@@ -11,8 +11,18 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any
 
-from crm_contracts.events.common import Actor, Currency, Id, IsoDate, Money, ShortText, SingleLine
+from crm_contracts.events.common import (
+    Actor,
+    Currency,
+    Id,
+    IsoDate,
+    IsoDateTime,
+    Money,
+    ShortText,
+    SingleLine,
+)
 from crm_contracts.events.leads import (
+    CapturedAtSource,
     Company,
     Consent,
     ConvertedAccount,
@@ -327,20 +337,44 @@ def _millis(moment: datetime) -> datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
-def canonical_capture(captured: LeadCaptured) -> LeadCaptured:
-    """The capture with times at millisecond precision, as they will be stored."""
-    engagement = captured.engagement
+class TimedCapture(LeadCaptured):
+    """A capture whose business time is settled, and where that time came from."""
+
+    captured_at: IsoDateTime
+    captured_at_source: CapturedAtSource = CapturedAtSource.PAYLOAD
+
+
+def timed_capture(
+    captured: LeadCaptured, *, event_time: datetime | None, received_at: datetime
+) -> TimedCapture:
+    """The capture's own ``captured_at``, else the event's ``time``, else the time of receipt
+    (HTTP and import rows have no event). A capture already timed keeps its time."""
+    if isinstance(captured, TimedCapture):
+        return captured
+    if captured.captured_at is not None:
+        at, source = captured.captured_at, CapturedAtSource.PAYLOAD
+    elif event_time is not None:
+        at, source = event_time, CapturedAtSource.EVENT_TIME
+    else:
+        at, source = received_at, CapturedAtSource.RECEIVED
+    fields = dict(captured) | {"captured_at": at, "captured_at_source": source}
+    return TimedCapture.model_construct(set(fields), **fields)  # validated already, as a LeadCaptured
+
+
+def canonical_capture(captured: LeadCaptured, *, received_at: datetime) -> TimedCapture:
+    """The timed capture with times at millisecond precision, as they will be stored."""
+    timed = timed_capture(captured, event_time=None, received_at=received_at)
+    engagement = timed.engagement
     if engagement.last_activity_at is not None:
         engagement = engagement.model_copy(update={"last_activity_at": _millis(engagement.last_activity_at)})
-    return captured.model_copy(
-        update={"captured_at": _millis(captured.captured_at), "engagement": engagement}
-    )
+    return timed.model_copy(update={"captured_at": _millis(timed.captured_at), "engagement": engagement})
 
 
-def capture_digest(captured: LeadCaptured) -> str:
+def capture_digest(captured: TimedCapture) -> str:
     """Content fingerprint: breaks ties between captures with the same ``captured_at`` so that
-    the winner does not depend on the order they arrive in."""
-    return hashlib.sha256(captured.model_dump_json().encode()).hexdigest()[:32]
+    the winner does not depend on the order they arrive in. The time's source is not content
+    (and leaving it out keeps the digests of leads stored before it existed)."""
+    return hashlib.sha256(captured.model_dump_json(exclude={"captured_at_source"}).encode()).hexdigest()[:32]
 
 
 class MergeOutcome(BaseModel):
@@ -382,6 +416,7 @@ class Lead(BaseModel):
     owner_id: str | None = None
     custom: CustomAttributes = Field(default_factory=dict)
     captured_at: AwareDatetime
+    captured_at_source: CapturedAtSource = CapturedAtSource.PAYLOAD
     capture_digest: str = ""
     created_at: AwareDatetime
     updated_at: AwareDatetime
@@ -414,12 +449,13 @@ class Lead(BaseModel):
         (``picklists``; the defaults when it never revised them). Raises
         ``UnknownPicklistValue`` for a value the lists refuse."""
         folded = (picklists or DEFAULT_LISTS).fold(captured)
-        captured = canonical_capture(folded.captured)
+        captured = canonical_capture(folded.captured, received_at=now)
         lead = cls(
             id=lead_id_for(captured.source_system, captured.external_id),
             source_system=captured.source_system,
             external_id=captured.external_id,
             captured_at=captured.captured_at,
+            captured_at_source=captured.captured_at_source,
             capture_digest=capture_digest(captured),
             created_at=now,
             updated_at=now,
@@ -443,13 +479,16 @@ class Lead(BaseModel):
         ``captured_at`` wins (ties broken by content), so resends in any order end in the same
         state. Returns the changed fields (empty: nothing to do)."""
         folded = (picklists or DEFAULT_LISTS).fold(captured)
-        captured = canonical_capture(folded.captured)
+        captured = canonical_capture(folded.captured, received_at=now)
+        if captured.captured_at_source is not CapturedAtSource.PAYLOAD and not self._brings_news(captured):
+            return []  # a resend without its own time: its receipt is no newer capture of the lead
         digest = capture_digest(captured)
         if (captured.captured_at, digest) <= (self.captured_at, self.capture_digest):
             return []
         before = self._captured_state()
         self._take_captured_fields(captured, folded)
         self.captured_at = captured.captured_at
+        self.captured_at_source = captured.captured_at_source
         self.capture_digest = digest
         changed = [name for name, value in self._captured_state().items() if before[name] != value]
         if self.status is not LeadStatus.MERGED:
@@ -469,13 +508,14 @@ class Lead(BaseModel):
     ) -> list[str]:
         """A capture of a lead merged into this one: newer data than this lead's own updates
         the fields it carries (empty values never erase), older data only fills gaps."""
-        captured = canonical_capture((picklists or DEFAULT_LISTS).fold(captured).captured)
+        captured = canonical_capture((picklists or DEFAULT_LISTS).fold(captured).captured, received_at=now)
         newer = captured.captured_at >= self.captured_at
         before = self._captured_state()
         incoming = {name: getattr(captured, name) for name in CAPTURED_FIELDS}
         taken = self._combine(incoming, prefer_incoming=newer)
         if newer:
             self.captured_at = captured.captured_at
+            self.captured_at_source = captured.captured_at_source
         changed = [name for name, value in self._captured_state().items() if before[name] != value]
         if not changed and not taken:
             return []
@@ -483,8 +523,11 @@ class Lead(BaseModel):
         self._touch(now, by, "updated", detail=f"capture of merged lead {for_lead}: " + ", ".join(changed))
         return changed
 
+    def _brings_news(self, captured: LeadCaptured) -> bool:
+        return any(getattr(self, name) != getattr(captured, name) for name in CAPTURED_FIELDS)
+
     def _captured_state(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in (*CAPTURED_FIELDS, "captured_at")}
+        return {name: getattr(self, name) for name in (*CAPTURED_FIELDS, "captured_at", "captured_at_source")}
 
     def _take_captured_fields(self, captured: LeadCaptured, folded: FoldedCapture) -> None:
         for name in CAPTURED_FIELDS:
@@ -866,6 +909,7 @@ class Lead(BaseModel):
             campaign_id=self.campaign_id,
             owner_id=self.owner_id,
             captured_at=self.captured_at,
+            captured_at_source=self.captured_at_source,
             duplicate_of=self.duplicate_of,
             merged_into=self.merged_into,
         )

@@ -9,9 +9,10 @@ from crm_contracts.envelope import CloudEvent
 from crm_contracts.events.leads import LeadCaptured
 from crm_runtime import EventConsumer, PermanentEventError, UnitOfWork
 
+from .domain import timed_capture
 from .picklists import UnknownPicklistValue
 from .repository import LeadRepository
-from .use_cases import capture_lead, capture_leads
+from .use_cases import capture_lead, capture_leads, now_ms
 
 
 def _captured_by(event: CloudEvent[Any]) -> str:
@@ -27,7 +28,7 @@ def register_handlers(consumer: EventConsumer, repo: LeadRepository) -> None:
     async def on_lead_captured(event: CloudEvent[LeadCaptured], uow: UnitOfWork) -> None:
         with uow.applying(event):
             try:
-                await capture_lead(repo, uow, event.data, by=_captured_by(event))
+                await capture_lead(repo, uow, event.data, by=_captured_by(event), event_time=event.time)
             except UnknownPicklistValue as exc:
                 # Retrying cannot help; once the value (or an alias) is on the list, replay it.
                 raise PermanentEventError(str(exc)) from exc
@@ -39,10 +40,17 @@ def register_handlers(consumer: EventConsumer, repo: LeadRepository) -> None:
         if len(events) == 1:
             await on_lead_captured(events[0], uow)
             return
+        received_at = now_ms()
         await capture_leads(
             repo,
             uow,
-            [(event.data, _captured_by(event)) for event in events],
+            [
+                (
+                    timed_capture(event.data, event_time=event.time, received_at=received_at),
+                    _captured_by(event),
+                )
+                for event in events
+            ],
             each=lambda index: uow.applying(events[index]),
         )
 

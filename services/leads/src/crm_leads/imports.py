@@ -13,6 +13,7 @@ from crm_runtime.imports import ImportContext, ImportRow, ImportTarget, Rejectio
 from crm_runtime.uploads import UnreadableUpload
 from pydantic import BaseModel, ValidationError
 
+from .domain import timed_capture
 from .picklists import UnknownPicklistValue
 from .repository import LeadRepository
 from .use_cases import capture_leads
@@ -38,9 +39,9 @@ def capture_key(fields: dict[str, Any], source_system: str) -> str | None:
 def lead_import(repo: LeadRepository) -> ImportTarget:
     """``POST /imports/leads``: each row is a ``lead.captured`` payload and goes through the
     one capture path (upsert by capture key, de-duplication, scoring, ``lead.created`` /
-    ``lead.updated`` with the row's own capture time), a chunk set-based like a fetched batch
-    of ``lead.captured`` (``capture_leads``: a few ``$in`` reads, one insert, one bulk write,
-    one outbox write)."""
+    ``lead.updated`` with the row's own capture time, else the upload's receipt), a chunk
+    set-based like a fetched batch of ``lead.captured`` (``capture_leads``: a few ``$in``
+    reads, one insert, one bulk write, one outbox write)."""
 
     async def apply(rows: list[ImportRow], context: ImportContext, uow: UnitOfWork) -> list[Rejection]:
         rejections: list[Rejection] = []
@@ -55,7 +56,9 @@ def lead_import(repo: LeadRepository) -> ImportTarget:
             except UnknownPicklistValue as exc:
                 rejections.append(Rejection.of(row, exc.field, exc.given, exc.reason))
             else:
-                captures.append(captured)
+                # A row without captured_at was captured, as far as the suite knows, when the
+                # upload arrived (the same time for every chunk, and for a resumed job).
+                captures.append(timed_capture(captured, event_time=None, received_at=context.received_at))
         by = f"import:{context.source_system}"
         await capture_leads(repo, uow, [(captured, by) for captured in captures])
         return rejections

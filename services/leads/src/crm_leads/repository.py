@@ -67,6 +67,7 @@ class LeadQuery:
     sort: LeadSort = LeadSort.CAPTURED_AT_DESC
     after: tuple[Any, str] | None = None
     limit: int = 50
+    capture_key: tuple[str, str] | None = None  # (source_system, external_id)
 
 
 class LeadStore(Protocol):
@@ -219,7 +220,10 @@ class LeadRepository:
 
     async def search(self, query: LeadQuery) -> list[Lead]:
         clauses: list[Document] = [{name: value} for name, value in sorted(query.filters.items())]
-        if "status" not in query.filters:
+        if query.capture_key is not None:  # the capture_key index; a merged lead still answers it
+            system, external_id = query.capture_key
+            clauses += [{"source_system": system}, {"external_id": external_id}]
+        elif "status" not in query.filters:
             clauses.append({"status": {"$ne": LeadStatus.MERGED.value}})
         if query.captured_from is not None:
             clauses.append({"captured_at": {"$gte": query.captured_from}})

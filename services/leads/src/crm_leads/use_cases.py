@@ -39,6 +39,7 @@ from .domain import (
     Lead,
     LeadRuleViolation,
     shared_keys,
+    timed_capture,
 )
 from .picklist_store import PicklistChanged
 from .picklists import Picklist
@@ -111,12 +112,20 @@ class CaptureResult:
 
 
 async def capture_lead(
-    store: LeadStore, uow: UnitOfWork, captured: LeadCaptured, *, by: str, now: datetime | None = None
+    store: LeadStore,
+    uow: UnitOfWork,
+    captured: LeadCaptured,
+    *,
+    by: str,
+    now: datetime | None = None,
+    event_time: datetime | None = None,
 ) -> CaptureResult:
     """Create the lead, or update it when the capturing system sends it again. The one path
     for ``lead.captured``, the HTTP capture endpoints and bulk imports. Its source and origin
-    are folded into the organisation's picklists; ``UnknownPicklistValue`` if refused."""
+    are folded into the organisation's picklists (``UnknownPicklistValue`` if refused); a
+    capture without ``captured_at`` takes ``event_time`` (its event's), else ``now`` (its receipt)."""
     now = now or now_ms()
+    captured = timed_capture(captured, event_time=event_time, received_at=now)
     rules = await store.scoring_rules(uow.session)
     picklists = await store.picklists(uow.session)
     candidate = Lead.capture(captured, rules, now=now, by=by, picklists=picklists)
@@ -166,12 +175,17 @@ async def capture_leads(
     queries, the captures are decided in memory by ``capture_lead`` itself (so duplicates
     within the batch are linked as one-by-one captures would link them), and the batch is
     stored with one insert, one version-guarded bulk write and one outbox write. ``each(i)``
-    is entered around the i-th capture (the consumer's per-event trace). A lead changed by
+    is entered around the i-th capture (the consumer's per-event trace). Captures not yet
+    timed (``timed_capture``) without ``captured_at`` take the batch's receipt. A lead changed by
     someone else meanwhile raises ``ConcurrentModification`` and nothing is written."""
-    store = await BatchLeads.load(repo, uow.session, [captured for captured, _ in captures])
+    received_at = now_ms()
+    timed = [
+        (timed_capture(captured, event_time=None, received_at=received_at), by) for captured, by in captures
+    ]
+    store = await BatchLeads.load(repo, uow.session, [captured for captured, _ in timed])
     results = []
     async with uow.one_outbox_write():
-        for index, (captured, by) in enumerate(captures):
+        for index, (captured, by) in enumerate(timed):
             with each(index):
                 results.append(await capture_lead(store, uow, captured, by=by))
         await store.save()

@@ -24,6 +24,7 @@ from crm_contracts.events.common import (
 from crm_contracts.events.opportunities import AccountTier, AccountType
 from crm_contracts.events.picklists import PicklistCode
 from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
+from crm_runtime.external_refs import ByExternalReference, ExternalReference
 from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 
@@ -51,6 +52,7 @@ from .domain import (
 )
 from .imports import (
     ImportRow,
+    imported_id,
 )
 from .repository import AlreadyExists, ConcurrentModification, Repositories
 from .use_cases import (
@@ -96,6 +98,20 @@ SourceSystem = Annotated[
         description="The CRM the records come from; with each external_id it identifies a record",
     ),
 ]
+
+
+def _lookup_description(what: str, matched_by: str | None) -> str:
+    matched = (
+        f" -- or the {what} already here it was matched to (by {matched_by}), which answers the imported "
+        "id too"
+        if matched_by
+        else ""
+    )
+    return (
+        f"`external_system` and `external_id` (both, or neither) find the {what} an import from that "
+        f"system brought in under that id{matched}. The pair is the key: equal ids of two systems are "
+        "two records."
+    )
 
 
 class _Body(BaseModel):
@@ -380,6 +396,23 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
     def not_found(what: str, record_id: str, field: str) -> ApiError:
         return ApiError(404, "not_found", f"{what} {record_id} does not exist", field=field)
 
+    async def imported_record(kind: str, reference: ExternalReference | None) -> str | None:
+        """The ``_id`` filter of a lookup by another CRM's id: the record an import from that
+        system created for it, or the one the import matched it to (an account by domain, a
+        contact by email), which keeps the imported id as an alias. The id is derived from
+        (system, kind, external id), so two systems' equal ids never meet; an unknown pair
+        yields an id no record has, hence an empty page."""
+        if reference is None:
+            return None
+        record_id = imported_id(kind, reference.system, reference.external_id)
+        if kind == "account":
+            found: Account | Contact | None = await repos.accounts.find(record_id)
+        elif kind == "contact":
+            found = await repos.contacts.find(record_id)
+        else:
+            return record_id
+        return found.id if found is not None else record_id
+
     async def account_key(account_id: str | None) -> str | None:
         """A filter by account also finds the company by an id that was merged into it."""
         if account_id is None:
@@ -582,7 +615,12 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
             raise not_found("account", account_id, "account_id")
         return account
 
-    @accounts.get("", dependencies=read, summary="List accounts with filters and cursor pagination")
+    @accounts.get(
+        "",
+        dependencies=read,
+        summary="List accounts with filters and cursor pagination",
+        description=_lookup_description("account", "domain"),
+    )
     async def list_accounts(
         account_type: Annotated[AccountType | None, Query(alias="type")] = None,
         tier: AccountTier | None = None,
@@ -592,8 +630,10 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
         domain: Annotated[str | None, Query(max_length=253, pattern=r"^[A-Za-z0-9.\-]+$")] = None,
         limit: Limit = 50,
         cursor: Id | None = None,
+        reference: ByExternalReference = None,
     ) -> Page[Account]:
         filters = _filters(
+            _id=await imported_record("account", reference),
             type=account_type,
             tier=tier,
             owner_id=owner_id,
@@ -645,7 +685,12 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
             raise not_found("contact", contact_id, "contact_id")
         return contact
 
-    @contacts.get("", dependencies=read, summary="List contacts with filters and cursor pagination")
+    @contacts.get(
+        "",
+        dependencies=read,
+        summary="List contacts with filters and cursor pagination",
+        description=_lookup_description("contact", "email"),
+    )
     async def list_contacts(
         account_id: Id | None = None,
         email: Annotated[EmailStr | None, Query()] = None,
@@ -654,8 +699,10 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
         influencer: bool | None = None,
         limit: Limit = 50,
         cursor: Id | None = None,
+        reference: ByExternalReference = None,
     ) -> Page[Contact]:
         filters = _filters(
+            _id=await imported_record("contact", reference),
             account_id=await account_key(account_id),
             email=str(email).lower() if email else None,
             originating_lead_id=originating_lead_id,
@@ -703,7 +750,12 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
             raise not_found("opportunity", opportunity_id, "opportunity_id")
         return opportunity
 
-    @opportunities.get("", dependencies=read, summary="List opportunities with filters and cursor pagination")
+    @opportunities.get(
+        "",
+        dependencies=read,
+        summary="List opportunities with filters and cursor pagination",
+        description=_lookup_description("opportunity", None),
+    )
     async def list_opportunities(
         account_id: Id | None = None,
         owner_id: Id | None = None,
@@ -716,11 +768,13 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
         ] = None,
         limit: Limit = 50,
         cursor: Id | None = None,
+        reference: ByExternalReference = None,
     ) -> Page[Opportunity]:
         status_filter: Any = opportunity_status
         if opportunity_status == "closed":
             status_filter = {"$in": ["won", "lost"]}
         filters = _filters(
+            _id=await imported_record("opportunity", reference),
             account_id=await account_key(account_id),
             owner_id=owner_id,
             pipeline_id=pipeline_id,

@@ -483,6 +483,9 @@ class Contact(BaseModel):
     decision_maker: bool = False
     influencer: bool = False
     originating_lead_id: str | None = None
+    aliases: list[str] = Field(
+        default_factory=list, description="Imported ids matched to this contact (same email)"
+    )
     created_at: AwareDatetime
     updated_at: AwareDatetime
     updated_by: Actor | None = None

@@ -77,7 +77,7 @@ class _Records(Generic[R]):
         """A page ordered by id; ``after_id`` is the previous page's last id (the cursor)."""
         query: Document = dict(filters)
         if after_id is not None:
-            query["_id"] = {"$gt": after_id}
+            query["_id"] = {"$gt": after_id} if "_id" not in query else {"$eq": query["_id"], "$gt": after_id}
         cursor = self.collection.find(query, sort=[("_id", ASCENDING)], limit=limit)
         return [self._to_record(doc) for doc in await cursor.to_list()]
 
@@ -168,9 +168,24 @@ class ContactRepository(_Records[Contact]):
     model = Contact
 
     async def ensure_indexes(self) -> None:
+        await self.collection.create_index([("aliases", ASCENDING)])
         await self.collection.create_index([("account_id", ASCENDING)])
         await self.collection.create_index([("email", ASCENDING)])
         await self.collection.create_index([("originating_lead_id", ASCENDING)])
+
+    async def find(self, contact_id: str, session: AsyncClientSession | None = None) -> Contact | None:
+        """The contact by its id or by an imported id it was matched to (two indexed lookups,
+        as ``AccountRepository.find``)."""
+        doc = await self.collection.find_one({"_id": contact_id}, session=session)
+        if doc is None:
+            doc = await self.collection.find_one({"aliases": contact_id}, session=session)
+        return self._to_record(doc) if doc else None
+
+    async def add_alias(self, contact_id: str, alias: str, session: AsyncClientSession) -> None:
+        # As for accounts: a lookup key, not business data (no version bump, no event).
+        await self.collection.update_one(
+            {"_id": contact_id}, {"$addToSet": {"aliases": alias}}, session=session
+        )
 
     async def with_email(self, email: str, session: AsyncClientSession) -> Contact | None:
         doc = await self.collection.find_one({"email": email}, sort=[("_id", ASCENDING)], session=session)

@@ -966,6 +966,8 @@ async def import_contact(
     if email is not None:
         twin = await repos.contacts.with_email(email, uow.session)
         if twin is not None:
+            # Kept so that a lookup by this export's id finds the contact it was matched to.
+            await repos.contacts.add_alias(twin.id, contact_id, uow.session)
             return Imported("matched", twin.id)
     created_at = row.created_at or utcnow()
     contact = Contact(

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from crm_contracts.events.opportunities import PipelineDefined
 from crm_contracts.events.picklists import PicklistRevised
-from crm_runtime.mongo import Document, from_bson, in_transaction, to_bson
+from crm_runtime.mongo import Document, compound_key, from_bson, in_transaction, to_bson
 from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
@@ -468,7 +468,7 @@ class MongoFactStore:
         self._campaigns[campaign.campaign_id] = campaign
 
     async def add_member(self, campaign_id: str, member_id: str, at: datetime) -> bool:
-        key = f"{campaign_id}|{member_id}"  # '|' cannot occur in an id
+        key = compound_key(campaign_id, member_id)
         if key not in self._members:
             found = await self._generation.members.find_one({"_id": key}, {"_id": 1}, session=self._session)
             self._members[key] = found is not None

@@ -41,7 +41,7 @@ def build() -> dict[str, Any]:
                     "traceparent": {"type": "string", "description": "W3C trace context"},
                 },
             },
-            "bindings": {"kafka": {"key": {"type": "string", "description": "the aggregate id (subject)"}}},
+            "bindings": {"kafka": {"key": {"type": "string", "description": spec.kafka_key}}},
             "payload": schema,
         }
         channels[name] = {
@@ -70,8 +70,9 @@ def build() -> dict[str, Any]:
             "description": (
                 "One topic per event type, named <entity>.<past-tense-verb>. Every message is a "
                 "CloudEvents 1.0 structured JSON envelope; `sequence` carries the aggregate version; "
-                "the Kafka key is the aggregate id. Topic names may carry a deployment prefix "
-                "(CRM_TOPIC_PREFIX)."
+                "the Kafka key is the aggregate id (for lead.captured, which other systems publish: "
+                "`<source_system>:<external_id>`, see its message). Topic names may carry a "
+                "deployment prefix (CRM_TOPIC_PREFIX)."
             ),
         },
         "defaultContentType": "application/cloudevents+json",

@@ -32,6 +32,7 @@ class EventSpec(Generic[M]):
     producer: str = ""
     consumers: tuple[str, ...] = ()
     upcasters: Mapping[int, Upcaster] = field(default_factory=dict)
+    kafka_key: str = "The aggregate id (the event's subject): one aggregate's events stay in order."
 
     @property
     def type(self) -> str:
@@ -71,6 +72,7 @@ LEAD_CAPTURED = EventSpec(
     description="A system captured a lead (published by other systems).",
     producer="external systems",
     consumers=("leads",),
+    kafka_key=leads.LEAD_CAPTURED_KEY_RULE,
 )
 LEAD_CREATED = EventSpec(
     "lead.created",

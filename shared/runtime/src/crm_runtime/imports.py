@@ -34,6 +34,7 @@ import io
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
@@ -128,6 +129,7 @@ class RowDeferred:
 class ImportContext:
     job_id: str
     source_system: str
+    received_at: datetime  # when the upload was accepted: the time of receipt of its rows
 
 
 ApplyChunk = Callable[
@@ -324,7 +326,9 @@ class ImportJobs:
                     stored_rows[number] = stored
             deferred: list[Document] = []
             try:
-                for outcome in await target.apply(rows, ImportContext(job.id, params.source_system), uow):
+                for outcome in await target.apply(
+                    rows, ImportContext(job.id, params.source_system, job.created_at), uow
+                ):
                     if isinstance(outcome, Rejection):
                         rejections.append(outcome)
                     elif outcome.row.may_wait:

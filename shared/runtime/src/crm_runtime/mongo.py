@@ -28,6 +28,13 @@ class DatabaseUnreachable(ServerSelectionTimeoutError):
     instead of retrying for PyMongo's 120 s while an HTTP caller waits."""
 
 
+def compound_key(*parts: str) -> str:
+    """One ``_id`` from several ids, unambiguous whatever the ids hold: ``|`` separates the
+    parts, and a ``|`` or ``\\`` inside a part is escaped with ``\\``. Ids without either (no id
+    could hold them before issue 18) join as plain ``a|b``, so keys stored before stay valid."""
+    return "|".join(part.replace("\\", "\\\\").replace("|", "\\|") for part in parts)
+
+
 def create_client(settings: ServiceSettings) -> AsyncMongoClient[Document]:
     return AsyncMongoClient(
         settings.mongo_url.get_secret_value(),

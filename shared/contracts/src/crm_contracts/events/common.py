@@ -21,10 +21,6 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
-# Ids are opaque strings; the pattern keeps Mongo operators and path tricks out of them.
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
-Id = Annotated[str, Field(pattern=ID_PATTERN, examples=["7c9e6679-7425-40de-944b-e07fc1f90ae7"])]
-
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
@@ -186,8 +182,78 @@ class MultiLine(_PlainText):
     multiline = True
 
 
+# -- ids ----------------------------------------------------------------------------------------
+# Ids are opaque text another system may choose (an owner's name from another CRM, a product
+# code): any printable text up to 128 characters, spaces inside included. Refused: control
+# characters, a leading "$" (a Mongo operator or, in an aggregation, a field path), "/" (a URL
+# path segment cannot carry one, even encoded), "." and ".." (URLs resolve them away) and spaces
+# at either end (bodies strip them, a path would not). Ids are never document keys (compound
+# ones go through ``crm_runtime.mongo.compound_key``), so dots are fine.
+ID_MAX_LENGTH = 128
+ID_RULE = (
+    "An id: 1 to 128 characters of printable text, spaces inside allowed (URL-encoded in a path); "
+    "not starting with $, without control characters or /, without spaces at either end, and "
+    "not . or .. (a URL path would resolve those)."
+)
+_ID_REFUSED = _SINGLE_LINE_REFUSED + "/"
+_EDGE_SPACES = r"\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+# For JSON Schema (and the generators that read it); values are checked by ``_IdText.check``.
+ID_PATTERN = (
+    f"^(?!\\.\\.?$)[^{_ID_REFUSED}{_EDGE_SPACES}$]([^{_ID_REFUSED}]*[^{_ID_REFUSED}{_EDGE_SPACES}])?$"
+)
+_EDGE_SPACE = re.compile(f"^[{_EDGE_SPACES}]|[{_EDGE_SPACES}]$")
+
+
+@dataclass(frozen=True)
+class _IdText:
+    """The id rule (``ID_RULE``), with an error that says which part of it a value breaks."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(
+            self.check, core_schema.str_schema(min_length=1, max_length=ID_MAX_LENGTH)
+        )
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema.update(pattern=ID_PATTERN)
+        json_schema.setdefault("description", ID_RULE)
+        return json_schema
+
+    def check(self, value: str) -> str:
+        found = re.search(f"[{_SINGLE_LINE_REFUSED}]", value)
+        if found is not None:
+            code = f"U+{ord(found.group()):04X}"
+            raise PydanticCustomError(
+                "id_control_character",
+                "an id must not contain control characters (found {code})",
+                {"code": code},
+            )
+        if _SURROGATE.search(value):
+            raise PydanticCustomError("text_surrogate", "must be valid Unicode text (found a lone surrogate)")
+        if value.startswith("$"):
+            raise PydanticCustomError("id_operator", "an id must not start with $")
+        if "/" in value:
+            raise PydanticCustomError("id_slash", "an id must not contain /")
+        if _EDGE_SPACE.search(value):
+            raise PydanticCustomError("id_edge_space", "an id must not start or end with a space")
+        if value in (".", ".."):
+            raise PydanticCustomError("id_dot_segment", "an id must not be . or ..")
+        return value
+
+
+Id = Annotated[str, _IdText(), Field(examples=["7c9e6679-7425-40de-944b-e07fc1f90ae7"])]
+"""A record's id (``ID_RULE``): generated ones are UUIDs, given ones any printable text."""
+
 ShortText = Annotated[str, SingleLine(min_length=1, max_length=200)]
 LongText = Annotated[str, MultiLine(max_length=5000)]
+
+# Another system's name and its own id for a record: together, and only together, they identify
+# the record (different systems reuse the same ids).
+SOURCE_SYSTEM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+SourceSystem = Annotated[str, SingleLine(min_length=1, max_length=64), Field(pattern=SOURCE_SYSTEM_PATTERN)]
+ExternalId = Annotated[str, SingleLine(min_length=1, max_length=128)]
 
 
 class Contract(BaseModel):

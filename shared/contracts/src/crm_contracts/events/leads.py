@@ -100,6 +100,16 @@ class LeadStatus(StrEnum):
     """Terminal: the lead was merged into another one (``merged_into``), which lives on."""
 
 
+class CapturedAtSource(StrEnum):
+    """Where a lead's ``captured_at`` comes from: the capture's own ``captured_at``, else the
+    CloudEvents ``time`` of the ``lead.captured`` event, else when the suite received it (an
+    HTTP capture or an import row without a time: the request's or the upload's receipt)."""
+
+    PAYLOAD = "payload"
+    EVENT_TIME = "event_time"
+    RECEIVED = "received"
+
+
 class LeadRating(StrEnum):
     """Qualification result: how likely a deal is and how much it could bring."""
 
@@ -144,10 +154,14 @@ class Consent(Contract):
     do_not_call: bool = False
 
 
+# Counters are bounded so that they fit MongoDB's 64-bit integers (and any sane figure).
+ENGAGEMENT_MAX = 1_000_000_000
+
+
 class Engagement(Contract):
-    visits: int = Field(default=0, ge=0)
-    time_on_site_seconds: int = Field(default=0, ge=0)
-    page_views: int = Field(default=0, ge=0)
+    visits: int = Field(default=0, ge=0, le=ENGAGEMENT_MAX)
+    time_on_site_seconds: int = Field(default=0, ge=0, le=ENGAGEMENT_MAX)
+    page_views: int = Field(default=0, ge=0, le=ENGAGEMENT_MAX)
     last_activity: Annotated[str, SingleLine(max_length=200)] | None = None
     last_activity_at: IsoDateTime | None = None
 
@@ -159,7 +173,11 @@ _IDENTIFYING_PATHS = [tuple(field.split(".")) for field in IDENTIFYING_FIELDS]
 CustomAttributes = Annotated[
     dict[
         Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")],
-        Annotated[str | int | float | bool | None, MultiLine().in_union()],
+        # A 64-bit int at most (what MongoDB stores); a larger number is taken as a float.
+        Annotated[
+            str | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | float | bool | None,
+            MultiLine().in_union(),
+        ],
     ],
     Field(max_length=50),
 ]
@@ -202,8 +220,12 @@ class LeadCaptured(Contract):
     engagement: Engagement = Engagement()
     owner_id: Id | None = None
     custom: CustomAttributes = Field(default_factory=dict)
-    captured_at: IsoDateTime = Field(
-        description="When the lead was really captured; may lie in the past for historical imports."
+    captured_at: IsoDateTime | None = Field(
+        default=None,
+        description="When the lead was really captured; may lie in the past for historical imports. "
+        "Optional: when absent the event's CloudEvents `time` is taken, and where there is no "
+        "event (an HTTP capture, an import row) the time of receipt; the lead's `captured_at_source` "
+        "says which (payload, event_time, received).",
     )
 
     @model_validator(mode="after")
@@ -236,6 +258,11 @@ class LeadSnapshot(Contract):
     campaign_id: Id | None = None
     owner_id: Id | None = None
     captured_at: IsoDateTime
+    captured_at_source: CapturedAtSource = Field(
+        default=CapturedAtSource.PAYLOAD,
+        description="Where captured_at comes from: the capture's own captured_at (payload), the "
+        "lead.captured event's time (event_time), or the time the suite received it (received).",
+    )
     duplicate_of: list[Id] = Field(
         default_factory=list, description="Likely duplicates of this lead that were captured before it."
     )
@@ -331,6 +358,25 @@ class LeadConverted(Contract):
     converted_at: IsoDateTime
     converted_by: Actor
     captured_at: IsoDateTime | None = None
+
+
+# The Kafka key publishers give ``lead.captured``: the capture key, which names one lead.
+LEAD_CAPTURED_KEY_RULE = (
+    "`<source_system>:<external_id>` in UTF-8 (e.g. `webforms:form-981`; source_system has no colon, "
+    "so the first one separates the two), built by `crm_contracts.events.leads.lead_captured_key`. "
+    "It buys ordering per lead: every capture of one lead lands on one partition and is consumed in "
+    "the order it was published, by one consumer at a time (no concurrent updates of one lead). "
+    "Events keyed otherwise -- another key, or a null key -- are accepted and handled exactly the "
+    "same (the key is never read: a capture is identified by its payload's source_system and "
+    "external_id, duplicates by the CloudEvents (source, id), and the latest captured_at wins), "
+    "but they are ordered only per key given: captures of one lead may then be consumed out of "
+    "order or concurrently, which ends in the same lead after retries."
+)
+
+
+def lead_captured_key(source_system: str, external_id: str) -> bytes:
+    """The Kafka key of a ``lead.captured`` event (see ``LEAD_CAPTURED_KEY_RULE``)."""
+    return f"{source_system}:{external_id}".encode()
 
 
 def lead_captured_example() -> dict[str, Any]:
