@@ -1044,16 +1044,10 @@ async def test_operators_smuggled_in_filter_strings_match_nothing(service: Servi
 
 
 # -- lookups by another CRM's own ids (issue 18) ----------------------------------------------
-async def _import(service: Service, kind: str, system: str, csv_body: bytes) -> list[dict[str, Any]]:
-    answer = await service.http.post(
-        f"/imports/{kind}",
-        params={"source_system": system},
-        content=csv_body,
-        headers={"content-type": "text/csv"},
-    )
-    assert answer.status_code == 200, answer.text
-    rows: list[dict[str, Any]] = answer.json()["rows"]
-    return rows
+async def _import(service: Service, kind: str, system: str, csv_body: bytes) -> None:
+    """An import job of ``csv_body`` to its end, every row applied."""
+    job, rejected = await import_job(service, kind, csv_body, system)
+    assert (job["state"], rejected) == ("done", {}), (job, rejected)
 
 
 async def _looked_up(service: Service, path: str, system: str, external_id: str) -> list[dict[str, Any]]:
@@ -1065,9 +1059,10 @@ async def _looked_up(service: Service, path: str, system: str, external_id: str)
 
 async def test_imported_records_are_found_by_the_exporting_systems_own_ids(service: Service) -> None:
     # Two CRMs both call their first account "A 1": two accounts, each found by its own system.
-    [north] = await _import(service, "accounts", "crm-north", b"external_id,name\nA 1,North Ltd\n")
-    [south] = await _import(service, "accounts", "crm-south", b"external_id,name\nA 1,South Ltd\n")
-    assert north["id"] != south["id"]
+    await _import(service, "accounts", "crm-north", b"external_id,name\nA 1,North Ltd\n")
+    await _import(service, "accounts", "crm-south", b"external_id,name\nA 1,South Ltd\n")
+    south = imported_id("account", "crm-south", "A 1")
+    assert imported_id("account", "crm-north", "A 1") != south
     assert [a["name"] for a in await _looked_up(service, "/accounts", "crm-north", "A 1")] == ["North Ltd"]
     assert [a["name"] for a in await _looked_up(service, "/accounts", "crm-south", "A 1")] == ["South Ltd"]
     assert await _looked_up(service, "/accounts", "crm-west", "A 1") == []
@@ -1081,25 +1076,26 @@ async def test_imported_records_are_found_by_the_exporting_systems_own_ids(servi
         "/contacts", json={"id": "con-known", "email": "kim@known.example"}
     )
     assert known_contact.status_code == 201, known_contact.text
-    [by_domain] = await _import(
-        service, "accounts", "crm-north", b"external_id,name,domain\nA-2,Known Co,known.example\n"
-    )
-    [by_email] = await _import(
+    await _import(service, "accounts", "crm-north", b"external_id,name,domain\nA-2,Known Co,known.example\n")
+    await _import(
         service,
         "contacts",
         "crm-north",
         b"external_id,first_name,email,account_external_id\nC-9,Kim,Kim@known.example,A 1\n",
     )
-    assert (by_domain["status"], by_email["status"]) == ("matched", "matched")
+    # Matched, not created: the derived ids are no records of their own.
+    assert (await service.http.get(f"/accounts/{imported_id('account', 'crm-north', 'A-2')}")).json()[
+        "id"
+    ] == "acc-known"
     assert [a["id"] for a in await _looked_up(service, "/accounts", "crm-north", "A-2")] == ["acc-known"]
     assert [c["id"] for c in await _looked_up(service, "/contacts", "crm-north", "C-9")] == ["con-known"]
     assert await _looked_up(service, "/contacts", "crm-south", "C-9") == []
 
-    [deal] = await _import(
+    await _import(
         service, "opportunities", "crm-south", b"external_id,name,account_external_id\nO-1,Big deal,A 1\n"
     )
     [found] = await _looked_up(service, "/opportunities", "crm-south", "O-1")
-    assert (found["id"], found["account_id"]) == (deal["id"], south["id"])
+    assert (found["id"], found["account_id"]) == (imported_id("opportunity", "crm-south", "O-1"), south)
     assert await _looked_up(service, "/opportunities", "crm-north", "O-1") == []
 
 
