@@ -313,6 +313,9 @@ def opportunity_rows(shape: MigrationShape) -> Iterator[Row]:
             row["loss_reason"] = rng.choice(DEFAULT_LOSS_REASONS)
         if shape.line_items:
             row["sales_team_id"] = team_id(owner % shape.sales_teams)
+        # The catalogue is priced in EUR: deals in other currencies carry their amount alone
+        # (an export whose line items disagree with the catalogue's currency is rejected).
+        if shape.line_items and currency == "EUR":
             row["line_items"] = [
                 {
                     # Exports name products by id or by name; both resolve to the catalogue.
