@@ -9,7 +9,7 @@ every chunk, relay or poller call slower than 5 s and a result line; stops the s
     flock /tmp/crm-heavy.lock timeout 600 uv run --frozen python \\
         deploy/local/repro/rust_cache_stall.py --rows 100000 --cache 128M
 
-Seen with secantusd-rs 0.5.3-beta.196 on 2 cores: ``--cache 128M`` stalls at ~62,000-66,000 rows
+Seen with secantusd-rs 0.5.3-beta.196 on 2 cores: ``--cache 128M`` stalls at ~62,000-70,000 rows
 (every operation waits ~60 s, then the open transactions fail with
 ``Internal("transaction already closed")``, again and again), also with
 ``--oplog-max-entries 20000`` or ``--checkpoint-seconds 10``; 256M and 1G get through 200,000
