@@ -816,7 +816,7 @@ def main() -> None:
     async def work(infra: BenchInfra, root: Path) -> None:
         await measure(infra, root, args)
 
-    # The state is ~2 GB on disk; with the default 256 MB WiredTiger cache SecantusDB stalls under
+    # The state is ~2 GB on disk; with a 256 MB WiredTiger cache SecantusDB stalls under
     # concurrent transactions (threads spin in WiredTiger). MongoDB sizes its cache to half the RAM.
     run_bounded(
         "reporting",

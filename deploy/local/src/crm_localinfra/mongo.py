@@ -65,7 +65,11 @@ class MongoConfig:
     data_dir: Path
     port: int = 27017
     host: str = "127.0.0.1"
-    cache_size: str = "256M"
+    # WiredTiger's cache. At 256M the Rust server stalled a 100,000-lead import (every
+    # operation waited 60 s until the transaction reaper aborted the open transactions) once
+    # the leads, their indexes, the outbox and the oplog outgrew it: see "Known Rust-server
+    # issues" in deploy/local/README.md. WiredTiger only takes what it uses.
+    cache_size: str = "1G"
     log_level: str = "INFO"
     log_file: Path | None = None
     pid_file: Path | None = None
