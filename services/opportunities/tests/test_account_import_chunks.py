@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from crm_contracts.envelope import utcnow
 from crm_localinfra.testing import isolation_key, service_env
 from crm_opportunities.bootstrap import OpportunitiesSettings
 from crm_opportunities.import_targets import account_import, contact_import
@@ -57,7 +58,9 @@ class Store:
         async def work(session: Any) -> list[Rejection | RowDeferred]:
             self.counter.commands.clear()
             return list(
-                await target.apply(chunk, ImportContext("job", SYSTEM), UnitOfWork(session, self.outbox))
+                await target.apply(
+                    chunk, ImportContext("job", SYSTEM, utcnow()), UnitOfWork(session, self.outbox)
+                )
             )
 
         outcomes = await in_transaction(self.client, work)

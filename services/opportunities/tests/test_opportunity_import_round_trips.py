@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from crm_contracts.envelope import utcnow
 from crm_localinfra.testing import isolation_key, service_env
 from crm_opportunities.bootstrap import OpportunitiesSettings
 from crm_opportunities.domain import Account, Product, SalesTeam
@@ -121,7 +122,7 @@ async def test_a_chunk_costs_the_same_round_trips_whatever_its_size(
     store: tuple[AsyncMongoClient[Document], Repositories, Outbox, CommandCounter],
 ) -> None:
     client, repos, outbox, counter = store
-    context = ImportContext(job_id="job", source_system="old")
+    context = ImportContext(job_id="job", source_system="old", received_at=utcnow())
     costs: dict[str, list[int]] = {"new": [], "again": []}
     for size in SIZES:
         for kind, amount in (("new", 100), ("again", 200)):

@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 import bson
 from crm_runtime.mongo import Document
 from pydantic import BaseModel
-from pymongo import DeleteOne, ReplaceOne
+from pymongo import DeleteOne, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 
@@ -127,6 +127,7 @@ class ImportedContacts(HeldContacts):
         self._session = session
         self._changes = _Replacements(self.held, self.collection)
         self._emails: set[str] = set()
+        self._new_aliases: list[tuple[str, str]] = []
 
     async def load_emails(self, emails: Iterable[str]) -> None:
         wanted = sorted(set(emails) - self._emails)
@@ -146,9 +147,18 @@ class ImportedContacts(HeldContacts):
     async def update(self, record: Contact, expected_version: int, session: AsyncClientSession) -> None:
         self._changes.replace(record.id, record, expected_version)
 
+    async def add_alias(self, contact_id: str, alias: str, session: AsyncClientSession) -> None:
+        # A lookup key written with the chunk (one bulk write), not business data.
+        self._new_aliases.append((contact_id, alias))
+
     async def save(self) -> None:
         await self.held.save()
         await self._changes.save(self._session)
+        if self._new_aliases:
+            await self.collection.bulk_write(
+                [UpdateOne({"_id": c}, {"$addToSet": {"aliases": a}}) for c, a in self._new_aliases],
+                session=self._session,
+            )
 
 
 class ImportBatch:
