@@ -28,7 +28,9 @@ from crm_contracts.events.leads import (
     Person,
 )
 from crm_localinfra.testing import (
+    IMPORT_ACTIVE,
     eventually,
+    import_ended,
     isolation_key,
     publish_raw,
     service_client,
@@ -41,7 +43,6 @@ from crm_runtime.events import encode, make_event
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 REP = {"id": "rep-7", "name": "Grace"}
-ACTIVE = ("queued", "running")
 
 
 @dataclass
@@ -92,13 +93,8 @@ class Service:
             f"/imports/members{query}", content=body, headers={"content-type": "text/csv"}
         )
         assert response.status_code == 202, response.text
-        assert response.json()["state"] in ACTIVE
-
-        async def finished() -> dict[str, Any] | None:
-            job: dict[str, Any] = (await self.http.get(response.headers["location"])).json()
-            return job if job["state"] not in ACTIVE else None
-
-        job: dict[str, Any] = await eventually(finished, timeout=120)
+        assert response.json()["state"] in IMPORT_ACTIVE
+        job = await import_ended(self.http, response.headers["location"])
 
         async def drained() -> bool:
             return await self.runtime.outbox.pending() == 0

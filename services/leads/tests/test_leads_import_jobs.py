@@ -26,6 +26,7 @@ from crm_leads.bootstrap import LeadsSettings, create_app
 from crm_leads.domain import lead_id_for
 from crm_localinfra.testing import (
     eventually,
+    import_ended,
     isolation_key,
     read_topic,
     running_services,
@@ -35,8 +36,6 @@ from crm_localinfra.testing import (
 from pymongo import AsyncMongoClient
 
 pytestmark = pytest.mark.integration
-
-ACTIVE = ("queued", "running")
 
 
 def leads_file(rows: int, prefix: str = "L") -> bytes:
@@ -54,12 +53,7 @@ def leads_file(rows: int, prefix: str = "L") -> bytes:
 
 
 async def ended(http: httpx.AsyncClient, location: str, timeout: float = 120) -> dict[str, Any]:
-    async def finished() -> dict[str, Any] | None:
-        job: dict[str, Any] = (await http.get(location)).json()
-        return job if job["state"] not in ACTIVE else None
-
-    result: dict[str, Any] = await eventually(finished, timeout=timeout)
-    return result
+    return await import_ended(http, location, timeout=timeout)
 
 
 @pytest.fixture

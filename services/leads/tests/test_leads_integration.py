@@ -4,8 +4,6 @@ rules, search and paging, qualification and conversion, bad input."""
 
 from __future__ import annotations
 
-import csv
-import io
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,11 +26,14 @@ from crm_leads.domain import lead_id_for
 from crm_localinfra.testing import (
     Record,
     eventually,
+    import_ended,
+    import_rejections,
     isolation_key,
     publish_raw,
     read_topic,
     service_client,
     service_env,
+    started_import,
 )
 from crm_runtime.dead_letters import H_ERROR, H_OFFSET, H_TOPIC
 from crm_runtime.events import encode, make_event
@@ -313,21 +314,10 @@ async def run_import(
     leads: Leads, body: bytes, content_type: str, query: str = ""
 ) -> tuple[dict[str, Any], dict[int, list[dict[str, str]]]]:
     """The import job once it has ended, and its rejections by row."""
-    response = await leads.http.post(
-        f"/imports/leads{query}", content=body, headers={"content-type": content_type}
-    )
-    assert response.status_code == 202, response.text
-    location = response.headers["location"]
-
-    async def ended() -> dict[str, Any] | None:
-        job: dict[str, Any] = (await leads.http.get(location)).json()
-        return job if job["state"] not in ("queued", "running") else None
-
-    job = await eventually(ended)
-    rejected = await leads.http.get(f"{location}/rejections")
-    assert rejected.headers["content-type"].startswith("text/csv")
+    location = await started_import(leads.http, f"/imports/leads{query}", body, content_type)
+    job = await import_ended(leads.http, location)
     by_row: dict[int, list[dict[str, str]]] = {}
-    for line in csv.DictReader(io.StringIO(rejected.text)):
+    for line in await import_rejections(leads.http, job):
         by_row.setdefault(int(line["row"]), []).append(line)
     return job, by_row
 

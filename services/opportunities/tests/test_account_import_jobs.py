@@ -8,8 +8,6 @@ service killed with SIGKILL while deferred rows are applied resumes and applies 
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -22,11 +20,14 @@ import pytest
 from crm_localinfra._proc import pid_alive
 from crm_localinfra.testing import (
     eventually,
+    import_ended,
+    import_rejections,
     isolation_key,
     read_topic,
     running_services,
     service_client,
     service_env,
+    started_import,
     topic_size,
 )
 from crm_opportunities.bootstrap import OpportunitiesSettings, create_app
@@ -46,22 +47,9 @@ class Service:
 
     async def import_file(self, kind: str, body: bytes) -> tuple[dict[str, Any], dict[int, dict[str, str]]]:
         """The job to its end, and its rejections by row, as a client sees them."""
-        started = await self.http.post(
-            f"/imports/{kind}",
-            params={"source_system": SYSTEM},
-            content=body,
-            headers={"content-type": "text/csv"},
-        )
-        assert started.status_code == 202, started.text
-
-        async def ended() -> dict[str, Any] | None:
-            job: dict[str, Any] = (await self.http.get(started.headers["location"])).json()
-            return job if job["state"] not in ("queued", "running") else None
-
-        job: dict[str, Any] = await eventually(ended, timeout=120)
-        listed = await self.http.get(job["rejections"])
-        assert listed.headers["content-type"].startswith("text/csv")
-        return job, {int(r["row"]): r for r in csv.DictReader(io.StringIO(listed.text))}
+        location = await started_import(self.http, f"/imports/{kind}", body, "text/csv", source_system=SYSTEM)
+        job = await import_ended(self.http, location)
+        return job, {int(r["row"]): r for r in await import_rejections(self.http, job)}
 
     async def account(self, external_id: str) -> dict[str, Any]:
         response = await self.http.get(f"/accounts/{imported_id('account', SYSTEM, external_id)}")

@@ -5,8 +5,6 @@ closing over HTTP, the case, and optimistic versioning."""
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +18,14 @@ from crm_contracts.events.leads import LeadConverted
 from crm_localinfra.testing import (
     Record,
     eventually,
+    import_ended,
+    import_rejections,
     isolation_key,
     publish_raw,
     read_topic,
     service_client,
     service_env,
+    started_import,
 )
 from crm_opportunities.bootstrap import OpportunitiesSettings, create_app
 from crm_opportunities.domain import DEFAULT_LOSS_REASONS
@@ -473,21 +474,11 @@ async def import_job(
     service: Service, kind: str, body: bytes, system: str, content_type: str = "text/csv"
 ) -> tuple[dict[str, Any], dict[int, dict[str, str]]]:
     """An import job through HTTP, to its end: the job and its rejections by row."""
-    started = await service.http.post(
-        f"/imports/{kind}",
-        params={"source_system": system},
-        content=body,
-        headers={"content-type": content_type},
+    location = await started_import(
+        service.http, f"/imports/{kind}", body, content_type, source_system=system
     )
-    assert started.status_code == 202, started.text
-
-    async def ended() -> dict[str, Any] | None:
-        job: dict[str, Any] = (await service.http.get(started.headers["location"])).json()
-        return job if job["state"] not in ("queued", "running") else None
-
-    job: dict[str, Any] = await eventually(ended, timeout=120)
-    listed = (await service.http.get(job["rejections"])).text
-    return job, {int(r["row"]): r for r in csv.DictReader(io.StringIO(listed))}
+    job = await import_ended(service.http, location)
+    return job, {int(r["row"]): r for r in await import_rejections(service.http, job)}
 
 
 async def test_a_bulk_import_reports_each_row_and_a_second_run_changes_nothing(service: Service) -> None:

@@ -9,8 +9,6 @@ its history emits exactly the events of one that lived through the same stages o
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,10 +19,13 @@ import pytest
 from crm_localinfra.testing import (
     Record,
     eventually,
+    import_ended,
+    import_rejections,
     isolation_key,
     read_topic,
     service_client,
     service_env,
+    started_import,
     topic_size,
 )
 from crm_opportunities.bootstrap import OpportunitiesSettings, create_app
@@ -71,24 +72,16 @@ class Service:
 
     async def imported(self, body: bytes, headers: dict[str, str] = NDJSON) -> dict[str, Any]:
         """Upload ``body``, follow the job to its end and return it."""
-        response = await self.http.post(
-            f"/imports/opportunities?source_system={SYSTEM}", content=body, headers=headers
+        location = await started_import(
+            self.http, "/imports/opportunities", body, headers["content-type"], source_system=SYSTEM
         )
-        assert response.status_code == 202, response.text
-
-        async def finished() -> dict[str, Any] | None:
-            job: dict[str, Any] = (await self.http.get(response.headers["location"])).json()
-            return job if job["state"] not in ("queued", "running") else None
-
-        job: dict[str, Any] = await eventually(finished, timeout=120)
+        job = await import_ended(self.http, location)
         assert job["state"] == "done", job
         return job
 
     async def rejections(self, job: dict[str, Any]) -> dict[str, dict[str, str]]:
         """The job's rejections by external id (the row number for a row without one)."""
-        response = await self.http.get(job["rejections"])
-        assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
-        return {r["external_id"] or r["row"]: r for r in csv.DictReader(io.StringIO(response.text))}
+        return {r["external_id"] or r["row"]: r for r in await import_rejections(self.http, job)}
 
     async def opportunity(self, external_id: str) -> dict[str, Any]:
         response = await self.http.get(f"/opportunities/{imported_id('opportunity', SYSTEM, external_id)}")

@@ -4,6 +4,8 @@ in-process behind an HTTP client, publish raw events, read topics back."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import os
 import sys
 import time
@@ -184,6 +186,40 @@ async def eventually(check: Callable[[], Any], *, timeout: float = 30.0, interva
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+IMPORT_ACTIVE = ("queued", "running")
+
+
+async def started_import(
+    http: httpx.AsyncClient, path: str, body: bytes, content_type: str, **params: str
+) -> str:
+    """Upload ``body`` to an import route (``/imports/<object>``); the job's location (202)."""
+    # No params: keep a query string written into ``path`` (httpx replaces it with ``params``).
+    response = await http.post(
+        path, params=params or None, content=body, headers={"content-type": content_type}
+    )
+    assert response.status_code == 202, response.text
+    location: str = response.headers["location"]
+    return location
+
+
+async def import_ended(http: httpx.AsyncClient, location: str, *, timeout: float = 120) -> dict[str, Any]:
+    """The import job at ``location`` once it is no longer queued or running."""
+
+    async def ended() -> dict[str, Any] | None:
+        job: dict[str, Any] = (await http.get(location)).json()
+        return job if job["state"] not in IMPORT_ACTIVE else None
+
+    job: dict[str, Any] = await eventually(ended, timeout=timeout)
+    return job
+
+
+async def import_rejections(http: httpx.AsyncClient, job: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The job's rejected rows as its CSV lists them (row, external_id, column, value, reason)."""
+    response = await http.get(job["rejections"])
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+    return list(csv.DictReader(io.StringIO(response.text)))
 
 
 @dataclass(frozen=True)
