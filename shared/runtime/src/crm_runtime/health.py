@@ -1,5 +1,11 @@
-"""Liveness (the process answers) and readiness (Kafka and MongoDB answer), with optional
-informational details (e.g. reporting's merger) that never make a service unready.
+"""Liveness (the process answers) and readiness (what the HTTP API needs answers), with
+optional informational details (e.g. reporting's merger) that never make a service unready.
+
+Readiness has required checks (MongoDB: every route reads or writes it) and degrading ones
+(Kafka: writes go to the outbox and reach Kafka once it is back, reads never need it). A
+failing required check answers 503 and takes the pod out of its Service; a failing degrading
+check answers 200 with status ``degraded``, so a Kafka blip does not empty every Service.
+``crm_readiness_check_passing{check, required}`` exports each check's last result for alerts.
 
 Why a check fails (exception texts name hosts, ports and connection strings) is for operators:
 an admin token sees it in the answer, everyone else (probes, anonymous callers, read and write
@@ -17,6 +23,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, Gauge
 
 from .http import TokenAuth
 
@@ -24,6 +31,7 @@ log = logging.getLogger(__name__)
 
 Check = Callable[[], Awaitable[None]]
 FAILING = "failing"
+OK, DEGRADED, UNAVAILABLE = "ok", "degraded", "unavailable"
 
 
 class _Transitions:
@@ -56,14 +64,35 @@ def public_view(report: dict[str, Any]) -> dict[str, Any]:
 Detail = Callable[[], Awaitable[dict[str, Any]]]
 
 
+def readiness_status(required_passing: bool, degrading_passing: bool) -> str:
+    if not required_passing:
+        return UNAVAILABLE
+    return OK if degrading_passing else DEGRADED
+
+
 def health_router(
     checks: dict[str, Check],
     timeout: float = 2.0,
     auth: TokenAuth | None = None,
     details: dict[str, Detail] | None = None,
+    degrading: dict[str, Check] | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> APIRouter:
+    """``checks`` decide readiness; ``degrading`` checks only degrade it (see the module)."""
     router = APIRouter(prefix="/health", tags=["operations"])
     transitions = _Transitions()
+    every: dict[str, Check] = {**checks, **(degrading or {})}
+    passing = (
+        Gauge(
+            "crm_readiness_check_passing",
+            "1 when the check passed at the last readiness probe; required=false checks only "
+            "degrade readiness",
+            ["check", "required"],
+            registry=registry,
+        )
+        if registry is not None
+        else None
+    )
 
     @router.get("/live", summary="The process is alive")
     async def live() -> dict[str, str]:
@@ -71,10 +100,15 @@ def health_router(
 
     @router.get(
         "/ready",
-        summary="Kafka and MongoDB answer",
-        description='Each check is "ok" or "failing"; why it fails is shown to an admin token '
-        "only (and logged).",
-        responses={503: {"description": "not ready"}},
+        summary="MongoDB answers (Kafka trouble: degraded)",
+        description='`status` is "ok"; "degraded" (200) while a check the HTTP API can do '
+        'without fails (Kafka: writes wait in the outbox); or "unavailable" (503) while a '
+        'required one fails (MongoDB). Each check is "ok" or "failing"; why it fails is shown '
+        "to an admin token only (and logged).",
+        responses={
+            200: {"description": "ready: `ok`, or `degraded` while Kafka does not answer"},
+            503: {"description": "not ready: MongoDB does not answer"},
+        },
     )
     async def ready(request: Request) -> JSONResponse:
         async def run(check: Check) -> str | None:
@@ -86,13 +120,18 @@ def health_router(
                 return f"{type(exc).__name__}: {exc}"[:300]
             return None
 
-        names = list(checks)
-        reasons = await asyncio.gather(*(run(checks[name]) for name in names))
+        names = list(every)
+        reasons = await asyncio.gather(*(run(every[name]) for name in names))
+        failing: set[str] = set()
         for name, reason in zip(names, reasons, strict=True):
             transitions.observe(name, reason)
-        healthy = all(reason is None for reason in reasons)
+            if passing is not None:
+                passing.labels(name, str(name in checks).lower()).set(int(reason is None))
+            if reason is not None:
+                failing.add(name)
+        healthy = not failing & set(checks)
         report: dict[str, Any] = {
-            "status": "ok" if healthy else "unavailable",
+            "status": readiness_status(healthy, not failing),
             "checks": {
                 name: "ok" if reason is None else f"{FAILING}: {reason}"
                 for name, reason in zip(names, reasons, strict=True)

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import uvicorn
 from crm_contracts.catalog import ALL_EVENTS
 from fastapi import APIRouter, Depends, FastAPI, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     GC_COLLECTOR,
@@ -28,6 +29,7 @@ from .consumer import EventConsumer
 from .dead_letters import dlq_topic
 from .health import Detail, health_router
 from .http import BodySizeLimit, TokenAuth, UnexpectedErrors, install_error_handlers
+from .http_metrics import HttpInstrumentation
 from .jobs import JobRunner
 from .kafka import BROKER_LOGGER, create_broker, ensure_topics
 from .lag import LagMonitor
@@ -43,6 +45,8 @@ from .unit_of_work import UnitOfWork
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Swagger UI's and ReDoc's scripts and styles, served by the service (fastapi-offline ships them).
+DOCS_ASSETS = "/docs-assets"
 Hook = Callable[[], Awaitable[None]]
 
 
@@ -59,6 +63,7 @@ class ServiceRuntime:
         # Each component logs an outage once (crm_outage_active shows the open ones); the Kafka
         # clients' repeated connection errors are held back, and any success of ours ends it.
         self.outages = Outages(self.registry, summary_seconds=settings.log_outage_summary_seconds)
+        self.http_metrics = HttpInstrumentation(self.registry)
         self.kafka_log_throttle = KafkaClientLogThrottle(self.outages)
         self.kafka_log_throttle.install([BROKER_LOGGER])
         kafka_reachable = self.kafka_log_throttle.recovered
@@ -193,7 +198,9 @@ class ServiceRuntime:
             finally:
                 await self.stop()
 
-        app = FastAPI(
+        # /docs and /redoc with their assets from the service, not a CDN (blank offline).
+        app = FastAPIOffline(
+            static_url=DOCS_ASSETS,
             title=title,
             description=description,
             version=version,
@@ -203,10 +210,14 @@ class ServiceRuntime:
         )
         install_error_handlers(app)
         app.include_router(
+            # Every route needs MongoDB; writes reach Kafka through the outbox later, so a
+            # Kafka outage degrades the service without taking it out of its Service.
             health_router(
-                {"mongodb": self._check_mongo, "kafka": self._check_kafka},
+                {"mongodb": self._check_mongo},
+                degrading={"kafka": self._check_kafka},
                 auth=self.auth,
                 details=health_details,
+                registry=self.registry,
             )
         )
         for router in routers:
@@ -225,6 +236,7 @@ class ServiceRuntime:
             large_paths=frozenset(self.streamed_upload_paths),
             large_max_bytes=self.settings.max_import_bytes,
         )
+        self.http_metrics.instrument(app)  # outside the size limit: its 413s count too
         app.add_middleware(UnexpectedErrors)  # added last: outermost, so it sees every failure
         app.state.runtime = self
         return app
@@ -236,6 +248,7 @@ class ServiceRuntime:
             host=self.settings.http_host,
             port=self.settings.http_port,
             log_config=None,
+            access_log=False,  # crm.access writes each request as JSON fields (http_metrics)
             proxy_headers=True,
             timeout_graceful_shutdown=20,
         )
