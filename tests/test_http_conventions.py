@@ -1,13 +1,16 @@
 """The runtime's HTTP conventions hold in each of the four services' real apps (no broker or
 database needed: the checks answer before a route touches either): unknown query parameters
 are refused on every documented operation, bad bearer tokens get 401, oversized chunked bodies
-and uploads 413, unknown routes and wrong methods the shared error body."""
+and uploads 413, unknown routes and wrong methods the shared error body; /docs and /redoc load
+every asset from the service (none from a CDN); each operation documents the bearer scope it
+needs, and the service enforces exactly that scope."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any
 
 import httpx
@@ -17,6 +20,7 @@ from fastapi import FastAPI
 
 SERVICES = ["leads", "opportunities", "campaigns", "reporting"]
 ADMIN = {"authorization": "Bearer boss"}
+TOKENS = {"read": "analyst", "write": "rep", "admin": "boss"}
 LIMIT = 2048
 
 
@@ -27,7 +31,7 @@ def service_app(service: str) -> FastAPI:
         mongo_url=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
         mongo_server_selection_timeout_ms=200,
         kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-        api_tokens="boss:admin",
+        api_tokens=",".join(f"{token}:{scope}" for scope, token in TOKENS.items()),
         max_body_bytes=LIMIT,
         log_level="WARNING",
     )
@@ -152,3 +156,66 @@ async def test_unknown_routes_and_wrong_methods_answer_in_the_shared_format(
         "message": "DELETE is not allowed here; use GET.",
         "fields": [],
     }
+
+
+@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+async def test_the_api_docs_load_every_asset_from_the_service(
+    apps: dict[str, FastAPI], service: str, page: str
+) -> None:
+    async with client(apps[service]) as http:
+        answer = await http.get(page)
+        assert answer.status_code == 200
+        html = answer.text
+        assert "https://" not in html and "http://" not in html and "cdn." not in html, html
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert {a.rsplit(".", 1)[-1] for a in assets} >= ({"js", "css"} if page == "/docs" else {"js"})
+        for asset in assets:
+            loaded = await http.get(asset)
+            assert loaded.status_code == 200 and len(loaded.content) > 1000, asset
+        assert (await http.get("/openapi.json")).status_code == 200
+
+
+SCOPE_BELOW = {"write": "read", "admin": "write"}
+# The token check answers before the route runs; a route still working after this (one that
+# waits out the absent database, e.g. a job request) got past it.
+ADMITTED_AFTER_SECONDS = 15
+
+
+async def admitted(request: Awaitable[httpx.Response]) -> bool:
+    try:
+        answer = await asyncio.wait_for(request, ADMITTED_AFTER_SECONDS)
+    except TimeoutError:
+        return True
+    return answer.status_code not in (401, 403)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_each_operation_documents_the_bearer_scope_the_service_enforces(
+    apps: dict[str, FastAPI], service: str
+) -> None:
+    app = apps[service]
+    document = app.openapi()
+    scheme = document["components"]["securitySchemes"]["bearerToken"]
+    assert scheme == scheme | {"type": "http", "scheme": "bearer"}
+    checked = 0
+    async with client(app) as http:
+        for path, item in document["paths"].items():
+            for method, operation in item.items():
+                if "operations" in operation.get("tags", []):
+                    assert "security" not in operation, (method, path)  # probes answer anyone
+                    continue
+                [[scheme_name, [scope]]] = [next(iter(s.items())) for s in operation["security"]]
+                assert scheme_name == "bearerToken" and scope in TOKENS, (method, path)
+                url = re.sub(r"\{[^}]+\}", "x1", path)
+                anonymous = await http.request(method.upper(), url)
+                assert anonymous.status_code == 401, (method, path, anonymous.text)
+                if scope in SCOPE_BELOW:
+                    below = {"authorization": f"Bearer {TOKENS[SCOPE_BELOW[scope]]}"}
+                    refused = await http.request(method.upper(), url, headers=below)
+                    assert refused.status_code == 403, (method, path, refused.text)
+                    assert f"needs the {scope} scope" in refused.json()["message"]
+                allowed = {"authorization": f"Bearer {TOKENS[scope]}"}
+                assert await admitted(http.request(method.upper(), url, headers=allowed)), (method, path)
+                checked += 1
+    assert checked >= 5

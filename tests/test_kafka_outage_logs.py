@@ -79,6 +79,13 @@ async def an_outage(
         assert (await http.post("/leads", json=distinct_lead(external_id))).status_code == 201
         await eventually(summarised, timeout=120)
         assert await open_outages(http)  # the gauge shows the outage too
+
+        async def degraded() -> bool:
+            # The pod stays in its Service: the write waits in the outbox.
+            ready = await http.get("/health/ready")
+            return ready.status_code == 200 and ready.json()["status"] == "degraded"
+
+        await eventually(degraded, timeout=60)
     finally:
         await infra.astart_kafka()
     await eventually(settled, timeout=120)
@@ -117,7 +124,10 @@ async def test_a_kafka_outage_logs_one_error_per_component_then_summaries_and_re
                 assert {"aiokafka", "lag monitor"} <= back, lines
                 recovery = next(e for e in entries if e["message"].startswith("lag monitor: kafka reachable"))
                 assert recovery["level"] == "info" and recovery["outage_seconds"] >= SUMMARY_SECONDS
-                # A summary per component every 2 s, none of the thousands held back (the test's
-                # own /metrics polls are access lines, left out).
-                written = [e for e in entries if e["logger"] != "uvicorn.access"]
+                # The write is one JSON access line; probes and scrapes write none.
+                access = [e for e in entries if e["logger"] == "crm.access"]
+                assert [(e["method"], e["route"], e["status"]) for e in access] == [("POST", "/leads", 201)]
+                assert access[0]["duration_ms"] > 0 and len(access[0]["trace_id"]) == 32
+                # A summary per component every 2 s, none of the thousands held back.
+                written = [e for e in entries if e["logger"] != "crm.access"]
                 assert len(written) < 100, Counter(component(e) for e in written)

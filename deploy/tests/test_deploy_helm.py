@@ -336,6 +336,8 @@ def exported_metrics(registry: Any) -> set[str]:
     for family in registry.collect():
         # A labelled metric has no samples until used: go by the family (counters add _total).
         exported |= {family.name, f"{family.name}_total"} if family.type == "counter" else {family.name}
+        if family.type == "histogram":
+            exported |= {f"{family.name}_{part}" for part in ("bucket", "count", "sum")}
     return exported
 
 
@@ -356,9 +358,15 @@ def test_alerts_watch_each_service_on_metrics_the_runtime_exports(full_manifests
         "CrmConsumerLagHigh",
         "CrmEventsDeadLettered",
         "CrmOutboxBacklog",
+        "CrmKafkaUnreachable",
+        "CrmHttpErrorRateHigh",
+        "CrmHttpLatencyHigh",
         *REPORTING_ALERTS,
     }
-    exported = exported_metrics(ServiceRuntime(ServiceSettings(service_name="probe")).registry)
+    # What every service's app exports (readiness checks register with the app).
+    runtime = ServiceRuntime(ServiceSettings(service_name="probe"))
+    runtime.create_app(title="probe", description="probe")
+    exported = exported_metrics(runtime.registry)
     # Reporting's own metrics (its merger) are on its runtime's registry.
     reporting = exported_metrics(create_app(ReportingSettings()).state.runtime.registry)
     services = "|".join(f"{RELEASE}-{s}" for s in sorted(SERVICES))
@@ -376,6 +384,13 @@ def test_alerts_watch_each_service_on_metrics_the_runtime_exports(full_manifests
     assert alerts["CrmConsumerLagHigh"]["expr"].endswith("> 10000")
     assert "> 300)" in alerts["CrmReportingMergerStalled"]["expr"]
     assert alerts["CrmReportingMergerStalled"]["for"] == "10m"
+    # Errors are the 5xx share of all requests; latency leaves streamed uploads out.
+    errors = alerts["CrmHttpErrorRateHigh"]
+    assert 'status=~"5.."' in errors["expr"] and errors["expr"].endswith("> 0.05") and errors["for"] == "5m"
+    latency = alerts["CrmHttpLatencyHigh"]["expr"]
+    assert latency.startswith("histogram_quantile(0.99, ") and latency.endswith("> 1")
+    assert 'handler!~"/imports/[a-z_]+"' in latency
+    assert 'check="kafka"} == 0' in alerts["CrmKafkaUnreachable"]["expr"]
 
 
 def test_reporting_alerts_go_with_the_reporting_service(render: Render) -> None:
