@@ -1,10 +1,12 @@
-"""``crm-infra`` end to end with fake services: infra-up, foreground up, detached up, status, down."""
+"""``crm-infra`` end to end with fake services: infra-up, foreground up, detached up, status,
+down, and down from another terminal ending a foreground up; start-up progress."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from crm_localinfra._proc import free_ports, pid_alive, read_pid
-from crm_localinfra.cli import SERVICES, ServiceSpec, main
+from crm_localinfra.cli import SERVICES, ServiceSpec, _progress, main
 
 # A stand-in for a service: answers /health/ready with the CRM_* environment it was given.
 FAKE_SERVICE = """
@@ -183,3 +185,54 @@ def _gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+def test_progress_says_what_start_up_still_waits_for_and_how_long() -> None:
+    out = io.StringIO()
+    waiting = ["kafka and secantusdb to answer"]
+    with _progress(out, lambda: waiting[0], every=0.05):
+        deadline = time.monotonic() + 30
+        while "waiting for" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        waiting[0] = ""  # nothing left: no more lines
+    assert re.search(r"^  waiting for kafka and secantusdb to answer \(\d+s so far\)$", out.getvalue(), re.M)
+
+
+@pytest.mark.integration
+def test_down_from_another_terminal_ends_a_foreground_up(tmp_path: Path) -> None:
+    state = tmp_path / ".crm"
+    kport, cport, mport, aport, bport = free_ports(5)
+    ports = ["--kafka-port", str(kport), "--kafka-controller-port", str(cport), "--mongo-port", str(mport)]
+    services = ["--alpha-port", str(aport), "--beta-port", str(bport), "--timeout", "60"]
+    code_file = tmp_path / "fake_service.py"
+    code_file.write_text(FAKE_SERVICE)
+    fg = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, str(code_file), "up", "--state-dir", str(state), *ports, *services],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert fg.stdout is not None
+        lines: list[str] = []
+        for line in fg.stdout:
+            lines.append(line)
+            if line.startswith("running;"):
+                break
+        assert "running; press Ctrl-C" in "".join(lines), "".join(lines)
+        pids = [read_pid(state / "pids" / f"{n}.pid") for n in ("kafka", "secantusdb", "alpha", "beta")]
+
+        rc, out = _run(["down", "--state-dir", str(state)], _fakes())
+        assert rc == 0, out
+        # The foreground notices, reaps its children (no zombie Kafka or database) and ends.
+        rest, _ = fg.communicate(timeout=120)
+        assert fg.returncode == 0, "".join(lines) + rest
+        assert "everything started here has been stopped (./crm down)" in rest, rest
+        assert "alpha: stopped" in rest and "warning" not in rest, rest
+        for pid in pids:
+            assert pid is not None and _gone(pid), f"pid {pid} still running"
+    finally:
+        if fg.poll() is None:
+            fg.send_signal(signal.SIGTERM)
+            fg.communicate(timeout=120)
+        _run(["down", "--state-dir", str(state)], _fakes())

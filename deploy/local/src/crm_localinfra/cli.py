@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -84,6 +84,33 @@ def _say(out: TextIO, text: str = "") -> None:
 
 # Loopback only: never route a health check through an HTTP(S)_PROXY from the environment.
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+PROGRESS_EVERY_SECONDS = 5.0
+
+
+@contextlib.contextmanager
+def _progress(
+    out: TextIO, waiting_for: Callable[[], str], every: float = PROGRESS_EVERY_SECONDS
+) -> Iterator[None]:
+    """While the block runs, say every ``every`` seconds what it still waits for and for how
+    long, so a slow first start (a JVM on a busy machine) does not look like a hang."""
+    done = threading.Event()
+    started = time.monotonic()
+
+    def report() -> None:
+        while not done.wait(every):
+            what = waiting_for()
+            if what:
+                _say(out, f"  waiting for {what} ({time.monotonic() - started:.0f}s so far)")
+
+    ticker = threading.Thread(target=report, name="crm-infra-progress", daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
 
 
 def _http_ready(port: int, path: str, timeout: float = 2.0) -> bool:
@@ -151,7 +178,8 @@ def _start_infra(args: argparse.Namespace, out: TextIO) -> tuple[LocalInfra, _St
     if to_start:
         t0 = time.monotonic()
         _say(out, f"starting {' and '.join(to_start)} ...")
-        started.kafka, started.mongo = infra.start(timeout=args.infra_timeout)
+        with _progress(out, lambda: " and ".join(to_start) + " to answer"):
+            started.kafka, started.mongo = infra.start(timeout=args.infra_timeout)
         _say(out, f"{' and '.join(to_start)} ready in {time.monotonic() - t0:.1f}s")
     return infra, started
 
@@ -216,6 +244,19 @@ def _start_services(
         _say(out, f"{spec.name}: started (pid {proc.pid}) on port {port}")
     deadline = time.monotonic() + timeout
     pending = list(waiting)
+
+    def still_waiting() -> str:
+        names = [spec.name for spec, _, _ in list(pending)]
+        return f"{', '.join(names)} to answer GET /health/ready" if names else ""
+
+    with _progress(out, still_waiting):
+        _await_ready(layout, pending, deadline, timeout, out)
+    return rows
+
+
+def _await_ready(
+    layout: Layout, pending: list[tuple[ServiceSpec, int, int]], deadline: float, timeout: float, out: TextIO
+) -> None:
     while pending:
         for item in list(pending):
             spec, port, pid = item
@@ -235,7 +276,6 @@ def _start_services(
             )
         if pending:
             time.sleep(0.25)
-    return rows
 
 
 def _stop_started(layout: Layout, infra: LocalInfra | None, started: _Started, out: TextIO) -> None:
@@ -272,18 +312,47 @@ def _wait_foreground(layout: Layout, infra: LocalInfra, started: _Started, out: 
     try:
         _say(out, "running; press Ctrl-C to stop everything started here")
         reported: set[int] = set()
+        exited: set[int] = set()  # seen exited once: `down` removes its pid file right after
         while not stop.wait(1.0):
             for name, pid in started.services:
-                if pid not in reported and not pid_alive(pid):
+                if pid not in reported and not pid_alive(pid):  # pid_alive reaps our child
+                    if read_pid(layout.pid_file(name)) != pid:
+                        reported.add(pid)
+                        _say(out, f"{name}: stopped (pid {pid})")
+                        continue
+                    if pid not in exited:
+                        exited.add(pid)
+                        continue
                     reported.add(pid)
                     log = layout.log_file(name)
                     _say(out, format_failure(f"warning: {name} (pid {pid}) exited", [log]))
+            if _stopped_by_down(layout, infra, started):
+                # `./crm down` from another terminal stopped everything: end rather than wait
+                # on as the parent of its exited Kafka and database (zombies until we exit).
+                _say(out, "everything started here has been stopped (./crm down)")
+                started.services.clear()
+                started.kafka = started.mongo = False
+                break
     finally:
         # Handlers stay ours while stopping, so a second Ctrl-C cannot cut the clean-up short.
         _stop_started(layout, infra, started, out)
         _say(out, "stopped")
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _stopped_by_down(layout: Layout, infra: LocalInfra, started: _Started) -> bool:
+    """True when ``down`` stopped everything this invocation started: none of it runs (each
+    exited child is reaped on the way) and the services' pid files are gone. Services that
+    crashed on their own keep their pid files, so the foreground goes on reporting them."""
+    if not (started.services or started.kafka or started.mongo):
+        return False
+    for name, pid in started.services:
+        if pid_alive(pid) or read_pid(layout.pid_file(name)) == pid:
+            return False
+    kafka = started.kafka and infra.kafka.is_running()
+    mongo = started.mongo and infra.mongo.is_running()
+    return not kafka and not mongo
 
 
 def _cmd_up(args: argparse.Namespace, services: Sequence[ServiceSpec], out: TextIO) -> int:
