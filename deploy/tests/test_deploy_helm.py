@@ -7,6 +7,7 @@ and the newest the package knows; then the manifests are checked for what the de
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from collections.abc import Callable, Iterator
@@ -429,3 +430,14 @@ def test_values_schema_rejects_bad_values(helm_bin: Path, chart: Path, setting: 
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr
     assert reported in result.stderr
+
+
+def test_the_grafana_dashboard_is_a_configmap_for_grafanas_sidecar(
+    default_manifests: list[Manifest], full_manifests: list[Manifest], chart: Path
+) -> None:
+    assert find(default_manifests, "ConfigMap", f"{RELEASE}-dashboard") == []
+    dashboard = one(full_manifests, "ConfigMap", f"{RELEASE}-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "CRM"}
+    shipped = (chart / "dashboards" / "crm.json").read_text()
+    assert json.loads(dashboard["data"]["crm.json"]) == json.loads(shipped)
