@@ -747,13 +747,13 @@ async def test_a_lead_re_captured_through_another_campaign_joins_it_and_keeps_it
 ) -> None:
     fair = (await fresh.http.post("/campaigns", json=new_campaign(name="Fair"))).json()["id"]
     webinar = (await fresh.http.post("/campaigns", json=new_campaign(name="Webinar"))).json()["id"]
-    # Invited to the webinar by hand before it ever filled in a form.
+    # Captured at the fair, then invited to the webinar by hand (a lead must be known to be
+    # added by hand): the fair stays its first touch.
+    await fresh.publish_applied(catalog.LEAD_CREATED, lead_created("lead-9", fair, CAPTURED))
     invited = await fresh.http.post(
         f"/campaigns/{webinar}/members", json={"lead_id": "lead-9", "status": "sent", "by": REP}
     )
-    assert invited.status_code == 201 and invited.json()["first_touch"] is True
-    # Its capture at the fair happened before the invitation: the fair is its first touch.
-    await fresh.publish(catalog.LEAD_CREATED, lead_created("lead-9", fair, CAPTURED))
+    assert invited.status_code == 201 and invited.json()["first_touch"] is False
     # Re-captured through the webinar form: the invited member has now responded.
     later = datetime.now(UTC) + timedelta(minutes=1)
     await fresh.publish(catalog.LEAD_UPDATED, lead_updated("lead-9", webinar, later, version=2))

@@ -321,6 +321,7 @@ class BulkItemResult(BaseModel):
     member_id: str
     outcome: AddOutcome
     reason: str | None = Field(default=None, description="Why it was refused.")
+    field: str | None = Field(default=None, description="The field a refusal names (status, lead_id).")
 
 
 class BulkResult(BaseModel):
@@ -509,7 +510,7 @@ def campaigns_router(
                 campaigns, members, opportunities, uow, campaign_id, [body.new_member()], by=body.by
             )
             if result.outcome is AddOutcome.REFUSED:
-                raise InvalidCampaign("status", result.reason or "refused")
+                raise InvalidCampaign(result.field or "status", result.reason or "refused")
             campaign = await campaigns.get(campaign_id, uow.session)
             assert campaign is not None
             return campaign, result
