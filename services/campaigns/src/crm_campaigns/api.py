@@ -302,6 +302,10 @@ class MemberView(BaseModel):
     converted_at: AwareDatetime | None
     account_id: str | None
     opportunity_id: str | None
+    merged_from: list[str] = Field(
+        default_factory=list,
+        description="Duplicate leads merged into this lead whose memberships of the campaign were folded in here.",
+    )
     version: int
 
     @classmethod

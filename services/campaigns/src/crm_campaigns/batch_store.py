@@ -136,7 +136,7 @@ class HeldMembers(MemberRepository):
         await self.load(lead_ids)
         return [m.model_copy(deep=True) for lead_id in lead_ids for m in self._by_lead[lead_id].values()]
 
-    async def is_known_lead(self, lead_id: str, session: AsyncClientSession) -> bool:
+    async def known_lead_ids(self, lead_ids: Iterable[str], session: AsyncClientSession) -> set[str]:
         _not_in_a_batch("checking a lead added by hand")
 
     async def remove(

@@ -207,11 +207,14 @@ class MemberRepository:
             for doc in await cursor.to_list()
         ]
 
-    async def is_known_lead(self, lead_id: str, session: AsyncClientSession) -> bool:
-        """Whether a lead event (or a conversion) has named the lead."""
-        if await self._known_leads.find_one({"_id": lead_id}, {"_id": 1}, session=session):
-            return True
-        return await self._conversions.find_one({"_id": lead_id}, {"_id": 1}, session=session) is not None
+    async def known_lead_ids(self, lead_ids: Iterable[str], session: AsyncClientSession) -> set[str]:
+        """Those of these leads a lead event (or a conversion) has named: two queries."""
+        wanted = {"_id": {"$in": sorted(set(lead_ids))}}
+        known = {
+            doc["_id"] for doc in await self._known_leads.find(wanted, {"_id": 1}, session=session).to_list()
+        }
+        converted = await self._conversions.find(wanted, {"_id": 1}, session=session).to_list()
+        return known | {doc["_id"] for doc in converted}
 
     # -- merges -------------------------------------------------------------------------------
     async def record_merge(

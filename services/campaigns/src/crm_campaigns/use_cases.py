@@ -244,11 +244,9 @@ async def add_members(
     lead_ids = [w.record_id for w in wanted if w.member_type is MemberType.LEAD]
     conversions = await members.conversions(lead_ids, uow.session) if lead_ids else {}
     merged_into = await members.merged_into(lead_ids, uow.session) if lead_ids else {}
-    unknown = {
-        lead_id
-        for lead_id in set(lead_ids) - merged_into.keys()
-        if not await members.is_known_lead(lead_id, uow.session)
-    }
+    unknown = set(lead_ids) - merged_into.keys()
+    if unknown:
+        unknown -= await members.known_lead_ids(unknown, uow.session)
     now = _now()
     added: dict[str, CampaignMember] = {}
     results: list[MemberAddition] = []
