@@ -304,7 +304,7 @@ class MemberView(BaseModel):
     opportunity_id: str | None
     merged_from: list[str] = Field(
         default_factory=list,
-        description="Duplicate leads merged into this lead whose memberships of the campaign were folded in here.",
+        description="Duplicate leads merged into this lead whose membership was folded in here.",
     )
     version: int
 
