@@ -33,6 +33,7 @@ from crm_contracts.events.leads import (
     ConvertedOpportunity,
     LeadConverted,
     LeadCreated,
+    LeadMerged,
     LeadOrigin,
     LeadSnapshot,
     LeadSource,
@@ -70,7 +71,7 @@ from pymongo import AsyncMongoClient, monitoring
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-COLLECTIONS = ("members", "lead_conversions", "opportunities", "known_leads")
+COLLECTIONS = ("members", "lead_conversions", "opportunities", "known_leads", "lead_merges")
 TIMES = [
     "2026-11-01T10:00:00Z",
     "2026-11-01T10:00:00.000400Z",
@@ -208,7 +209,27 @@ closed = st.builds(
     st.booleans(),
     st.integers(2, 5),
 )
-events = st.one_of(created, updated, converted, opened, closed)
+
+
+def merge(duplicate: str, survivor: str, version: int = 6) -> CloudEvent[Any]:
+    return make_event(
+        catalog.LEAD_MERGED,
+        LeadMerged(
+            survivor=snapshot(survivor, None, NOW),
+            merged_lead_id=duplicate,
+            matching_keys=["email"],
+            merged_at=NOW,
+            merged_by=Actor(id="rep-7"),
+        ),
+        source="/crm/leads",
+        subject=survivor,
+        version=version,
+    )
+
+
+# lead-0 merged into lead-1 (the leads service never merges the other way round as well).
+merged = st.just(merge("lead-0", "lead-1"))
+events = st.one_of(created, updated, converted, opened, closed, merged)
 
 
 @st.composite
@@ -254,6 +275,7 @@ SPECS: dict[type[BaseModel], EventSpec[Any]] = {
     LeadCreated: catalog.LEAD_CREATED,
     LeadUpdated: catalog.LEAD_UPDATED,
     LeadConverted: catalog.LEAD_CONVERTED,
+    LeadMerged: catalog.LEAD_MERGED,
     OpportunityCreated: catalog.OPPORTUNITY_CREATED,
     OpportunityClosed: catalog.OPPORTUNITY_CLOSED,
 }
@@ -307,6 +329,132 @@ async def test_a_batch_of_lead_and_opportunity_events_ends_as_the_same_events_ap
         assert await batched.events() == await one_by_one.events()
     finally:
         for store in (batched, one_by_one):
+            await store.client.drop_database(store.db.name)
+
+
+DUPLICATE, SURVIVOR = "lead-dup", "lead-keep"
+
+
+def _merge_story() -> list[CloudEvent[Any]]:
+    """A duplicate captured through the fair and re-captured through the webinar, its survivor
+    captured later through the webinar and converted, an opportunity of the duplicate, and the
+    merge; the survivor is merged again into a third lead, as a later clean-up would."""
+    at = [datetime.fromisoformat(t) for t in TIMES]
+    dup_opportunity = figures("opp-dup", None, DUPLICATE, StageKind.OPEN)
+    return [
+        make_event(
+            catalog.LEAD_CREATED,
+            LeadCreated(lead=snapshot(DUPLICATE, "fair", at[3])),
+            source="/crm/leads",
+            subject=DUPLICATE,
+            version=1,
+        ),
+        make_event(
+            catalog.LEAD_UPDATED,
+            LeadUpdated(lead=snapshot(DUPLICATE, "webinar", at[1]), changed_fields=["campaign_id"]),
+            source="/crm/leads",
+            subject=DUPLICATE,
+            version=2,
+        ),
+        make_event(
+            catalog.LEAD_CREATED,
+            LeadCreated(lead=snapshot(SURVIVOR, "webinar", at[0])),
+            source="/crm/leads",
+            subject=SURVIVOR,
+            version=1,
+        ),
+        make_event(
+            catalog.LEAD_CONVERTED,
+            LeadConverted(
+                lead_id=SURVIVOR,
+                account=ConvertedAccount(account_id="acc-keep", is_new=True, name="Engines"),
+                contact=ConvertedContact(contact_id="con-keep", is_new=True, first_name="Ada"),
+                opportunity=None,
+                lead_source=LeadSource.WEB,
+                campaign_id="webinar",
+                converted_at=NOW,
+                converted_by=Actor(id="rep-7"),
+                captured_at=at[0],
+            ),
+            source="/crm/leads",
+            subject=SURVIVOR,
+            version=5,
+        ),
+        make_event(
+            catalog.OPPORTUNITY_CREATED,
+            OpportunityCreated(opportunity=dup_opportunity, created_by=Actor(id="rep-7")),
+            source="/crm/opportunities",
+            subject="opp-dup",
+            version=1,
+        ),
+        merge(DUPLICATE, SURVIVOR),
+    ]
+
+
+async def _folded_state(store: Store) -> dict[str, list[Document]]:
+    """The stored state without what depends on the order of arrival alone (versions)."""
+    state = await store.state()
+    state["members"] = [{k: v for k, v in m.items() if k != "version"} for m in state["members"]]
+    return state
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(order=st.permutations(range(6)), cut=st.integers(1, 5), batched=st.booleans())
+async def test_a_merge_folds_the_duplicates_memberships_into_the_survivor_whatever_the_order(
+    runtime: ServiceRuntime, order: list[int], cut: int, batched: bool
+) -> None:
+    story = _merge_story()
+    canonical, shuffled = await new_store(runtime), await new_store(runtime)
+    try:
+        for event in story:
+            await canonical.deliver([event])
+        delivery = [story[i] for i in order]
+        if batched:
+            await shuffled.deliver(delivery[:cut])
+            await shuffled.deliver(delivery[cut:] + delivery[:1])  # and one redelivery
+        else:
+            for event in delivery:
+                await shuffled.deliver([event])
+        assert await _folded_state(shuffled) == await _folded_state(canonical)
+
+        members = {(m["campaign_id"], m["lead_id"]): m for m in (await canonical.state())["members"]}
+        assert sorted(members) == [("fair", SURVIVOR), ("webinar", SURVIVOR)]  # no duplicate left
+        fair, webinar = members[("fair", SURVIVOR)], members[("webinar", SURVIVOR)]
+        # The duplicate's fair capture (3 October) is the earliest touch: the survivor's first.
+        assert (fair["first_touch"], webinar["first_touch"]) == (True, False)
+        assert fair["joined_at"] == datetime.fromisoformat(TIMES[3])
+        # The webinar reached both; the earliest touch of either stays, the survivor counts once.
+        assert webinar["joined_at"] == datetime.fromisoformat(TIMES[0])
+        assert webinar["touched_via"] == ["lead.converted", "lead.created", "lead.updated"]
+        assert (fair["merged_from"], webinar["merged_from"]) == ([DUPLICATE], [DUPLICATE])
+        assert (fair["converted"], webinar["converted"]) == (True, True)  # the survivor's conversion
+        [opportunity] = (await canonical.state())["opportunities"]
+        assert (opportunity["lead_id"], opportunity["campaign_id"]) == (SURVIVOR, "fair")
+    finally:
+        for store in (canonical, shuffled):
+            await store.client.drop_database(store.db.name)
+
+
+async def test_a_survivor_merged_again_passes_everything_on_along_the_chain(runtime: ServiceRuntime) -> None:
+    # A converted lead is never merged away, so this story has no conversion.
+    story = [e for e in _merge_story() if not isinstance(e.data, LeadConverted)]
+    final = "lead-final"
+    again = merge(SURVIVOR, final, version=9)
+    early, late = await new_store(runtime), await new_store(runtime)
+    try:
+        for event in [*story, again]:
+            await early.deliver([event])
+        # The second merge first: the first one then folds straight into the final survivor.
+        await late.deliver([again, *reversed(story)])
+        assert await _folded_state(late) == await _folded_state(early)
+        members = (await early.state())["members"]
+        assert sorted((m["campaign_id"], m["lead_id"]) for m in members) == [
+            ("fair", final),
+            ("webinar", final),
+        ]
+        assert all(sorted(m["merged_from"]) == [DUPLICATE, SURVIVOR] for m in members)
+    finally:
+        for store in (early, late):
             await store.client.drop_database(store.db.name)
 
 

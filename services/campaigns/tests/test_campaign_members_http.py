@@ -12,9 +12,12 @@ from typing import Any
 import httpx
 import pytest
 from crm_campaigns.bootstrap import CampaignsSettings, create_app
+from crm_campaigns.domain import LeadReference
+from crm_campaigns.repository import MemberRepository
 from crm_contracts import catalog
+from crm_contracts.envelope import utcnow
 from crm_localinfra.testing import eventually, isolation_key, read_topic, service_client, service_env
-from crm_runtime import ServiceRuntime
+from crm_runtime import ServiceRuntime, UnitOfWork
 from crm_runtime.events import decode
 
 pytestmark = pytest.mark.integration
@@ -27,6 +30,26 @@ class Api:
     http: httpx.AsyncClient
     settings: CampaignsSettings
     bootstrap: str
+    runtime: ServiceRuntime
+
+    async def leads(self, *lead_ids: str) -> None:
+        """Leads the service has seen, as their lead.created would leave them."""
+        references = [LeadReference(lead_id=i, source_system="web", external_id=i) for i in lead_ids]
+
+        async def work(uow: UnitOfWork) -> None:
+            await MemberRepository(self.runtime.db).record_leads(references, uow.session)
+
+        await self.runtime.transaction(work)
+
+    async def merged(self, duplicate_id: str, survivor_id: str) -> None:
+        """A lead.merged the service has followed."""
+
+        async def work(uow: UnitOfWork) -> None:
+            await MemberRepository(self.runtime.db).record_merge(
+                duplicate_id, survivor_id, utcnow(), uow.session
+            )
+
+        await self.runtime.transaction(work)
 
     async def campaign(self, **fields: Any) -> str:
         body = {"name": "Autumn webinar", "type": "webinar", "by": REP, **fields}
@@ -51,8 +74,8 @@ async def api(infra: Any) -> AsyncIterator[Api]:
     settings = CampaignsSettings(**service_env(infra, "campaigns", isolation=isolation_key()))
     app = create_app(settings)
     async with service_client(app) as http:
-        yield Api(http, settings, infra.kafka_bootstrap)
         runtime: ServiceRuntime = app.state.runtime
+        yield Api(http, settings, infra.kafka_bootstrap, runtime)
 
         async def outbox_drained() -> bool:
             return await runtime.outbox.pending() == 0
@@ -74,6 +97,7 @@ async def test_a_lead_or_contact_is_added_by_hand_once_and_announced(api: Api) -
     )
     assert (contact["contact_id"], contact["responded"], contact["version"]) == ("con-1", False, 1)
 
+    await api.leads("lead-1")
     lead = await api.http.post(members, json={"lead_id": "lead-1", "status": "registered", "by": REP})
     assert lead.status_code == 201, lead.text
     assert (lead.json()["status"], lead.json()["responded"], lead.json()["first_touch"]) == (
@@ -121,6 +145,7 @@ async def test_malformed_members_are_refused_naming_the_field(
 async def test_a_status_the_campaign_does_not_offer_or_an_unknown_campaign_is_refused(api: Api) -> None:
     statuses = [{"status": "sent"}, {"status": "responded", "counts_as_response": True}]
     campaign_id = await api.campaign(member_statuses=statuses)
+    await api.leads("lead-1")
     refused = await api.http.post(
         f"/campaigns/{campaign_id}/members", json={"lead_id": "lead-1", "status": "attended", "by": REP}
     )
@@ -128,6 +153,34 @@ async def test_a_status_the_campaign_does_not_offer_or_an_unknown_campaign_is_re
     assert "offers: sent, responded" in refused.json()["message"]
     missing = await api.http.post("/campaigns/no-such/members", json={"lead_id": "lead-1", "by": REP})
     assert missing.status_code == 404 and missing.json()["fields"][0]["field"] == "campaign_id"
+
+
+async def test_a_lead_never_seen_or_merged_away_is_refused_naming_lead_id(api: Api) -> None:
+    campaign_id = await api.campaign()
+    members = f"/campaigns/{campaign_id}/members"
+    lead = f"{campaign_id[:8]}-lead"
+    unknown = await api.http.post(members, json={"lead_id": f"{lead}-ghost", "by": REP})
+    assert unknown.status_code == 422, unknown.text
+    assert unknown.json()["fields"][0]["field"] == "lead_id"
+    assert f"unknown lead {lead}-ghost" in unknown.json()["message"]
+
+    await api.leads(f"{lead}-dup", f"{lead}-keep", f"{lead}-final")
+    await api.merged(f"{lead}-dup", f"{lead}-keep")
+    await api.merged(f"{lead}-keep", f"{lead}-final")
+    merged = await api.http.post(members, json={"lead_id": f"{lead}-dup", "by": REP})
+    assert merged.status_code == 422 and merged.json()["fields"][0]["field"] == "lead_id"
+    assert f"merged into lead {lead}-final" in merged.json()["message"]  # along the chain
+
+    items = [{"lead_id": f"{lead}-ghost"}, {"lead_id": f"{lead}-final"}, {"contact_id": "con-1"}]
+    bulk = await api.http.post(f"{members}/bulk", json={"members": items, "by": REP})
+    assert bulk.status_code == 200, bulk.text
+    assert [(r["outcome"], r["field"]) for r in bulk.json()["results"]] == [
+        ("refused", "lead_id"),
+        ("added", None),
+        ("added", None),
+    ]
+    summary = (await api.http.get(f"/campaigns/{campaign_id}/summary")).json()
+    assert (summary["members"], summary["leads"]) == (2, 1)  # the unknown lead is not counted
 
 
 async def test_member_statuses_move_forward_and_each_change_is_announced(api: Api) -> None:
@@ -181,6 +234,7 @@ async def test_bulk_adds_report_each_item_and_are_bounded(api: Api) -> None:
     bulk = f"/campaigns/{campaign_id}/members/bulk"
     # Leads of their own: a lead another test's campaign reached first is credited there.
     lead = f"{campaign_id[:8]}-lead"
+    await api.leads(*(f"{lead}-{n}" for n in range(200)))
     await api.http.post(f"/campaigns/{campaign_id}/members", json={"lead_id": f"{lead}-0", "by": REP})
     items = [
         {"lead_id": f"{lead}-0"},  # already a member

@@ -18,9 +18,11 @@ import httpx
 import pytest
 from crm_campaigns.bootstrap import CampaignsSettings, create_app
 from crm_contracts import catalog
+from crm_contracts.events.common import Actor
 from crm_contracts.events.leads import (
     Company,
     LeadCreated,
+    LeadMerged,
     LeadOrigin,
     LeadSnapshot,
     LeadSource,
@@ -194,6 +196,47 @@ async def test_members_import_applies_good_rows_rejects_bad_ones_and_a_second_ru
     assert await service.topic_sizes() == (3, 3)
     assert (await service.http.get("/campaigns/fair/members/lead:lead-1")).json() == attended
     assert (await service.http.get("/campaigns/fair/members/lead:lead-2")).json() == moved_on
+
+
+async def test_a_row_naming_a_lead_merged_into_another_is_rejected_naming_the_survivor(
+    service: Service,
+) -> None:
+    await service.campaign("fair", "Spring fair")
+    for lead_id in ("lead-dup", "lead-keep"):
+        await service.lead_created(lead_id, None, datetime(2026, 9, 20, tzinfo=UTC))
+    merged = LeadMerged(
+        survivor=LeadSnapshot(
+            lead_id="lead-keep",
+            status=LeadStatus.NEW,
+            source_system="webforms",
+            external_id="form-lead-keep",
+            person=Person(first_name="Ada", email="lead-keep@engines.example"),
+            company=Company(name="Analytical Engines"),
+            lead_source=LeadSource.WEB,
+            origin=LeadOrigin.LANDING_PAGE_FORM,
+            captured_at=datetime(2026, 9, 20, tzinfo=UTC),
+        ),
+        merged_lead_id="lead-dup",
+        merged_at=datetime(2026, 9, 25, tzinfo=UTC),
+        merged_by=Actor(id="rep-7"),
+    )
+    event = make_event(catalog.LEAD_MERGED, merged, source="/crm/leads", subject="lead-keep", version=2)
+    await publish_raw(
+        service.bootstrap, service.settings.topic(catalog.LEAD_MERGED.topic), encode(event), key=b"lead-keep"
+    )
+    await service.consumed(catalog.LEAD_MERGED.topic, 1)
+    body = (
+        b"campaign_id,lead_id,lead_external_id,lead_source_system,status,joined_at\n"
+        b"fair,lead-dup,,,sent,2026-10-01T09:00:00Z\n"  # 1: by id
+        b"fair,,form-lead-dup,webforms,sent,2026-10-01T09:00:00Z\n"  # 2: by its capture id
+        b"fair,lead-keep,,,sent,2026-10-01T09:00:00Z\n"  # 3: the survivor goes in
+    )
+    job = await service.imported(body)
+    assert (job["applied"], job["failed"]) == (1, 2), job
+    rejected = await service.rejections(job)
+    assert (rejected[1]["column"], rejected[1]["value"]) == ("lead_id", "lead-dup")
+    assert (rejected[2]["column"], rejected[2]["value"]) == ("lead_external_id", "form-lead-dup")
+    assert all("merged into lead lead-keep" in rejected[row]["reason"] for row in (1, 2))
 
 
 async def test_an_unknown_column_refuses_the_file_naming_it(service: Service) -> None:

@@ -225,3 +225,68 @@ async def test_a_campaign_from_planning_through_captured_converted_and_won_leads
     assert cyd["id"] in [
         m["lead_id"] for m in (await ok(suite.campaigns, "GET", "/campaigns/fair-26/members"))["items"]
     ]
+
+
+async def test_a_duplicate_merged_in_the_leads_service_becomes_its_survivors_campaign_member(
+    suite: Suite,
+) -> None:
+    """The same person came through the expo and, later, the webinar's form as another lead;
+    sales merges them and converts the survivor. Campaigns then has one member, the survivor,
+    in both campaigns, credited to the expo (its first touch) and converted once."""
+    for campaign_id in ("expo-m26", "webinar-m26"):
+        body = {"campaign_id": campaign_id, "name": campaign_id, "type": "webinar", "by": REP}
+        await ok(suite.campaigns, "POST", "/campaigns", json=body)
+    duplicate = await ok(
+        suite.leads,
+        "POST",
+        "/leads",
+        json=capture("eve-expo", "eve@orreries.example", "expo-m26", "2026-10-02T10:00:00Z"),
+    )
+    survivor = await ok(
+        suite.leads,
+        "POST",
+        "/leads",
+        json=capture("eve-form", "eve@orreries.example", "webinar-m26", "2026-10-09T10:00:00Z"),
+    )
+
+    async def both_members() -> bool:
+        expo = await suite.campaigns.get(f"/campaigns/expo-m26/members/lead:{duplicate['id']}")
+        webinar = await suite.campaigns.get(f"/campaigns/webinar-m26/members/lead:{survivor['id']}")
+        return expo.status_code == webinar.status_code == 200
+
+    await eventually(both_members, timeout=60)
+    await ok(
+        suite.leads,
+        "POST",
+        f"/leads/{survivor['id']}/merge",
+        json={"duplicate_id": duplicate["id"], "by": REP},
+    )
+    await ok(suite.leads, "POST", f"/leads/{survivor['id']}/qualify", json={"rating": "hot", "by": REP})
+    await ok(suite.leads, "POST", f"/leads/{survivor['id']}/convert", json={"by": REP})
+
+    async def expo_counts_the_survivor() -> Any:
+        summary = await ok(suite.campaigns, "GET", "/campaigns/expo-m26/summary")
+        return summary if (summary["members"], summary["converted_leads"]) == (1, 1) else None
+
+    expo = await eventually(expo_counts_the_survivor, timeout=90)
+    assert (expo["leads"], Decimal(expo["conversion_rate"])) == (1, Decimal("100.00"))
+    [member] = (await ok(suite.campaigns, "GET", "/campaigns/expo-m26/members"))["items"]
+    assert (member["lead_id"], member["merged_from"], member["first_touch"]) == (
+        survivor["id"],
+        [duplicate["id"]],
+        True,
+    )
+    webinar = await ok(suite.campaigns, "GET", "/campaigns/webinar-m26/summary")
+    assert (webinar["members"], webinar["leads"]) == (1, 0)  # the survivor, credited to the expo
+    touches = await ok(suite.campaigns, "GET", f"/leads/{survivor['id']}/touches")
+    assert (touches["first_touch_campaign_id"], touches["last_touch_campaign_id"]) == (
+        "expo-m26",
+        "webinar-m26",
+    )
+
+    # The duplicate cannot be added by hand any more: the answer names the survivor.
+    refused = await suite.campaigns.post(
+        "/campaigns/webinar-m26/members", json={"lead_id": duplicate["id"], "by": REP}
+    )
+    assert refused.status_code == 422 and refused.json()["fields"][0]["field"] == "lead_id"
+    assert survivor["id"] in refused.json()["message"]

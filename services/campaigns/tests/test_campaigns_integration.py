@@ -29,6 +29,7 @@ from crm_contracts.events.leads import (
     ConvertedOpportunity,
     LeadConverted,
     LeadCreated,
+    LeadMerged,
     LeadOrigin,
     LeadSnapshot,
     LeadSource,
@@ -747,13 +748,13 @@ async def test_a_lead_re_captured_through_another_campaign_joins_it_and_keeps_it
 ) -> None:
     fair = (await fresh.http.post("/campaigns", json=new_campaign(name="Fair"))).json()["id"]
     webinar = (await fresh.http.post("/campaigns", json=new_campaign(name="Webinar"))).json()["id"]
-    # Invited to the webinar by hand before it ever filled in a form.
+    # Captured at the fair, then invited to the webinar by hand (a lead must be known to be
+    # added by hand): the fair stays its first touch.
+    await fresh.publish_applied(catalog.LEAD_CREATED, lead_created("lead-9", fair, CAPTURED))
     invited = await fresh.http.post(
         f"/campaigns/{webinar}/members", json={"lead_id": "lead-9", "status": "sent", "by": REP}
     )
-    assert invited.status_code == 201 and invited.json()["first_touch"] is True
-    # Its capture at the fair happened before the invitation: the fair is its first touch.
-    await fresh.publish(catalog.LEAD_CREATED, lead_created("lead-9", fair, CAPTURED))
+    assert invited.status_code == 201 and invited.json()["first_touch"] is False
     # Re-captured through the webinar form: the invited member has now responded.
     later = datetime.now(UTC) + timedelta(minutes=1)
     await fresh.publish(catalog.LEAD_UPDATED, lead_updated("lead-9", webinar, later, version=2))
@@ -779,6 +780,72 @@ async def test_a_lead_re_captured_through_another_campaign_joins_it_and_keeps_it
 
 async def read_status_changes(service: Service, campaign_id: str, count: int) -> list[Any]:
     spec = catalog.CAMPAIGN_MEMBER_STATUS_CHANGED
+    records = await read_topic(
+        service.bootstrap,
+        service.topic(spec.topic),
+        until=lambda rs: sum(r.key == campaign_id.encode() for r in rs) >= count,
+    )
+    return [decode(spec, r.value).data for r in records if r.key == campaign_id.encode()]
+
+
+def lead_merged(duplicate_id: str, survivor_id: str) -> Any:
+    data = LeadMerged(
+        survivor=lead_snapshot(survivor_id, None),
+        merged_lead_id=duplicate_id,
+        matching_keys=["email"],
+        merged_at=datetime(2026, 11, 12, tzinfo=UTC),
+        merged_by=Actor(id="rep-7"),
+    )
+    return make_event(catalog.LEAD_MERGED, data, source="/crm/leads", subject=survivor_id, version=4)
+
+
+async def test_a_merged_duplicates_campaign_touch_becomes_the_survivors_whether_the_merge_comes_first_or_last(
+    fresh: Service,
+) -> None:
+    """Over Kafka: the duplicate came through the fair (earlier), the survivor through the
+    webinar, and the survivor converted. Whether lead.merged arrives after every other event or
+    before them, the fair has the survivor as its one lead, credited and converted."""
+    fair = (await fresh.http.post("/campaigns", json=new_campaign(name="Fair"))).json()["id"]
+    webinar = (await fresh.http.post("/campaigns", json=new_campaign(name="Webinar"))).json()["id"]
+    later = CAPTURED + timedelta(days=2)
+
+    def story(pair: str) -> list[tuple[EventSpec[Any], Any]]:
+        return [
+            (catalog.LEAD_CREATED, lead_created(f"dup-{pair}", fair, CAPTURED)),
+            (catalog.LEAD_CREATED, lead_created(f"keep-{pair}", webinar, later)),
+            (catalog.LEAD_CONVERTED, lead_converted(f"keep-{pair}", webinar, captured_at=later)),
+        ]
+
+    merge_last = [*story("a"), (catalog.LEAD_MERGED, lead_merged("dup-a", "keep-a"))]
+    merge_first = [(catalog.LEAD_MERGED, lead_merged("dup-b", "keep-b")), *story("b")]
+    for spec, event in merge_last + merge_first:
+        await fresh.publish_applied(spec, event)
+
+    for pair in ("a", "b"):
+        touches = (await fresh.http.get(f"/leads/keep-{pair}/touches")).json()
+        assert (touches["first_touch_campaign_id"], touches["last_touch_campaign_id"]) == (fair, webinar)
+        duplicate = (await fresh.http.get(f"/leads/dup-{pair}/touches")).json()
+        assert duplicate["touches"] == []  # no separate, never-converted member is left
+        member = (await fresh.http.get(f"/campaigns/{fair}/members/lead:keep-{pair}")).json()
+        assert (member["converted"], member["first_touch"], member["merged_from"]) == (
+            True,
+            True,
+            [f"dup-{pair}"],
+        )
+        assert member["joined_at"].startswith("2026-11-02T09:30")
+    summaries = [(await fresh.http.get(f"/campaigns/{c}/summary")).json() for c in (fair, webinar)]
+    assert [(s["members"], s["leads"], s["converted_leads"]) for s in summaries] == [(2, 2, 2), (2, 0, 0)]
+    assert summaries[0]["conversion_rate"] == "100.00"
+    # The fair's survivors were added (via the merge when the duplicate's membership moved).
+    added = await read_events(fresh, catalog.CAMPAIGN_MEMBER_ADDED, fair, 3)
+    assert sorted((e.lead_id, e.added_via) for e in added) == [
+        ("dup-a", "lead.created"),
+        ("keep-a", "lead.merged"),
+        ("keep-b", "lead.merged"),
+    ]
+
+
+async def read_events(service: Service, spec: EventSpec[Any], campaign_id: str, count: int) -> list[Any]:
     records = await read_topic(
         service.bootstrap,
         service.topic(spec.topic),

@@ -534,7 +534,8 @@ def campaign_roi(store: MemoryFactStore, q: CampaignRoiQuery) -> list[CampaignRo
         rows.append(
             CampaignRoiRow(
                 campaign_id=campaign_id,
-                name=fact.name if fact else None,
+                name=fact.name if fact and fact.name else f"(unknown campaign {campaign_id})",
+                known=fact is not None and fact.name is not None,
                 type=fact.type if fact else None,
                 status=fact.status if fact else None,
                 currency=currency,

@@ -14,7 +14,7 @@ import pytest
 from crm_campaigns import domain as campaigns_domain
 from crm_contracts.envelope import CloudEvent
 from crm_contracts.events.campaigns import CampaignStatus
-from crm_contracts.events.leads import LeadRating, LeadSource
+from crm_contracts.events.leads import LeadRating, LeadSource, LeadStatus
 from crm_reporting import views
 from crm_reporting.memory import MemoryFactStore, MemoryViews, run_now
 from reporting_events import (
@@ -359,6 +359,41 @@ def test_campaign_roi_uses_the_campaigns_service_definitions() -> None:
     assert row.model_dump()["conversion_rate"] == campaigns_domain.conversion_rate(1, 3) == D("33.33")
     assert row.lead_conversion_rate == D("0.3333")  # converted_leads / leads, as lead sources say it
     assert rows(views.campaign_roi_rows, story, views.CampaignRoiQuery(status=CampaignStatus.COMPLETED)) == []
+
+
+def test_a_campaign_no_campaign_event_defined_is_a_row_named_unknown_until_it_is_created() -> None:
+    leads = [Lead("u1", captured=at(1), campaign="typo-fair"), Lead("u2", captured=at(2), campaign="spring")]
+    story: list[CloudEvent[Any]] = [
+        campaign_created("spring", "Spring fair", at(0)),
+        *(lead.created() for lead in leads),
+    ]
+    by_id = {r.campaign_id: r for r in rows(views.campaign_roi_rows, story, views.CampaignRoiQuery())}
+    assert (by_id["typo-fair"].name, by_id["typo-fair"].known, by_id["typo-fair"].leads) == (
+        "(unknown campaign typo-fair)",
+        False,
+        1,
+    )
+    assert (by_id["spring"].name, by_id["spring"].known) == ("Spring fair", True)
+    later = [*story, campaign_created("typo-fair", "Autumn fair", at(3))]
+    [named] = rows(views.campaign_roi_rows, later, views.CampaignRoiQuery(campaign_id="typo-fair"))
+    assert (named.name, named.known, named.leads) == ("Autumn fair", True, 1)
+
+
+def test_a_duplicate_merged_into_another_lead_is_no_lead_of_its_campaign() -> None:
+    """The duplicate's lead.updated (status merged) takes it out of the funnel and of campaign
+    ROI's leads; the survivor counts once, under its own campaign."""
+    duplicate, survivor = (
+        Lead("d1", captured=at(1), campaign="spring"),
+        Lead("s1", captured=at(2), campaign="spring"),
+    )
+    story: list[CloudEvent[Any]] = [
+        campaign_created("spring", "Spring fair", at(0)),
+        duplicate.created(),
+        survivor.created(),
+        duplicate.updated(2, at(days(1)), status=LeadStatus.MERGED),
+    ]
+    [row] = rows(views.campaign_roi_rows, story, views.CampaignRoiQuery())
+    assert (row.leads, row.converted_leads) == (1, 0)
 
 
 # -- pipeline history and a historical import -------------------------------------------------

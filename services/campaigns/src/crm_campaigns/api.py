@@ -302,6 +302,10 @@ class MemberView(BaseModel):
     converted_at: AwareDatetime | None
     account_id: str | None
     opportunity_id: str | None
+    merged_from: list[str] = Field(
+        default_factory=list,
+        description="Duplicate leads merged into this lead whose membership was folded in here.",
+    )
     version: int
 
     @classmethod
@@ -321,6 +325,7 @@ class BulkItemResult(BaseModel):
     member_id: str
     outcome: AddOutcome
     reason: str | None = Field(default=None, description="Why it was refused.")
+    field: str | None = Field(default=None, description="The field a refusal names (status, lead_id).")
 
 
 class BulkResult(BaseModel):
@@ -509,7 +514,7 @@ def campaigns_router(
                 campaigns, members, opportunities, uow, campaign_id, [body.new_member()], by=body.by
             )
             if result.outcome is AddOutcome.REFUSED:
-                raise InvalidCampaign("status", result.reason or "refused")
+                raise InvalidCampaign(result.field or "status", result.reason or "refused")
             campaign = await campaigns.get(campaign_id, uow.session)
             assert campaign is not None
             return campaign, result

@@ -24,7 +24,7 @@ from crm_contracts.events.campaigns import MemberStatus, MemberType
 from crm_contracts.events.leads import LeadConverted
 from crm_runtime.mongo import Document, to_bson
 from crm_runtime.projection import VERSION_FIELD, is_newer
-from pymongo import InsertOne, ReplaceOne, UpdateOne
+from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import BulkWriteError
 
@@ -79,6 +79,9 @@ class HeldMembers(MemberRepository):
         self._held_conversions: dict[str, Document | None] = {}
         self._changed_conversions: dict[str, Document] = {}
         self._seen_leads: dict[str, LeadReference] = {}
+        self._merged_into: dict[str, str] = {}  # duplicate -> survivor, of the leads loaded
+        self._new_merges: dict[str, Document] = {}
+        self._removed: dict[str, int] = {}  # member key -> version as read, to delete
 
     async def load(self, lead_ids: Iterable[str]) -> None:
         """The memberships and conversions of these leads: one query each."""
@@ -94,6 +97,9 @@ class HeldMembers(MemberRepository):
             self._read_version[_member_key(member.campaign_id, member.member_id)] = member.version
         for doc in await self._conversions.find({"_id": {"$in": wanted}}, session=self._session).to_list():
             self._held_conversions[doc["_id"]] = doc
+        # Merges of the leads: one query, and one more per link of a chain (rare).
+        for duplicate, survivor in (await super().merged_into(wanted, self._session)).items():
+            self._merged_into.setdefault(duplicate, survivor)
 
     async def _of_lead(self, lead_id: str) -> dict[str, CampaignMember]:
         await self.load([lead_id])
@@ -104,6 +110,50 @@ class HeldMembers(MemberRepository):
         stored = _to_member(_as_stored(_member_document(member)))
         self._by_lead[member.lead_id][member.campaign_id] = stored
         self._changed[_member_key(member.campaign_id, member.member_id)] = stored
+
+    async def merged_into(self, lead_ids: Iterable[str], session: AsyncClientSession) -> dict[str, str]:
+        wanted = set(lead_ids)
+        await self.load(wanted)
+        found: dict[str, str] = {}
+        while wanted:
+            links = {lead: self._merged_into[lead] for lead in wanted if lead in self._merged_into}
+            found.update(links)
+            wanted = set(links.values()) - found.keys()
+            await self.load(wanted)
+        return found
+
+    async def record_merge(
+        self, duplicate_id: str, survivor_id: str, merged_at: Any, session: AsyncClientSession
+    ) -> None:
+        await self.load([duplicate_id])
+        if duplicate_id not in self._merged_into:
+            self._merged_into[duplicate_id] = survivor_id
+            self._new_merges[duplicate_id] = {"survivor_id": survivor_id, "merged_at": merged_at}
+
+    async def lead_memberships(
+        self, lead_ids: Sequence[str], session: AsyncClientSession
+    ) -> list[CampaignMember]:
+        await self.load(lead_ids)
+        return [m.model_copy(deep=True) for lead_id in lead_ids for m in self._by_lead[lead_id].values()]
+
+    async def known_lead_ids(self, lead_ids: Iterable[str], session: AsyncClientSession) -> set[str]:
+        _not_in_a_batch("checking a lead added by hand")
+
+    async def remove(
+        self, member: CampaignMember, expected_version: int, session: AsyncClientSession
+    ) -> None:
+        if member.lead_id is None or member.member_type is not MemberType.LEAD:
+            _not_in_a_batch("removing a contact's membership")
+        held = (await self._of_lead(member.lead_id)).get(member.campaign_id)
+        if held is None or held.version != expected_version:
+            raise ConcurrentModification(
+                f"member {member.member_id} changed since version {expected_version}"
+            )
+        key = _member_key(member.campaign_id, member.member_id)
+        del self._by_lead[member.lead_id][member.campaign_id]
+        self._changed.pop(key, None)
+        if key in self._read_version:
+            self._removed[key] = self._read_version[key]
 
     def known(self, lead_id: str) -> bool:
         """Whether the lead has a membership or a conversion (it was seen in a lead event)."""
@@ -219,6 +269,8 @@ class HeldMembers(MemberRepository):
         still at the version read."""
         operations: list[Any] = []
         replaced = 0
+        for key, version in self._removed.items():
+            operations.append(DeleteOne({"_id": key, "version": version}))
         for key, member in self._changed.items():
             doc = _member_document(member)
             if key in self._read_version:
@@ -231,8 +283,17 @@ class HeldMembers(MemberRepository):
                 result = await self._members.bulk_write(operations, ordered=False, session=self._session)
             except BulkWriteError as exc:
                 raise ConcurrentModification("a member of the batch was added concurrently") from exc
-            if result.matched_count != replaced:
+            if result.matched_count != replaced or result.deleted_count != len(self._removed):
                 raise ConcurrentModification("a member of the batch changed concurrently")
+        if self._new_merges:
+            await self._merges.bulk_write(
+                [
+                    UpdateOne({"_id": duplicate}, {"$setOnInsert": doc}, upsert=True)
+                    for duplicate, doc in self._new_merges.items()
+                ],
+                ordered=False,
+                session=self._session,
+            )
         if self._changed_conversions:
             await self._conversions.bulk_write(
                 [ReplaceOne({"_id": i}, doc, upsert=True) for i, doc in self._changed_conversions.items()],
@@ -359,6 +420,12 @@ class HeldOpportunities(OpportunityRepository):
                 continue
             if doc.get("campaign_id") != first_touch[doc["lead_id"]]:
                 self._hold({**doc, "campaign_id": first_touch[doc["lead_id"]]})
+
+    async def relink_lead(self, duplicate_id: str, survivor_id: str, session: AsyncClientSession) -> None:
+        await self.load([], [duplicate_id, survivor_id])
+        for doc in list(self._by_id.values()):
+            if doc is not None and doc.get("lead_id") == duplicate_id:
+                self._hold({**doc, "lead_id": survivor_id})
 
     async def outcomes(self, campaign_ids: Sequence[str]) -> list[OpportunityOutcome]:
         _not_in_a_batch("reading outcomes")

@@ -5,7 +5,7 @@ No I/O here."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
@@ -581,6 +581,10 @@ class CampaignMember(BaseModel):
     converted_at: AwareDatetime | None = None
     account_id: str | None = None
     opportunity_id: str | None = None
+    merged_from: list[str] = Field(
+        default_factory=list,
+        description="Leads only: duplicates merged into this lead whose membership was folded in here.",
+    )
     version: int = 1
 
     @classmethod
@@ -659,6 +663,48 @@ class CampaignMember(BaseModel):
         self.status_history.append(MemberStatusEntry(status=status, at=now, by=by))
         return previous
 
+    def absorb(self, duplicate: CampaignMember) -> MemberStatus | None:
+        """Fold the membership of a lead merged into this one (same campaign) into this one:
+        the earliest join and latest touch, every way it came, and per status the earliest
+        time it was reached. The member stands at the furthest status either reached, and an
+        unsubscribe from either stays (consent only tightens). Commutative and idempotent, so
+        the duplicate's touches folded before or after the merge end the same. Returns the
+        previous status if the status changed."""
+        self.touch(duplicate.joined_at, via=duplicate.touched_via[0], lead_source=duplicate.lead_source)
+        self.touch(duplicate.last_touched_at, via=duplicate.touched_via[0])
+        self.touched_via = sorted({*self.touched_via, *duplicate.touched_via})
+        earliest: dict[MemberStatus, MemberStatusEntry] = {}
+        for entry in [*self.status_history, *duplicate.status_history]:
+            held = earliest.get(entry.status)
+            if held is None or (entry.at, entry.by) < (held.at, held.by):
+                earliest[entry.status] = entry
+        self.status_history = sorted(earliest.values(), key=lambda e: (e.at, _rank(e.status)))
+        self.merged_from = sorted({*self.merged_from, *duplicate.merged_from, *_lead_ids(duplicate)})
+        previous = self.status
+        self.status = furthest_status(earliest)
+        return previous if self.status is not previous else None
+
+    def for_survivor(self, survivor_id: str, conversion: LeadConversion | None) -> CampaignMember:
+        """This (a merged duplicate's) membership as the survivor's, with the survivor's
+        conversion; a new membership, so at version 1."""
+        moved = self.model_copy(
+            deep=True,
+            update={
+                "member_id": member_id_for(MemberType.LEAD, survivor_id),
+                "lead_id": survivor_id,
+                "first_touch": False,
+                "converted": False,
+                "converted_at": None,
+                "account_id": None,
+                "opportunity_id": None,
+                "merged_from": sorted({*self.merged_from, *_lead_ids(self)}),
+                "version": 1,
+            },
+        )
+        if conversion is not None:
+            moved.apply_conversion(conversion)
+        return moved
+
     def lead_touch(self) -> LeadTouch:
         return LeadTouch(
             campaign_id=self.campaign_id,
@@ -701,6 +747,34 @@ class CampaignMember(BaseModel):
         )
 
 
+def _lead_ids(member: CampaignMember) -> list[str]:
+    return [member.lead_id] if member.lead_id is not None else []
+
+
+def furthest_status(reached: Iterable[MemberStatus]) -> MemberStatus:
+    """Where a member that reached these statuses stands: unsubscribed if it ever
+    unsubscribed (final), else its furthest step."""
+    statuses = set(reached)
+    if MemberStatus.UNSUBSCRIBED in statuses:
+        return MemberStatus.UNSUBSCRIBED
+    return max(statuses, key=_rank)
+
+
+def merge_chain(lead_id: str, merged_into: Mapping[str, str]) -> list[str]:
+    """``lead_id`` and, following merges (a survivor may be merged again later), each lead it
+    lives on as; the last one lives on. A cycle (which leads never produce) stops where it
+    would repeat."""
+    chain = [lead_id]
+    while (survivor := merged_into.get(chain[-1])) is not None and survivor not in chain:
+        chain.append(survivor)
+    return chain
+
+
+def surviving_lead(lead_id: str, merged_into: Mapping[str, str]) -> str:
+    """The lead that lives on for ``lead_id``: itself, or the last survivor of its merges."""
+    return merge_chain(lead_id, merged_into)[-1]
+
+
 class NewMember(BaseModel):
     """A lead or contact to add to a campaign by hand (status: the campaign's first step if
     not given)."""
@@ -730,6 +804,7 @@ class MemberAddition(BaseModel):
     member_id: str
     outcome: AddOutcome
     reason: str | None = None
+    field: str | None = Field(default=None, description="The field a refusal names (status, lead_id).")
     member: CampaignMember | None = None
 
 

@@ -13,14 +13,20 @@ from typing import Any
 
 from crm_contracts import catalog
 from crm_contracts.envelope import CloudEvent
-from crm_contracts.events.leads import LeadConverted, LeadCreated, LeadUpdated
+from crm_contracts.events.leads import LeadConverted, LeadCreated, LeadMerged, LeadUpdated
 from crm_contracts.events.opportunities import OpportunityClosed, OpportunityCreated, StageKind
 from crm_runtime import EventConsumer, UnitOfWork
 
 from .batch_store import LeadBatch
 from .domain import OpportunityState
 from .repository import MemberRepository, OpportunityRepository
-from .use_cases import add_lead_member, follow_lead_update, follow_opportunity, record_lead_conversion
+from .use_cases import (
+    add_lead_member,
+    follow_lead_update,
+    follow_opportunity,
+    merge_lead_memberships,
+    record_lead_conversion,
+)
 
 STATE_OF_STAGE = {
     StageKind.OPEN: OpportunityState.OPEN,
@@ -31,6 +37,7 @@ FOLLOWED = (
     catalog.LEAD_CREATED,
     catalog.LEAD_UPDATED,
     catalog.LEAD_CONVERTED,
+    catalog.LEAD_MERGED,
     catalog.OPPORTUNITY_CREATED,
     catalog.OPPORTUNITY_CLOSED,
 )
@@ -47,6 +54,8 @@ async def apply_event(
         await follow_lead_update(members, opportunities, uow, data)
     elif isinstance(data, LeadConverted):
         await record_lead_conversion(members, opportunities, uow, data)
+    elif isinstance(data, LeadMerged):
+        await merge_lead_memberships(members, opportunities, uow, data)
     elif isinstance(data, OpportunityCreated):
         # An imported opportunity may be created already closed.
         state = STATE_OF_STAGE[data.opportunity.stage_kind]
@@ -74,6 +83,8 @@ def named_records(events: list[CloudEvent[Any]]) -> tuple[set[str], set[str]]:
             leads.add(data.lead_id)
             if data.opportunity is not None:
                 opportunity_ids.add(data.opportunity.opportunity_id)
+        elif isinstance(data, LeadMerged):
+            leads.update((data.merged_lead_id, data.survivor.lead_id))
         elif isinstance(data, OpportunityCreated | OpportunityClosed):
             opportunity_ids.add(data.opportunity.opportunity_id)
             if data.opportunity.lead_id is not None:

@@ -31,7 +31,14 @@ from crm_runtime.uploads import UnreadableUpload
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .batch_store import LeadBatch
-from .domain import Campaign, CampaignRuleViolation, LeadReference, capture_key, imported_history
+from .domain import (
+    Campaign,
+    CampaignRuleViolation,
+    LeadReference,
+    capture_key,
+    imported_history,
+    surviving_lead,
+)
 from .repository import CampaignRepository, MemberRepository, OpportunityRepository
 from .use_cases import import_lead_member
 
@@ -213,6 +220,10 @@ def member_import(
                     if lead_id not in directory and not batch.members.known(lead_id):
                         rejections.append(_unknown_lead(row, member, context.source_system))
                         continue
+                merged_into = await batch.members.merged_into([lead_id], uow.session)
+                if lead_id in merged_into:
+                    rejections.append(_merged_lead(row, member, surviving_lead(lead_id, merged_into)))
+                    continue
                 try:
                     history = imported_history(
                         campaign,
@@ -258,4 +269,12 @@ def _unknown_lead(row: ImportRow, member: MemberRow, source_system: str) -> Reje
         value,
         f"{what}: the campaigns service has not seen its lead.created (import the leads first; "
         "import these rows again once they are in)",
+    )
+
+
+def _merged_lead(row: ImportRow, member: MemberRow, survivor: str) -> Rejection:
+    column = "lead_id" if member.lead_id is not None else "lead_external_id"
+    value = member.lead_id if member.lead_id is not None else member.lead_external_id
+    return Rejection.of(
+        row, column, value, f"the lead was merged into lead {survivor}: name lead_id {survivor} instead"
     )

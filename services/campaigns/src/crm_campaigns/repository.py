@@ -10,6 +10,9 @@
   lead's membership is still applied when the membership appears.
 - ``opportunities``: the opportunities attributed to a campaign with their state (open, won,
   lost), guarded by the opportunity's version so an older event never overwrites a newer one.
+- ``lead_merges``: one document per lead merged into another (``lead.merged``): the survivor
+  it points at, so an event about the duplicate arriving after the merge lands on the survivor.
+  Written insert-only.
 - ``known_leads``: every lead seen in a ``lead.created`` or ``lead.updated``, with the system it
   was captured from and its id there, so a members import can name leads by either. Written
   insert-only (``$setOnInsert``): no indexed key ever moves by update.
@@ -18,6 +21,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -47,6 +51,9 @@ MEMBERS = "members"
 LEAD_CONVERSIONS = "lead_conversions"
 OPPORTUNITIES = "opportunities"
 KNOWN_LEADS = "known_leads"
+LEAD_MERGES = "lead_merges"
+# Survivors are merged again rarely; a chain longer than this is followed no further.
+MAX_MERGE_CHAIN = 16
 DUPLICATE_KEY = 11000
 
 
@@ -161,6 +168,7 @@ class MemberRepository:
         self._members = db[MEMBERS]
         self._conversions = db[LEAD_CONVERSIONS]
         self._known_leads = db[KNOWN_LEADS]
+        self._merges = db[LEAD_MERGES]
 
     async def ensure_indexes(self) -> None:
         await self._members.create_index([("campaign_id", ASCENDING), ("member_id", ASCENDING)], unique=True)
@@ -198,6 +206,41 @@ class MemberRepository:
             )
             for doc in await cursor.to_list()
         ]
+
+    async def known_lead_ids(self, lead_ids: Iterable[str], session: AsyncClientSession) -> set[str]:
+        """Those of these leads a lead event (or a conversion) has named: two queries."""
+        wanted = {"_id": {"$in": sorted(set(lead_ids))}}
+        known = {
+            doc["_id"] for doc in await self._known_leads.find(wanted, {"_id": 1}, session=session).to_list()
+        }
+        converted = await self._conversions.find(wanted, {"_id": 1}, session=session).to_list()
+        return known | {doc["_id"] for doc in converted}
+
+    # -- merges -------------------------------------------------------------------------------
+    async def record_merge(
+        self, duplicate_id: str, survivor_id: str, merged_at: datetime, session: AsyncClientSession
+    ) -> None:
+        """Remember that ``duplicate_id`` lives on as ``survivor_id`` (the first merge seen stays:
+        a lead is merged once)."""
+        await self._merges.update_one(
+            {"_id": duplicate_id},
+            {"$setOnInsert": {"survivor_id": survivor_id, "merged_at": merged_at}},
+            upsert=True,
+            session=session,
+        )
+
+    async def merged_into(self, lead_ids: Iterable[str], session: AsyncClientSession) -> dict[str, str]:
+        """For those of these leads that were merged: the survivor each one points at, and so on
+        along the chain (one query per link; ``surviving_lead`` resolves it)."""
+        found: dict[str, str] = {}
+        wanted = sorted(set(lead_ids))
+        for _ in range(MAX_MERGE_CHAIN):
+            if not wanted:
+                break
+            docs = await self._merges.find({"_id": {"$in": wanted}}, session=session).to_list()
+            found.update({doc["_id"]: doc["survivor_id"] for doc in docs})
+            wanted = sorted({doc["survivor_id"] for doc in docs} - found.keys())
+        return found
 
     async def lead_memberships(
         self, lead_ids: Sequence[str], session: AsyncClientSession
@@ -244,6 +287,20 @@ class MemberRepository:
             session=session,
         )
         if result.matched_count != 1:
+            raise ConcurrentModification(
+                f"member {member.member_id} changed since version {expected_version}"
+            )
+
+    async def remove(
+        self, member: CampaignMember, expected_version: int, session: AsyncClientSession
+    ) -> None:
+        """Delete a membership (a merged duplicate's, folded into the survivor's) unless someone
+        changed it since ``expected_version``."""
+        result = await self._members.delete_one(
+            {"_id": _member_key(member.campaign_id, member.member_id), "version": expected_version},
+            session=session,
+        )
+        if result.deleted_count != 1:
             raise ConcurrentModification(
                 f"member {member.member_id} changed since version {expected_version}"
             )
@@ -523,6 +580,12 @@ class OpportunityRepository:
         ]
         if operations:
             await self._opportunities.bulk_write(operations, ordered=False, session=session)
+
+    async def relink_lead(self, duplicate_id: str, survivor_id: str, session: AsyncClientSession) -> None:
+        """The opportunities of a merged duplicate are the survivor's from now on."""
+        await self._opportunities.update_many(
+            {"lead_id": duplicate_id}, {"$set": {"lead_id": survivor_id}}, session=session
+        )
 
     async def outcomes(self, campaign_ids: Sequence[str]) -> list[OpportunityOutcome]:
         cursor = self._opportunities.find(

@@ -22,7 +22,7 @@ from crm_contracts.events.campaigns import (
     MemberType,
 )
 from crm_contracts.events.common import Actor
-from crm_contracts.events.leads import LeadConverted, LeadCreated, LeadSnapshot, LeadUpdated
+from crm_contracts.events.leads import LeadConverted, LeadCreated, LeadMerged, LeadSnapshot, LeadUpdated
 from crm_contracts.events.opportunities import OpportunityFigures
 from crm_runtime import UnitOfWork, make_event
 from pydantic import BaseModel
@@ -52,13 +52,17 @@ from .domain import (
     first_touch_changes,
     last_touch,
     member_id_for,
+    merge_chain,
     removed_statuses,
+    surviving_lead,
 )
 from .repository import CampaignRepository, MemberRepository, OpportunityRepository
 
 SOURCE = "/crm/campaigns"
 VIA_API = "api"
 VIA_IMPORT = "import"
+# How a membership a lead got from a duplicate merged into it was added (campaign.member_added).
+VIA_MERGE = "lead.merged"
 # Who moves a member to ``responded`` when its lead is captured through the campaign.
 CAPTURE = Actor(id="lead-capture", name="Lead captured through the campaign")
 # Every campaign counts ``responded`` as a response (a rule of its member statuses), so a
@@ -239,6 +243,10 @@ async def add_members(
     existing = await members.get_many(campaign.id, [w.member_id for w in wanted], uow.session)
     lead_ids = [w.record_id for w in wanted if w.member_type is MemberType.LEAD]
     conversions = await members.conversions(lead_ids, uow.session) if lead_ids else {}
+    merged_into = await members.merged_into(lead_ids, uow.session) if lead_ids else {}
+    unknown = set(lead_ids) - merged_into.keys()
+    if unknown:
+        unknown -= await members.known_lead_ids(unknown, uow.session)
     now = _now()
     added: dict[str, CampaignMember] = {}
     results: list[MemberAddition] = []
@@ -251,13 +259,28 @@ async def add_members(
                 )
             )
             continue
+        if (refusal := _lead_refusal(new, merged_into, unknown)) is not None:
+            results.append(
+                MemberAddition(
+                    index=index,
+                    member_id=new.member_id,
+                    outcome=AddOutcome.REFUSED,
+                    reason=refusal,
+                    field="lead_id",
+                )
+            )
+            continue
         status = new.status or campaign.first_member_status
         try:
             campaign.check_offers(status)
         except InvalidCampaign as exc:
             results.append(
                 MemberAddition(
-                    index=index, member_id=new.member_id, outcome=AddOutcome.REFUSED, reason=exc.reason
+                    index=index,
+                    member_id=new.member_id,
+                    outcome=AddOutcome.REFUSED,
+                    reason=exc.reason,
+                    field=exc.field,
                 )
             )
             continue
@@ -276,6 +299,22 @@ async def add_members(
     for member in added.values():
         await _emit(uow, member.added_event(VIA_API), subject=campaign.id, version=None, time=now)
     return results
+
+
+def _lead_refusal(new: NewMember, merged_into: dict[str, str], unknown: set[str]) -> str | None:
+    """Why a lead cannot be added by hand: one merged into another lives on as the survivor
+    (add that one), and one no lead event has named yet is no lead campaigns can count."""
+    if new.member_type is not MemberType.LEAD:
+        return None  # contacts are the opportunities service's; none of their events come here
+    if new.record_id in merged_into:
+        survivor = surviving_lead(new.record_id, merged_into)
+        return f"lead {new.record_id} was merged into lead {survivor}: add {survivor} instead"
+    if new.record_id in unknown:
+        return (
+            f"unknown lead {new.record_id}: no lead.created has named it here yet "
+            "(a lead captured just now is known within seconds; retry then)"
+        )
+    return None
 
 
 async def change_member_status(
@@ -368,6 +407,10 @@ async def record_lead_conversion(
     """The lead's memberships count as converted, and an opportunity opened on conversion is
     credited to the lead's first touch; a lead converted with a campaign is its member even
     before its ``lead.created`` arrives. Returns whether a member was new."""
+    survivor = surviving_lead(converted.lead_id, await members.merged_into([converted.lead_id], uow.session))
+    if survivor != converted.lead_id:
+        # The leads service converts no merged lead; should one come, it is the survivor's.
+        converted = converted.model_copy(update={"lead_id": survivor})
     await members.record_conversion(converted, uow.session)
     added = False
     if converted.campaign_id is not None:
@@ -410,7 +453,23 @@ async def _touch_lead(
 ) -> bool:
     """The campaign reached the lead at ``at`` through a capture: make it a member (status
     ``responded``) or widen its touch, then re-derive the lead's first touch. Every step keeps
-    minimums, maximums and sets, so the same touches in any order give the same membership."""
+    minimums, maximums and sets, so the same touches in any order give the same membership.
+    A touch of a lead merged into another one is the duplicate's membership as it would have
+    been, folded into the survivor's (as the merge folded what it had)."""
+    chain = merge_chain(lead_id, await members.merged_into([lead_id], uow.session))
+    if len(chain) > 1:
+        late = CampaignMember.join(
+            campaign_id,
+            MemberType.LEAD,
+            lead_id,
+            status=STATUS_ON_CAPTURE,
+            at=at,
+            via=via,
+            by=CAPTURE.id,
+            lead_source=lead_source,
+        )
+        late.merged_from = chain[1:-1]  # the leads in between were merged on, as it was
+        return await _fold_into_survivor(members, opportunities, uow, chain[-1], [late])
     member = await members.get(campaign_id, member_id_for(MemberType.LEAD, lead_id), uow.session)
     if member is None:
         member = CampaignMember.join(
@@ -442,6 +501,75 @@ async def _touch_lead(
         changed = member.status_changed_event(previous, responses=CAPTURE_RESPONSES, at=at, by=CAPTURE)
         await _emit(uow, changed, subject=campaign_id, version=None, time=_now())
     return False
+
+
+async def merge_lead_memberships(
+    members: MemberRepository, opportunities: OpportunityRepository, uow: UnitOfWork, merged: LeadMerged
+) -> bool:
+    """A duplicate lead was merged into a survivor: its memberships become the survivor's (one
+    per campaign: folded into the survivor's own, or moved to it), its opportunities follow,
+    and the survivor's first touch is re-derived. The merge is remembered, so a touch of the
+    duplicate arriving later lands on the survivor too; a survivor merged again later passes
+    everything on along the chain. Returns whether anything changed."""
+    duplicate_id = merged.merged_lead_id
+    await members.record_merge(duplicate_id, merged.survivor.lead_id, merged.merged_at, uow.session)
+    chain = merge_chain(duplicate_id, await members.merged_into([duplicate_id], uow.session))
+    survivor = chain[-1]
+    if survivor == duplicate_id:
+        return False  # a cycle of merges, which the leads service never makes
+    theirs = await members.lead_memberships([duplicate_id], uow.session)
+    for membership in theirs:
+        await members.remove(membership, membership.version, uow.session)
+        # The survivor merged on since: its membership passes through it, as it would have.
+        membership.merged_from = sorted({*membership.merged_from, *chain[1:-1]})
+    await opportunities.relink_lead(duplicate_id, survivor, uow.session)
+    changed = await _fold_into_survivor(members, opportunities, uow, survivor, theirs)
+    return changed or bool(theirs)
+
+
+async def _fold_into_survivor(
+    members: MemberRepository,
+    opportunities: OpportunityRepository,
+    uow: UnitOfWork,
+    survivor_id: str,
+    duplicates: list[CampaignMember],
+) -> bool:
+    """Fold memberships of leads merged into ``survivor_id`` (already removed, or never
+    stored) into the survivor's, re-derive its first touch and credit its opportunities to it.
+    A membership new to the survivor is announced (``campaign.member_added``, via
+    ``lead.merged``); a status a fold moves is not (``lead.merged`` says what happened)."""
+    held = {m.campaign_id: m for m in await members.lead_memberships([survivor_id], uow.session)}
+    conversion = (await members.conversions([survivor_id], uow.session)).get(survivor_id)
+    read_versions = {campaign_id: m.version for campaign_id, m in held.items()}
+    added: dict[str, CampaignMember] = {}
+    changed: set[str] = set()
+    for duplicate in duplicates:
+        mine = held.get(duplicate.campaign_id) or added.get(duplicate.campaign_id)
+        if mine is None:
+            added[duplicate.campaign_id] = duplicate.for_survivor(survivor_id, conversion)
+            continue
+        before = mine.model_dump()
+        mine.absorb(duplicate)
+        if mine.model_dump() != before and duplicate.campaign_id in held:
+            changed.add(duplicate.campaign_id)
+    everyone = {**held, **added}
+    first_campaign, marks = first_touch_changes((m.lead_touch(), m.first_touch) for m in everyone.values())
+    for campaign_id, mark in marks.items():
+        everyone[campaign_id].first_touch = mark
+        if campaign_id in held:
+            changed.add(campaign_id)
+    for campaign_id in sorted(changed):
+        member = held[campaign_id]
+        member.version = read_versions[campaign_id] + 1
+        await members.save(member, read_versions[campaign_id], uow.session)
+    await members.add_many(list(added.values()), uow.session)
+    now = _now()
+    for member in added.values():
+        await _emit(uow, member.added_event(VIA_MERGE), subject=member.campaign_id, version=None, time=now)
+    first = first_touch(m.lead_touch() for m in everyone.values())
+    if first is not None:
+        await opportunities.reattribute({survivor_id: first.campaign_id}, uow.session)
+    return bool(changed or added or first_campaign)
 
 
 async def _refresh_attribution(
@@ -582,6 +710,9 @@ async def follow_opportunity(
     else its own campaign (from the event, or from its lead's conversion). One with a lead but
     no campaign yet is kept until the lead's touches or conversion arrive. Returns whether
     anything changed."""
+    if figures.lead_id is not None:
+        merged_into = await members.merged_into([figures.lead_id], uow.session)
+        figures = figures.model_copy(update={"lead_id": surviving_lead(figures.lead_id, merged_into)})
     own = figures.campaign_id or await opportunities.own_campaign(figures.opportunity_id, uow.session)
     if own is None and figures.lead_id is None:
         return False  # nothing can ever attribute it to a campaign

@@ -23,6 +23,7 @@ from crm_contracts.events.picklists import PICKLIST_CODE_PATTERN
 from crm_runtime import ApiError, ServiceRuntime
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
+from prometheus_client import Gauge
 from pydantic import BaseModel, Field
 
 from . import examples
@@ -267,6 +268,12 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
     # Read when the router is built, not at import: the setting is the default (and the
     # OpenAPI shows it) whatever the code was imported with.
     company_currency = runtime.settings.company_currency
+    unknown_campaigns = Gauge(
+        "crm_reporting_unknown_campaigns",
+        "Campaigns that leads, members or opportunities name but no campaign event defined, as "
+        "the last campaign-roi report over every campaign found them (shown as '(unknown campaign <id>)')",
+        registry=runtime.registry,
+    )
 
     async def live() -> tuple[Generation, GenerationSource]:
         generation = await repo.live()
@@ -582,7 +589,10 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
             "leads, opportunities attributed to it, won revenue in the campaign's currency, cost "
             "per lead and ROI = (won revenue - actual cost) / actual cost, as the campaigns "
             "service's summary defines them. lead_conversion_rate = converted_leads / leads as in "
-            "the lead-sources view; conversion_rate (the same in percent) is deprecated."
+            "the lead-sources view; conversion_rate (the same in percent) is deprecated. A campaign "
+            "that leads or opportunities name but no campaign event defined is kept, as a row named "
+            "'(unknown campaign <id>)' with known false (metric crm_reporting_unknown_campaigns); "
+            "it takes its name once the campaign's campaign.created arrives."
         ),
     )
     async def campaign_roi(
@@ -595,6 +605,8 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
         query = CampaignRoiQuery(campaign_id=campaign_id, status=status, type=type)
         generation, source = await live()
         rows = await computed(lambda: campaign_roi_rows(source, query))
+        if query == CampaignRoiQuery():
+            unknown_campaigns.set(sum(1 for row in rows if not row.known))
         fresh = await freshness(runtime, generation, LEADS + OPPORTUNITIES + CAMPAIGNS)
         report = CampaignRoiReport(**dict(fresh), filters=query, rows=rows)
         return await respond(request, format, report, CAMPAIGN_ROI_CSV_COLUMNS)

@@ -1126,9 +1126,23 @@ class CampaignRoiQuery(BaseModel):
     type: CampaignType | None = None
 
 
+def unknown_campaign_name(campaign_id: str) -> str:
+    """How a campaign that leads or opportunities name, but no campaign event has defined
+    here, is shown: named as unknown, never as a blank row."""
+    return f"(unknown campaign {campaign_id})"
+
+
 class CampaignRoiRow(BaseModel):
     campaign_id: str
-    name: str | None
+    name: str | None = Field(
+        description="The campaign's name; for a campaign reporting has no campaign.created or "
+        "campaign.updated for, '(unknown campaign <id>)' (and known is false) until it arrives."
+    )
+    known: bool = Field(
+        default=True,
+        description="False when leads, members or opportunities name the campaign but no campaign "
+        "event defined it (a wrong id in a form or an import, or a campaign created later).",
+    )
     type: CampaignType | None
     status: CampaignStatus | None
     currency: str | None
@@ -1205,7 +1219,8 @@ async def campaign_roi_rows(source: ViewSource, query: CampaignRoiQuery) -> list
         rows.append(
             CampaignRoiRow(
                 campaign_id=campaign_id,
-                name=fact.name if fact else None,
+                name=fact.name if fact and fact.name else unknown_campaign_name(campaign_id),
+                known=fact is not None and fact.name is not None,
                 type=fact.type if fact else None,
                 status=fact.status if fact else None,
                 currency=currency,

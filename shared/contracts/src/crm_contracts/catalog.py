@@ -222,7 +222,7 @@ LEAD_MERGED = EventSpec(
     leads.LeadMerged,
     description="A duplicate lead was merged into a surviving lead.",
     producer="leads",
-    consumers=(),
+    consumers=("campaigns",),
 )
 
 CAMPAIGN_MEMBER_STATUS_CHANGED = EventSpec(
