@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from crm_contracts.events.common import Actor
-from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
-from crm_runtime.bulk import BULK_DESCRIPTION, BulkResult, items_field
+from crm_runtime import ServiceRuntime, UnitOfWork
+from crm_runtime.bulk import BULK_DESCRIPTION, BulkResult, items_field, run_bulk
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict
 
@@ -23,7 +23,6 @@ from .bulk_actions import (
 )
 from .repository import ConcurrentModification, LeadRepository
 
-ATTEMPTS = 3
 REP: dict[str, Any] = {"id": "rep-42", "name": "Rita Rep"}
 LEAD = "0b8e3c2a-8d1e-5f0a-9a57-2f6c1d4e7b90"
 
@@ -63,15 +62,8 @@ def bulk_router(runtime: ServiceRuntime, repo: LeadRepository) -> APIRouter:
     router = APIRouter(prefix="/leads/bulk", tags=["leads"])
     write = [Depends(runtime.auth.require("write"))]
 
-    async def run(work: Callable[[UnitOfWork], Awaitable[BulkResult]]) -> BulkResult:
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                return await runtime.transaction(work)
-            except ConcurrentModification as exc:
-                # A lead changed between the read and the write: read them all again.
-                if attempt == ATTEMPTS:
-                    raise ApiError(409, "concurrent_modification", str(exc)) from exc
-        raise AssertionError("unreachable")
+    def run(work: Callable[[UnitOfWork], Awaitable[BulkResult]]) -> Awaitable[BulkResult]:
+        return run_bulk(runtime, work, conflict=ConcurrentModification)
 
     @router.post(
         "/qualify",

@@ -17,6 +17,8 @@ from typing import Any, Literal, TypeVar
 from crm_contracts.events.common import Id
 from pydantic import BaseModel, ConfigDict, Field
 
+from .http import ApiError
+from .service import ServiceRuntime
 from .unit_of_work import UnitOfWork
 
 MAX_BULK_ITEMS = 1000
@@ -148,3 +150,22 @@ BULK_DESCRIPTION = (
     "rejected naming `id`, an id given twice at its second occurrence, a stale `expected_version` "
     "naming `expected_version`. The request costs a constant number of database round trips."
 )
+
+BULK_ATTEMPTS = 3
+
+
+async def run_bulk(
+    runtime: ServiceRuntime,
+    work: Callable[[UnitOfWork], Awaitable[BulkResult]],
+    *,
+    conflict: type[Exception],
+) -> BulkResult:
+    """Run a bulk action in one transaction; when a record changed between its read and its
+    guarded write (``conflict``), read them all again, and after ``BULK_ATTEMPTS`` answer 409."""
+    for attempt in range(1, BULK_ATTEMPTS + 1):
+        try:
+            return await runtime.transaction(work)
+        except conflict as exc:
+            if attempt == BULK_ATTEMPTS:
+                raise ApiError(409, "concurrent_modification", str(exc)) from exc
+    raise AssertionError("unreachable")
