@@ -409,3 +409,13 @@ def test_a_resend_without_its_own_time_and_nothing_new_keeps_the_first_time() ->
     later = timed_capture(captured(captured_at=None), event_time=None, received_at=NOW + timedelta(days=1))
     assert lead.recapture(later, RULES, now=NOW + timedelta(days=1), by="t") == []
     assert (lead.captured_at, lead.version) == (NOW, 1)
+
+
+def test_assigning_an_owner_is_recorded_and_refused_once_the_lead_is_converted() -> None:
+    lead = lead_of()
+    assert lead.assign_owner("rep-7", now=NOW, by="rep-1") is True
+    assert lead.owner_id == "rep-7" and lead.history[-1].action == "owner_assigned"
+    assert lead.assign_owner("rep-7", now=NOW, by="rep-1") is False
+    lead.convert(ConversionRequest(allow_unqualified=True), now=NOW, by=REP, company_currency="EUR")
+    with pytest.raises(LeadAlreadyConverted):
+        lead.assign_owner("rep-8", now=NOW, by="rep-1")

@@ -53,6 +53,7 @@ from .use_cases import (
     CaptureResult,
     LeadNotFound,
     Rescoring,
+    assign_lead_owner,
     capture_lead,
     change_status,
     convert_lead,
@@ -119,6 +120,15 @@ class RatingChange(BaseModel):
     )
 
     rating: LeadRating | None = Field(description="The rep's rating; null clears it so the score's applies")
+    by: Actor
+
+
+class OwnerChange(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"owner_id": "rep-7", "by": REP_EXAMPLE}]}
+    )
+
+    owner_id: Id | None = Field(description="The rep the lead goes to; null leaves it unassigned")
     by: Actor
 
 
@@ -504,6 +514,16 @@ def leads_router(runtime: ServiceRuntime, repo: LeadRepository, rescoring: Resco
     )
     async def set_rating(lead_id: Id, body: RatingChange) -> LeadView:
         return LeadView.of(await run(lambda uow: rate_lead(repo, uow, lead_id, body.rating, body.by)))
+
+    @router.post(
+        "/{lead_id}/owner",
+        dependencies=write,
+        summary="Give the lead to a rep, or unassign it (a lead.updated of owner_id)",
+    )
+    async def set_owner(lead_id: Id, body: OwnerChange) -> LeadView:
+        return LeadView.of(
+            await run(lambda uow: assign_lead_owner(repo, uow, lead_id, body.owner_id, body.by))
+        )
 
     @router.post(
         "/{lead_id}/qualify", dependencies=write, summary="Qualify a lead, optionally rating it by hand"

@@ -75,6 +75,18 @@ class BatchLeads:
         await store._hold_keys(lead.match_keys for lead in [*stored, *survivors])
         return store
 
+    @classmethod
+    async def holding(
+        cls, repo: LeadRepository, session: AsyncClientSession, lead_ids: Iterable[str]
+    ) -> BatchLeads:
+        """Hold the leads ``lead_ids`` name (one ``$in`` query), for a bulk action on them:
+        qualifying, converting or assigning reads and writes only the lead itself. The rules
+        are read fresh (not the replica's cached copy) so a request's round trips are constant."""
+        rules = await repo.scoring_rules(session, fresh=True)
+        store = cls(repo, session, rules, await repo.picklists(session))
+        await store._hold_ids(set(lead_ids))
+        return store
+
     # -- the LeadStore protocol ---------------------------------------------------------------
     async def get(self, lead_id: str, session: AsyncClientSession | None = None) -> Lead | None:
         await self._hold_ids({lead_id})

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from pydantic import Field
 
 from .api import leads_router
+from .bulk_api import bulk_router
 from .handlers import register_handlers
 from .imports import lead_import
 from .picklist_api import picklists_router
@@ -39,11 +40,17 @@ def create_app(settings: LeadsSettings | None = None) -> FastAPI:
     return runtime.create_app(
         title="CRM leads",
         description="Capture leads from any system, de-duplicate, qualify hot/warm/cold, convert.",
-        routers=[*leads_router(runtime, repo, rescoring), picklists_router(runtime, repo), imports.router()],
+        routers=[
+            bulk_router(runtime, repo),
+            *leads_router(runtime, repo, rescoring),
+            picklists_router(runtime, repo),
+            imports.router(),
+        ],
         openapi_tags=[
             {
                 "name": "leads",
-                "description": "Capture, import, search, work, qualify, merge and convert leads",
+                "description": "Capture, import, search, work, qualify, merge and convert leads; "
+                "bulk qualify, disqualify, convert and assign owners",
             },
             {"name": "scoring", "description": "Qualification scoring rules an administrator configures"},
             {

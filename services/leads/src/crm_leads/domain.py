@@ -657,6 +657,16 @@ class Lead(BaseModel):
             changed = self.set_manual_rating(rating, now=now, by=by) or changed
         return changed
 
+    def assign_owner(self, owner_id: str | None, *, now: datetime, by: str) -> bool:
+        """Give the lead to ``owner_id`` (None: unassigned). Returns False when it already is
+        so. A converted or merged lead lives on elsewhere, so its owner no longer changes."""
+        self._refuse_if_closed()
+        if self.owner_id == owner_id:
+            return False
+        previous, self.owner_id = self.owner_id, owner_id
+        self._touch(now, by, "owner_assigned", detail=f"owner {previous or '-'} -> {owner_id or '-'}")
+        return True
+
     def disqualify(self, reason: str, *, now: datetime, by: str) -> None:
         self.move_to(LeadStatus.DISQUALIFIED, now=now, by=by, detail=reason)
         self.disqualification_reason = reason

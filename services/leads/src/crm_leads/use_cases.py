@@ -280,6 +280,17 @@ async def rate_lead(
     return lead
 
 
+async def assign_lead_owner(
+    store: LeadStore, uow: UnitOfWork, lead_id: str, owner_id: str | None, by: Actor
+) -> Lead:
+    """Give the lead to a rep (None: unassign); announced as ``lead.updated`` of ``owner_id``."""
+    lead = await load(store, uow, lead_id)
+    expected = lead.version
+    if lead.assign_owner(owner_id, now=now_ms(), by=by.id):
+        await _save(store, uow, lead, expected, ["owner_id"])
+    return lead
+
+
 async def qualify_lead(
     store: LeadStore, uow: UnitOfWork, lead_id: str, rating: LeadRating | None, by: Actor
 ) -> Lead:

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from pydantic import Field
 
 from .api import routers
+from .bulk_api import bulk_router
 from .domain import DEFAULT_LOSS_REASONS, LossReason
 from .handlers import register_handlers
 from .import_targets import import_targets
@@ -48,14 +49,17 @@ def create_app(settings: OpportunitiesSettings | None = None) -> FastAPI:
             "Accounts, contacts and opportunities moving through configurable pipelines until "
             "they are won or lost; the closed opportunity's case."
         ),
-        routers=[*routers(runtime, repos, policy), imports.router()],
+        routers=[bulk_router(runtime, repos, policy), *routers(runtime, repos, policy), imports.router()],
         openapi_tags=[
             {"name": "pipelines", "description": "Pipelines and their ordered stages"},
             {"name": "products", "description": "The product catalogue line items come from"},
             {"name": "sales teams", "description": "Teams of reps with their manager and region"},
             {"name": "accounts", "description": "Companies the business tracks"},
             {"name": "contacts", "description": "People, usually at an account"},
-            {"name": "opportunities", "description": "Potential revenue, stage moves, the case"},
+            {
+                "name": "opportunities",
+                "description": "Potential revenue, stage moves (one or in bulk), the case",
+            },
             {
                 "name": "imports",
                 "description": "Import jobs: CSV or NDJSON files of accounts, contacts and opportunities "
