@@ -409,3 +409,38 @@ def test_a_resend_without_its_own_time_and_nothing_new_keeps_the_first_time() ->
     later = timed_capture(captured(captured_at=None), event_time=None, received_at=NOW + timedelta(days=1))
     assert lead.recapture(later, RULES, now=NOW + timedelta(days=1), by="t") == []
     assert (lead.captured_at, lead.version) == (NOW, 1)
+
+
+def test_conversion_carries_the_website_consent_and_utm_of_the_lead() -> None:
+    lead = lead_of(
+        consent={"do_not_email": True},
+        utm={"source": "google", "medium": "cpc", "campaign": "autumn", "term": "crm", "content": "ad-2"},
+    )
+    lead.qualify(LeadRating.HOT, now=NOW, by="rep-1")
+    event = lead.convert(
+        ConversionRequest(opportunity=OpportunityRequest(name="Engines deal")),
+        now=NOW,
+        by=REP,
+        company_currency="EUR",
+    )
+    assert event.account.website == "https://www.engines.example/about"
+    assert event.contact.consent is not None
+    assert (event.contact.consent.do_not_email, event.contact.consent.do_not_call) == (True, False)
+    assert event.utm is not None
+    assert event.utm.model_dump() == {
+        "source": "google",
+        "medium": "cpc",
+        "campaign": "autumn",
+        "term": "crm",
+        "content": "ad-2",
+    }
+    assert event.lead_source == "web" and event.captured_at == lead.captured_at
+    assert lead.snapshot().utm == event.utm
+
+
+def test_a_lead_without_utm_converts_saying_so() -> None:
+    lead = lead_of()
+    lead.qualify(LeadRating.COLD, now=NOW, by="rep-1")
+    event = lead.convert(ConversionRequest(), now=NOW, by=REP, company_currency="EUR")
+    assert event.utm is None and "utm" in event.model_fields_set
+    assert event.contact.consent is not None and not event.contact.consent.do_not_email

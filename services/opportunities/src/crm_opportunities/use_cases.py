@@ -797,7 +797,7 @@ async def _conversion_contact(
     repos: Repositories, uow: UnitOfWork, converted: LeadConverted, outcome: ConversionOutcome
 ) -> str:
     spec = converted.contact
-    consent = _lead_consent(converted)
+    consent = consent_of_conversion(converted)
     existing = await repos.contacts.get(spec.contact_id, uow.session)
     if existing is not None:
         if consent is not None:
@@ -824,7 +824,7 @@ async def _conversion_contact(
     return contact.id
 
 
-def _lead_consent(converted: LeadConverted) -> ContactConsent | None:
+def consent_of_conversion(converted: LeadConverted) -> ContactConsent | None:
     """The lead's consent as the contact records it: said when the lead was (last) captured."""
     given = converted.contact.consent
     if given is None:
@@ -1011,7 +1011,7 @@ async def _row_account(
     return None
 
 
-def _row_consent(system: str, row: ContactRow, held: ContactConsent | None) -> ContactConsent | None:
+def consent_of_import_row(system: str, row: ContactRow, held: ContactConsent | None) -> ContactConsent | None:
     """The consent an import row states (None: the row has no consent column); a flag it
     leaves out keeps the contact's. The same flags as held are no new statement."""
     given = row.model_fields_set & {"do_not_email", "do_not_call"}
@@ -1041,7 +1041,7 @@ async def import_contact(
         values: dict[str, Any] = {name: getattr(row, name) for name in _CONTACT_ROW_FIELDS if name in given}
         if account is not None:
             values["account_id"] = account.id
-        consent = _row_consent(system, row, existing.consent)
+        consent = consent_of_import_row(system, row, existing.consent)
         if consent is not None and consent != existing.consent:
             values["consent"] = consent
         _, changed = await update_contact(
@@ -1067,7 +1067,7 @@ async def import_contact(
         role=row.role,
         decision_maker=row.decision_maker,
         influencer=row.influencer,
-        consent=_row_consent(system, row, None),
+        consent=consent_of_import_row(system, row, None),
         created_at=created_at,
         updated_at=created_at,
     )
