@@ -9,7 +9,8 @@ from decimal import Decimal
 
 from crm_contracts.events.common import Actor
 from crm_contracts.events.leads import LeadConverted, Utm
-from crm_opportunities.domain import Account, Contact, ContactConsent, Opportunity, default_pipeline
+from crm_contracts.events.opportunities import ContactConsent
+from crm_opportunities.domain import Account, Contact, Opportunity, default_pipeline
 from crm_opportunities.imports import ContactRow
 from crm_opportunities.use_cases import consent_of_conversion, consent_of_import_row
 

@@ -1180,6 +1180,10 @@ async def test_a_conversion_carries_website_consent_and_utm_to_new_records(servi
     opportunity = (await service.http.get("/opportunities/opp-41")).json()
     assert opportunity["utm"] == CARRIED["utm"]
     assert (opportunity["lead_source"], opportunity["campaign_id"]) == ("web", "cmp-autumn")
+    # Other services hear of the consent with the contact.
+    records = await service.events("contact.created", until=lambda rs: "con-41" in subjects(rs))
+    [created] = [r.json()["data"] for r in records if r.json()["subject"] == "con-41"]
+    assert created["consent"] == contact["consent"]
 
 
 async def test_a_conversion_fills_only_the_blanks_of_matched_records(service: Service) -> None:

@@ -22,7 +22,7 @@ from crm_contracts.events.common import (
     ShortText,
     SingleLine,
 )
-from crm_contracts.events.opportunities import AccountTier, AccountType
+from crm_contracts.events.opportunities import AccountTier, AccountType, ContactConsent
 from crm_contracts.events.picklists import PicklistCode
 from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
 from crm_runtime.external_refs import ByExternalReference, ExternalReference
@@ -38,7 +38,6 @@ from .domain import (
     Case,
     Contact,
     ContactChanges,
-    ContactConsent,
     ContactRole,
     IllegalTransition,
     InvalidRequest,

@@ -20,6 +20,7 @@ from crm_contracts.events.opportunities import (
     AccountTier,
     AccountType,
     AccountUpdated,
+    ContactConsent,
     ContactCreated,
     ContactUpdated,
     ForecastCategory,
@@ -468,21 +469,6 @@ def consent_from_import(system: str) -> str:
     return f"import {system}"
 
 
-class ContactConsent(BaseModel):
-    """What the person said about being contacted, when and through what: a lead's form (the
-    lead's capture time), the API, or an import. The newest statement holds."""
-
-    model_config = ConfigDict(frozen=True)
-
-    do_not_email: bool = False
-    do_not_call: bool = False
-    recorded_at: AwareDatetime = Field(description="When the consent was given (a lead's: its capture)")
-    source: str = Field(
-        description="How it was given: 'lead conversion <lead id>', 'api' or 'import <system>'",
-        examples=["lead conversion 4f1c2d9e-0a51-4a1b-9d6e-5b3f0d6a2c11"],
-    )
-
-
 class ContactChanges(BaseModel):
     """Fields of a contact that may change; only the fields set are applied."""
 
@@ -600,6 +586,7 @@ class Contact(BaseModel):
             "decision_maker": self.decision_maker,
             "influencer": self.influencer,
             "originating_lead_id": self.originating_lead_id,
+            "consent": self.consent,
             "created_at": self.created_at,
         }
 

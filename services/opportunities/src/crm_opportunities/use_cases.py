@@ -21,6 +21,7 @@ from crm_contracts.envelope import utcnow
 from crm_contracts.events.common import Actor
 from crm_contracts.events.leads import LeadConverted, Utm
 from crm_contracts.events.opportunities import (
+    ContactConsent,
     OpportunityFigures,
 )
 from crm_contracts.events.picklists import PicklistCode
@@ -37,7 +38,6 @@ from .domain import (
     Case,
     Contact,
     ContactChanges,
-    ContactConsent,
     ContactRole,
     IllegalTransition,
     InvalidRequest,
