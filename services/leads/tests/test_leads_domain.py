@@ -419,3 +419,38 @@ def test_assigning_an_owner_is_recorded_and_refused_once_the_lead_is_converted()
     lead.convert(ConversionRequest(allow_unqualified=True), now=NOW, by=REP, company_currency="EUR")
     with pytest.raises(LeadAlreadyConverted):
         lead.assign_owner("rep-8", now=NOW, by="rep-1")
+
+
+def test_conversion_carries_the_website_consent_and_utm_of_the_lead() -> None:
+    lead = lead_of(
+        consent={"do_not_email": True},
+        utm={"source": "google", "medium": "cpc", "campaign": "autumn", "term": "crm", "content": "ad-2"},
+    )
+    lead.qualify(LeadRating.HOT, now=NOW, by="rep-1")
+    event = lead.convert(
+        ConversionRequest(opportunity=OpportunityRequest(name="Engines deal")),
+        now=NOW,
+        by=REP,
+        company_currency="EUR",
+    )
+    assert event.account.website == "https://www.engines.example/about"
+    assert event.contact.consent is not None
+    assert (event.contact.consent.do_not_email, event.contact.consent.do_not_call) == (True, False)
+    assert event.utm is not None
+    assert event.utm.model_dump() == {
+        "source": "google",
+        "medium": "cpc",
+        "campaign": "autumn",
+        "term": "crm",
+        "content": "ad-2",
+    }
+    assert event.lead_source == "web" and event.captured_at == lead.captured_at
+    assert lead.snapshot().utm == event.utm
+
+
+def test_a_lead_without_utm_converts_saying_so() -> None:
+    lead = lead_of()
+    lead.qualify(LeadRating.COLD, now=NOW, by="rep-1")
+    event = lead.convert(ConversionRequest(), now=NOW, by=REP, company_currency="EUR")
+    assert event.utm is None and "utm" in event.model_fields_set
+    assert event.contact.consent is not None and not event.contact.consent.do_not_email

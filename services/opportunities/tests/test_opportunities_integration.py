@@ -1142,3 +1142,127 @@ async def test_ids_from_another_crm_with_spaces_work_in_bodies_paths_and_filters
     assert [o["id"] for o in by_owner] == [o["id"] for o in by_team] == ["Deal 2026 Q1"]
     [created] = await service.events("opportunity.created", until=lambda rs: len(rs) >= 1)
     assert (created.json()["data"]["opportunity"]["owner_id"], created.key) == (owner, b"Deal 2026 Q1")
+
+
+# -- what a conversion carries: website, consent, UTM -----------------------------------------
+CARRIED = {
+    "utm": {"source": "google", "medium": "cpc", "campaign": "autumn", "term": "crm", "content": "ad-2"},
+    "captured_at": "2026-11-01T08:00:00Z",
+}
+
+
+def carrying(n: int, **overrides: Any) -> LeadConverted:
+    base = conversion(n).model_dump(mode="json")
+    base["account"]["website"] = f"https://www.engines{n}.example/about"
+    base["contact"]["consent"] = {"do_not_email": True, "do_not_call": False}
+    return LeadConverted.model_validate({**base, **CARRIED, **overrides})
+
+
+async def test_a_conversion_carries_website_consent_and_utm_to_new_records(service: Service) -> None:
+    await service.publish_conversion(carrying(41))
+
+    async def opportunity_stored() -> bool:
+        return (await service.http.get("/opportunities/opp-41")).status_code == 200
+
+    await eventually(opportunity_stored)
+    account = (await service.http.get("/accounts/acc-41")).json()
+    assert (account["website"], account["domain"]) == (
+        "https://www.engines41.example/about",
+        "engines41.example",
+    )
+    contact = (await service.http.get("/contacts/con-41")).json()
+    assert contact["consent"] == {
+        "do_not_email": True,
+        "do_not_call": False,
+        "recorded_at": "2026-11-01T08:00:00Z",
+        "source": "lead conversion lead-41",
+    }
+    opportunity = (await service.http.get("/opportunities/opp-41")).json()
+    assert opportunity["utm"] == CARRIED["utm"]
+    assert (opportunity["lead_source"], opportunity["campaign_id"]) == ("web", "cmp-autumn")
+    # Other services hear of the consent with the contact.
+    records = await service.events("contact.created", until=lambda rs: "con-41" in subjects(rs))
+    [created] = [r.json()["data"] for r in records if r.json()["subject"] == "con-41"]
+    assert created["consent"] == contact["consent"]
+
+
+async def test_a_conversion_fills_only_the_blanks_of_matched_records(service: Service) -> None:
+    blank = await service.http.post(
+        "/accounts", json={"id": "acc-blank", "name": "Engines", "domain": "engines42.example"}
+    )
+    assert blank.status_code == 201, blank.text
+    curated = await service.http.post(
+        "/accounts", json={"id": "acc-curated", "name": "Gears", "website": "https://gears.example/de"}
+    )
+    assert curated.status_code == 201, curated.text
+    said_later = await service.http.post(
+        "/contacts",
+        json={"id": "con-said", "email": "said@engines42.example", "consent": {"do_not_email": False}},
+    )
+    assert said_later.status_code == 201, said_later.text
+    assert said_later.json()["consent"]["source"] == "api"
+    silent = await service.http.post("/contacts", json={"id": "con-silent", "email": "silent@gears.example"})
+    assert silent.status_code == 201 and silent.json()["consent"] is None
+
+    # Matched by domain: the blank website is filled; the contact's newer consent stays.
+    first = carrying(
+        42, contact={"contact_id": "con-said", "is_new": False, "consent": {"do_not_email": True}}
+    )
+    # Matched by id: the account keeps its own website; the contact without consent takes the lead's.
+    second = carrying(
+        43,
+        account={"account_id": "acc-curated", "is_new": False, "website": "https://old.gears.example"},
+        contact={"contact_id": "con-silent", "is_new": False, "consent": {"do_not_call": True}},
+    )
+    await service.publish_conversion(first)
+    await service.publish_conversion(second)
+
+    async def both_stored() -> bool:
+        found = [(await service.http.get(f"/opportunities/opp-{n}")).status_code for n in (42, 43)]
+        return found == [200, 200]
+
+    await eventually(both_stored)
+    assert (await service.http.get("/accounts/acc-blank")).json()[
+        "website"
+    ] == "https://www.engines42.example/about"
+    assert (await service.http.get("/accounts/acc-curated")).json()["website"] == "https://gears.example/de"
+    kept = (await service.http.get("/contacts/con-said")).json()["consent"]
+    assert (kept["do_not_email"], kept["source"]) == (False, "api")
+    taken = (await service.http.get("/contacts/con-silent")).json()["consent"]
+    assert (taken["do_not_call"], taken["source"], taken["recorded_at"]) == (
+        True,
+        "lead conversion lead-43",
+        "2026-11-01T08:00:00Z",
+    )
+    # Each fill is an update other services hear of.
+    accounts = await service.events("account.updated", until=lambda rs: "acc-blank" in subjects(rs))
+    assert [r.json()["data"]["changed_fields"] for r in accounts if r.json()["subject"] == "acc-blank"] == [
+        ["website"]
+    ]
+    contacts = await service.events("contact.updated", until=lambda rs: "con-silent" in subjects(rs))
+    assert "con-said" not in subjects(contacts)
+
+
+async def test_consent_is_set_over_http_and_in_a_contacts_import(service: Service) -> None:
+    created = await service.http.post("/contacts", json={"id": "con-http", "email": "http@engines.example"})
+    assert created.status_code == 201 and created.json()["consent"] is None
+    patched = await service.http.patch(
+        "/contacts/con-http", json={"consent": {"do_not_call": True}, "by": REP}
+    )
+    assert patched.status_code == 200, patched.text
+    consent = (await service.http.get("/contacts/con-http")).json()["consent"]
+    assert (consent["do_not_email"], consent["do_not_call"], consent["source"]) == (False, True, "api")
+    cleared = await service.http.patch("/contacts/con-http", json={"consent": None, "by": REP})
+    assert cleared.status_code == 422 and cleared.json()["fields"][0]["field"] == "consent"
+
+    body = b"""external_id,email,do_not_email,do_not_call
+C-1,one@import.example,true,
+C-2,two@import.example,,
+C-3,three@import.example,maybe,false
+"""
+    _, rejected = await import_job(service, "contacts", body, "legacy")
+    assert set(rejected) == {3} and rejected[3]["column"] == "do_not_email", rejected
+    one = (await service.http.get(f"/contacts/{imported_id('contact', 'legacy', 'C-1')}")).json()["consent"]
+    assert (one["do_not_email"], one["do_not_call"], one["source"]) == (True, False, "import legacy")
+    two = (await service.http.get(f"/contacts/{imported_id('contact', 'legacy', 'C-2')}")).json()
+    assert two["consent"] is None

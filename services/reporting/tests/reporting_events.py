@@ -39,6 +39,7 @@ from crm_contracts.events.leads import (
     LeadStatus,
     LeadUpdated,
     Person,
+    Utm,
 )
 from crm_contracts.events.opportunities import (
     ForecastCategory,
@@ -75,6 +76,7 @@ class Lead:
     origin: LeadOrigin = LeadOrigin.API
     campaign: str | None = None
     owner: str | None = None
+    utm: Utm | None = None
 
     def snapshot(self, status: LeadStatus, rating: LeadRating | None = None) -> LeadSnapshot:
         return LeadSnapshot(
@@ -90,6 +92,7 @@ class Lead:
             campaign_id=self.campaign,
             owner_id=self.owner,
             captured_at=self.captured,
+            utm=self.utm,
         )
 
     def created(self) -> CloudEvent[LeadCreated]:
@@ -154,9 +157,17 @@ class Lead:
         )
 
     def converted(
-        self, version: int, when: datetime, opportunity_id: str | None, with_capture: bool = False
+        self,
+        version: int,
+        when: datetime,
+        opportunity_id: str | None,
+        with_capture: bool = False,
+        with_utm: bool = True,
     ) -> CloudEvent[LeadConverted]:
+        # with_utm=False: as published before conversions carried UTM (the field absent).
+        carried: dict[str, Any] = {"utm": self.utm} if with_utm else {}
         data = LeadConverted(
+            **carried,
             lead_id=self.lead_id,
             account=ConvertedAccount(account_id=f"acc-{self.lead_id}", is_new=True),
             contact=ConvertedContact(contact_id=f"con-{self.lead_id}", is_new=True),

@@ -14,7 +14,7 @@ from typing import Any
 
 from crm_contracts.envelope import CloudEvent
 from crm_contracts.events.campaigns import CampaignStatus
-from crm_contracts.events.leads import LeadOrigin, LeadRating, LeadSource, LeadStatus
+from crm_contracts.events.leads import LeadOrigin, LeadRating, LeadSource, LeadStatus, Utm
 from crm_reporting.memory import MemoryFactStore, MemoryViews, run_now
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -316,3 +316,24 @@ def test_every_counter_key_comes_back_from_its_document_id() -> None:
     for key in [*store.counts, *store.names]:
         again = CounterKey.of_doc_id(key.view, key.doc_id)
         assert again == key and again.labels() == key.labels()
+
+
+def test_a_lead_folds_its_utm_from_its_snapshot_and_its_conversion() -> None:
+    tagged = Lead("l1", utm=Utm(source="google", medium="cpc", campaign="autumn", term="crm"))
+    fact = fold([tagged.created()]).leads["l1"]
+    assert (fact.utm_source, fact.utm_medium, fact.utm_campaign) == ("google", "cpc", "autumn")
+    # A conversion arriving first states the UTM too; the older creation does not undo it.
+    retagged = Lead("l1", utm=Utm(source="newsletter", medium="email"))
+    fact = fold([retagged.converted(3, at(30), None), tagged.created()]).leads["l1"]
+    assert (fact.utm_source, fact.utm_medium, fact.utm_campaign) == ("newsletter", "email", None)
+
+
+def test_a_conversion_published_without_utm_leaves_the_leads_utm_alone() -> None:
+    tagged = Lead("l1", utm=Utm(source="google"))
+    untagged = Lead("l1")
+    for events in (
+        [tagged.created(), untagged.converted(3, at(30), None, with_utm=False)],
+        [untagged.converted(3, at(30), None, with_utm=False), tagged.created()],
+    ):
+        fact = fold(events).leads["l1"]
+        assert fact.utm_source == "google" and fact.converted_at is not None

@@ -14,7 +14,7 @@ import pytest
 from crm_campaigns import domain as campaigns_domain
 from crm_contracts.envelope import CloudEvent
 from crm_contracts.events.campaigns import CampaignStatus
-from crm_contracts.events.leads import LeadRating, LeadSource, LeadStatus
+from crm_contracts.events.leads import LeadRating, LeadSource, LeadStatus, Utm
 from crm_reporting import views
 from crm_reporting.memory import MemoryFactStore, MemoryViews, run_now
 from reporting_events import (
@@ -124,6 +124,53 @@ def test_the_funnel_counts_each_step_when_it_happened() -> None:
         ("rep-2", date(2026, 3, 2), 1, 0, 0, 0, 0),
         ("rep-2", date(2026, 3, 9), 0, 1, 0, 0, 0),
     ]
+
+
+GOOGLE_CPC = Utm(source="google", medium="cpc", campaign="spring-search")
+A_GOOGLE = replace(A, utm=GOOGLE_CPC)
+UTM_STORY: list[CloudEvent[Any]] = [
+    A_GOOGLE.created(),
+    A_GOOGLE.qualified(2, at(days(1))),
+    A_GOOGLE.converted(3, at(days(9)), "o-a"),
+    DEAL_A.created_event(),
+    *DEAL_A.close(2, at(days(40)), PROSPECTING, True),
+    replace(B, utm=Utm(source="google", medium="organic")).created(),
+    replace(C, utm=Utm(source="newsletter", medium="email")).created(),
+    Lead("d", captured=at(days(2))).created(),  # no UTM
+]
+
+
+def test_the_funnel_is_grouped_and_filtered_by_the_utm_of_the_leads() -> None:
+    by_source = rows(views.funnel_rows, UTM_STORY, q(views.FunnelQuery, group_by="utm_source"))
+    assert [counts(r) for r in by_source] == [
+        ("google", None, 2, 1, 1, 1, 1),
+        ("newsletter", None, 1, 0, 0, 0, 0),
+        (None, None, 1, 0, 0, 0, 0),
+    ]
+    google_mediums = q(views.FunnelQuery, utm_source="google", group_by="utm_medium")
+    assert [counts(r) for r in rows(views.funnel_rows, UTM_STORY, google_mediums)] == [
+        ("cpc", None, 1, 1, 1, 1, 1),
+        ("organic", None, 1, 0, 0, 0, 0),
+    ]
+    campaigns = q(views.FunnelQuery, utm_source="google", group_by="utm_campaign")
+    assert [counts(r) for r in rows(views.funnel_rows, UTM_STORY, campaigns)] == [
+        ("spring-search", None, 1, 1, 1, 1, 1),
+        (None, None, 1, 0, 0, 0, 0),
+    ]
+    # Lead-source conversion of one UTM source.
+    sources = q(views.FunnelQuery, utm_source="google", group_by="lead_source")
+    assert [counts(r) for r in rows(views.funnel_rows, UTM_STORY, sources)] == [
+        ("event", None, 1, 0, 0, 0, 0),
+        ("web", None, 1, 1, 1, 1, 1),
+    ]
+    [newsletter] = rows(views.funnel_rows, UTM_STORY, q(views.FunnelQuery, utm_medium="email"))
+    assert counts(newsletter) == (None, None, 1, 0, 0, 0, 0)
+
+
+def test_utm_pairs_the_counters_do_not_keep_are_refused_naming_the_dimensions() -> None:
+    query = q(views.FunnelQuery, utm_medium="cpc", group_by="rating")
+    with pytest.raises(views.QueryError, match="rating and utm_medium"):
+        rows(views.funnel_rows, UTM_STORY, query)
 
 
 def test_the_cohort_funnel_follows_the_leads_captured_in_the_period() -> None:

@@ -700,6 +700,7 @@ class Lead(BaseModel):
             employees=self.company.size,
             country=self.company.country,
             city=self.company.city,
+            website=self.company.website,
         )
         contact = ConvertedContact(
             contact_id=request.existing_contact_id or str(new_id()),
@@ -709,6 +710,7 @@ class Lead(BaseModel):
             email=self.person.email,
             phone=self.person.phone,
             job_title=self.person.job_title,
+            consent=self.consent,
         )
         opportunity = None
         if request.opportunity is not None:
@@ -739,6 +741,7 @@ class Lead(BaseModel):
             opportunity=opportunity,
             lead_source=self.lead_source,
             campaign_id=self.campaign_id,
+            utm=self.utm,
             converted_at=now,
             converted_by=by,
             captured_at=self.captured_at,
@@ -917,6 +920,7 @@ class Lead(BaseModel):
             lead_source=self.lead_source,
             origin=self.origin,
             campaign_id=self.campaign_id,
+            utm=self.utm,
             owner_id=self.owner_id,
             captured_at=self.captured_at,
             captured_at_source=self.captured_at_source,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -21,7 +22,7 @@ from crm_contracts.events.common import (
     ShortText,
     SingleLine,
 )
-from crm_contracts.events.opportunities import AccountTier, AccountType
+from crm_contracts.events.opportunities import AccountTier, AccountType, ContactConsent
 from crm_contracts.events.picklists import PicklistCode
 from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
 from crm_runtime.external_refs import ByExternalReference, ExternalReference
@@ -29,6 +30,7 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 
 from .domain import (
+    CONSENT_FROM_API,
     DEFAULT_PIPELINE_ID,
     Account,
     AccountChanges,
@@ -247,6 +249,22 @@ class AccountPatch(_Body):
     expected_version: ExpectedVersion = None
 
 
+class ConsentGiven(_Body):
+    """The person's contact preferences as stated now; stored with the time of the request and
+    source 'api'."""
+
+    do_not_email: bool = False
+    do_not_call: bool = False
+
+    def recorded(self, now: datetime) -> ContactConsent:
+        return ContactConsent(
+            do_not_email=self.do_not_email,
+            do_not_call=self.do_not_call,
+            recorded_at=now,
+            source=CONSENT_FROM_API,
+        )
+
+
 class NewContact(_Body):
     id: Id | None = Field(default=None, description="Generated when omitted")
     account_id: Id | None = None
@@ -259,6 +277,7 @@ class NewContact(_Body):
     decision_maker: bool = False
     influencer: bool = False
     originating_lead_id: Id | None = None
+    consent: ConsentGiven | None = Field(default=None, description="Omitted: no consent recorded")
 
     @model_validator(mode="after")
     def _identifiable(self) -> NewContact:
@@ -279,6 +298,9 @@ class ContactPatch(_Body):
     role: Annotated[str, SingleLine(max_length=100)] | None = Field(default=None, examples=["economic buyer"])
     decision_maker: bool | None = None
     influencer: bool | None = None
+    consent: ConsentGiven | None = Field(
+        default=None, description="A new statement of consent, recorded now (it cannot be cleared)"
+    )
     by: Actor
     expected_version: ExpectedVersion = None
 
@@ -651,9 +673,10 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
     async def post_contact(body: NewContact) -> Contact:
         now = utcnow()
         contact = Contact(
-            **body.model_dump(exclude={"id", "email"}),
+            **body.model_dump(exclude={"id", "email", "consent"}),
             id=body.id or str(uuid.uuid4()),
             email=str(body.email).lower() if body.email else None,
+            consent=body.consent.recorded(now) if body.consent is not None else None,
             created_at=now,
             updated_at=now,
         )
@@ -665,9 +688,11 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
         summary="Change a contact: details, account, role, decision-maker and influencer flags",
     )
     async def patch_contact(contact_id: Id, body: ContactPatch) -> Contact:
-        values = body.model_dump(include=body.model_fields_set - {"by", "expected_version"})
+        values = body.model_dump(include=body.model_fields_set - {"by", "expected_version", "consent"})
         if values.get("email") is not None:
             values["email"] = str(values["email"]).lower()
+        if "consent" in body.model_fields_set:
+            values["consent"] = body.consent.recorded(utcnow()) if body.consent is not None else None
         changes = ContactChanges.model_validate(values)
 
         async def work(uow: UnitOfWork) -> Contact:

@@ -14,11 +14,13 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from crm_contracts.events.common import MONEY_MAX, Actor, Currency, Id, Percent, ShortText, SingleLine
+from crm_contracts.events.leads import Utm
 from crm_contracts.events.opportunities import (
     AccountCreated,
     AccountTier,
     AccountType,
     AccountUpdated,
+    ContactConsent,
     ContactCreated,
     ContactUpdated,
     ForecastCategory,
@@ -389,6 +391,16 @@ class Account(BaseModel):
             self._touch(by, now)
         return changed
 
+    def fill_blank_website(self, website: str | None, *, by: Actor, now: datetime) -> list[str]:
+        """A converted lead's website for an account that has none. A website the account
+        already has is newer or curated (edited, imported): an older lead never overwrites it.
+        The domain stays as it is: it was what matched the lead to this account, or is none."""
+        if website is None or self.website is not None:
+            return []
+        self.website = website
+        self._touch(by, max(now, self.updated_at))
+        return ["website"]
+
     def won_deal(self, *, by: Actor, now: datetime) -> list[str]:
         """A won opportunity makes a prospect a customer. Partners, resellers and the other
         relationship types keep theirs: buying once does not change what they are to us."""
@@ -446,6 +458,17 @@ def check_parent(account_id: str, parent_id: str, ancestry: Sequence[str]) -> No
         )
 
 
+CONSENT_FROM_API = "api"
+
+
+def consent_from_lead(lead_id: str) -> str:
+    return f"lead conversion {lead_id}"
+
+
+def consent_from_import(system: str) -> str:
+    return f"import {system}"
+
+
 class ContactChanges(BaseModel):
     """Fields of a contact that may change; only the fields set are applied."""
 
@@ -460,9 +483,10 @@ class ContactChanges(BaseModel):
     role: str | None = None
     decision_maker: bool | None = None
     influencer: bool | None = None
+    consent: ContactConsent | None = None
 
 
-_CONTACT_REQUIRED = frozenset({"decision_maker", "influencer"})
+_CONTACT_REQUIRED = frozenset({"decision_maker", "influencer", "consent"})
 
 
 class Contact(BaseModel):
@@ -483,6 +507,9 @@ class Contact(BaseModel):
     decision_maker: bool = False
     influencer: bool = False
     originating_lead_id: str | None = None
+    consent: ContactConsent | None = Field(
+        default=None, description="Do not email / do not call, when and how it was said; null: never recorded"
+    )
     aliases: list[str] = Field(
         default_factory=list, description="Imported ids matched to this contact (same email)"
     )
@@ -519,6 +546,22 @@ class Contact(BaseModel):
             self.updated_by = by
         return changed
 
+    def take_consent(self, consent: ContactConsent, *, by: Actor, now: datetime) -> list[str]:
+        """A converted lead's consent, unless the contact's was recorded at the same time or
+        later: a newer statement is never overwritten by an older lead's."""
+        if self.consent is not None and self.consent.recorded_at >= consent.recorded_at:
+            return []
+        if self.consent is not None and (self.consent.do_not_email, self.consent.do_not_call) == (
+            consent.do_not_email,
+            consent.do_not_call,
+        ):
+            return []  # the same flags: the record of when they were first said stays
+        self.consent = consent
+        self.version += 1
+        self.updated_at = max(now, self.updated_at)
+        self.updated_by = by
+        return ["consent"]
+
     def created_event(self) -> ContactCreated:
         return ContactCreated(**self._event_fields())
 
@@ -543,6 +586,7 @@ class Contact(BaseModel):
             "decision_maker": self.decision_maker,
             "influencer": self.influencer,
             "originating_lead_id": self.originating_lead_id,
+            "consent": self.consent,
             "created_at": self.created_at,
         }
 
@@ -804,6 +848,7 @@ class Opportunity(BaseModel):
     lead_id: str | None = None
     lead_source: PicklistCode | None = None
     campaign_id: str | None = None
+    utm: Utm | None = Field(default=None, description="The UTM parameters of the lead it was converted from")
     created_at: AwareDatetime
     created_by: Actor
     updated_at: AwareDatetime
@@ -843,6 +888,7 @@ class Opportunity(BaseModel):
         lead_id: str | None = None,
         lead_source: PicklistCode | None = None,
         campaign_id: str | None = None,
+        utm: Utm | None = None,
         contact_roles: Sequence[ContactRole] = (),
         sales_team_id: str | None = None,
     ) -> Opportunity:
@@ -875,6 +921,7 @@ class Opportunity(BaseModel):
             lead_id=lead_id,
             lead_source=lead_source,
             campaign_id=campaign_id,
+            utm=utm,
             contact_roles=list(contact_roles),
             sales_team_id=sales_team_id,
             created_at=now,

@@ -102,6 +102,12 @@ class ContactRow(ImportRow):
     )
     decision_maker: bool = False
     influencer: bool = False
+    do_not_email: bool | None = Field(
+        default=None, description="Consent, recorded at the import with source 'import <system>'"
+    )
+    do_not_call: bool | None = Field(
+        default=None, description="As do_not_email; a column left out keeps its value"
+    )
     account_external_id: ExternalId | None = None
     account_id: Id | None = Field(default=None, description="An account of this service, instead")
     created_at: IsoDateTime | None = None

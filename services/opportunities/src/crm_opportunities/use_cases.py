@@ -19,8 +19,9 @@ from crm_contracts import catalog
 from crm_contracts.catalog import EventSpec
 from crm_contracts.envelope import utcnow
 from crm_contracts.events.common import Actor
-from crm_contracts.events.leads import LeadConverted
+from crm_contracts.events.leads import LeadConverted, Utm
 from crm_contracts.events.opportunities import (
+    ContactConsent,
     OpportunityFigures,
 )
 from crm_contracts.events.picklists import PicklistCode
@@ -50,6 +51,8 @@ from .domain import (
     Stage,
     StageMove,
     build_case,
+    consent_from_import,
+    consent_from_lead,
     default_pipeline,
     normalise_domain,
 )
@@ -433,6 +436,7 @@ class NewOpportunity:
     lead_id: str | None = None
     lead_source: PicklistCode | None = None
     campaign_id: str | None = None
+    utm: Utm | None = None
     contact_roles: Sequence[ContactRole] = ()
     sales_team_id: str | None = None
     created_at: datetime | None = None
@@ -462,6 +466,7 @@ async def open_opportunity(repos: Repositories, uow: UnitOfWork, new: NewOpportu
         primary_contact_id=new.primary_contact_id,
         lead_id=new.lead_id,
         lead_source=new.lead_source,
+        utm=new.utm,
         campaign_id=new.campaign_id,
         contact_roles=new.contact_roles,
         sales_team_id=new.sales_team_id,
@@ -718,6 +723,7 @@ async def apply_lead_conversion(
             lead_id=converted.lead_id,
             lead_source=converted.lead_source,
             campaign_id=converted.campaign_id,
+            utm=converted.utm,
             created_at=converted.converted_at,
         ),
     )
@@ -754,6 +760,7 @@ async def _conversion_account(
     spec = converted.account
     existing = await repos.accounts.find(spec.account_id, uow.session)
     if existing is not None:
+        await _fill_account_blanks(repos, uow, existing, converted)
         return existing.id
     domain = normalise_domain(spec.domain)
     if domain is not None:
@@ -761,6 +768,9 @@ async def _conversion_account(
         if holder is not None:
             # The same company under another id: link to it and remember the id it came with.
             await repos.accounts.add_alias(holder, spec.account_id, uow.session)
+            matched = await repos.accounts.get(holder, uow.session)
+            if matched is not None:
+                await _fill_account_blanks(repos, uow, matched, converted)
             return holder
     # Also when ``is_new`` is false but the account is unknown here: recreating it from the
     # event keeps the conversion rather than losing its contact and opportunity.
@@ -771,6 +781,7 @@ async def _conversion_account(
         industry=spec.industry,
         employees=spec.employees,
         domain=domain,
+        website=spec.website,
         address=Address(city=spec.city, country=spec.country),
         owner_id=owner_id,
         originating_lead_id=converted.lead_id,
@@ -786,7 +797,14 @@ async def _conversion_contact(
     repos: Repositories, uow: UnitOfWork, converted: LeadConverted, outcome: ConversionOutcome
 ) -> str:
     spec = converted.contact
-    if await repos.contacts.get(spec.contact_id, uow.session) is not None:
+    consent = consent_of_conversion(converted)
+    existing = await repos.contacts.get(spec.contact_id, uow.session)
+    if existing is not None:
+        if consent is not None:
+            read_version = existing.version
+            changed = existing.take_consent(consent, by=converted.converted_by, now=utcnow())
+            if changed:
+                await _store_contact_change(repos, uow, existing, read_version, changed)
         return spec.contact_id
     contact = Contact(
         id=spec.contact_id,
@@ -796,6 +814,7 @@ async def _conversion_contact(
         email=str(spec.email).lower() if spec.email else None,
         phone=spec.phone,
         job_title=spec.job_title,
+        consent=consent,
         originating_lead_id=converted.lead_id,
         created_at=converted.converted_at,
         updated_at=converted.converted_at,
@@ -803,6 +822,53 @@ async def _conversion_contact(
     await create_contact(repos, uow, contact)
     outcome.created.append("contact")
     return contact.id
+
+
+def consent_of_conversion(converted: LeadConverted) -> ContactConsent | None:
+    """The lead's consent as the contact records it: said when the lead was (last) captured."""
+    given = converted.contact.consent
+    if given is None:
+        return None
+    return ContactConsent(
+        do_not_email=given.do_not_email,
+        do_not_call=given.do_not_call,
+        recorded_at=converted.captured_at or converted.converted_at,
+        source=consent_from_lead(converted.lead_id),
+    )
+
+
+async def _fill_account_blanks(
+    repos: Repositories, uow: UnitOfWork, account: Account, converted: LeadConverted
+) -> None:
+    """A matched account takes what the lead knows only where it knows nothing: its own data
+    may be newer than the lead's (edited, imported, another conversion)."""
+    read_version = account.version
+    changed = account.fill_blank_website(converted.account.website, by=converted.converted_by, now=utcnow())
+    if not changed:
+        return
+    await repos.accounts.update(account, read_version, uow.session)
+    await _emit(
+        uow,
+        catalog.ACCOUNT_UPDATED,
+        account.updated_event(changed),
+        subject=account.id,
+        version=account.version,
+        time=account.updated_at,
+    )
+
+
+async def _store_contact_change(
+    repos: Repositories, uow: UnitOfWork, contact: Contact, read_version: int, changed: list[str]
+) -> None:
+    await repos.contacts.update(contact, read_version, uow.session)
+    await _emit(
+        uow,
+        catalog.CONTACT_UPDATED,
+        contact.updated_event(changed),
+        subject=contact.id,
+        version=contact.version,
+        time=contact.updated_at,
+    )
 
 
 def _person_name(converted: LeadConverted) -> str:
@@ -945,6 +1011,23 @@ async def _row_account(
     return None
 
 
+def consent_of_import_row(system: str, row: ContactRow, held: ContactConsent | None) -> ContactConsent | None:
+    """The consent an import row states (None: the row has no consent column); a flag it
+    leaves out keeps the contact's. The same flags as held are no new statement."""
+    given = row.model_fields_set & {"do_not_email", "do_not_call"}
+    if not given or all(getattr(row, name) is None for name in given):
+        return None
+    flags = {
+        name: getattr(row, name)
+        if name in given and getattr(row, name) is not None
+        else getattr(held, name, False)
+        for name in ("do_not_email", "do_not_call")
+    }
+    if held is not None and flags == {"do_not_email": held.do_not_email, "do_not_call": held.do_not_call}:
+        return held
+    return ContactConsent(**flags, recorded_at=utcnow(), source=consent_from_import(system))
+
+
 async def import_contact(
     repos: Repositories, uow: UnitOfWork, system: str, row: ContactRow, *, by: Actor
 ) -> Imported:
@@ -958,6 +1041,9 @@ async def import_contact(
         values: dict[str, Any] = {name: getattr(row, name) for name in _CONTACT_ROW_FIELDS if name in given}
         if account is not None:
             values["account_id"] = account.id
+        consent = consent_of_import_row(system, row, existing.consent)
+        if consent is not None and consent != existing.consent:
+            values["consent"] = consent
         _, changed = await update_contact(
             repos, uow, existing.id, ContactChanges.model_validate(values), by=by
         )
@@ -981,6 +1067,7 @@ async def import_contact(
         role=row.role,
         decision_maker=row.decision_maker,
         influencer=row.influencer,
+        consent=consent_of_import_row(system, row, None),
         created_at=created_at,
         updated_at=created_at,
     )

@@ -85,9 +85,17 @@ def _scoped_pairs(scopes: Cuboid, dimensions: Cuboid) -> list[tuple[str, str]]:
     return pairs
 
 
-FUNNEL_DIMENSIONS: Cuboid = ("lead_source", "origin", "campaign_id", "rating", "owner_id")
+UTM_DIMENSIONS: Cuboid = ("utm_source", "utm_medium", "utm_campaign")
+FUNNEL_DIMENSIONS: Cuboid = ("lead_source", "origin", "campaign_id", "rating", "owner_id", *UTM_DIMENSIONS)
+# UTM pairs: a source's lead sources, mediums and campaigns (each pair is one more counter
+# document per lead and period, so only the pairs a marketer asks for are kept).
+UTM_PAIRS: tuple[tuple[str, str], ...] = (
+    ("lead_source", "utm_source"),
+    ("utm_source", "utm_medium"),
+    ("utm_source", "utm_campaign"),
+)
 FUNNEL_CUBOIDS = with_pairs(
-    FUNNEL_DIMENSIONS, combinations(("lead_source", "campaign_id", "rating", "owner_id"), 2)
+    FUNNEL_DIMENSIONS, [*combinations(("lead_source", "campaign_id", "rating", "owner_id"), 2), *UTM_PAIRS]
 )
 # Who sells and what: an opportunity with several products counts under each of them.
 SALES_DIMENSIONS: Cuboid = ("owner_id", "sales_team_id", "sales_region", "account_industry", "product_id")

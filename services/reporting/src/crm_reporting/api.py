@@ -247,6 +247,10 @@ def _check_range(period_from: date | None, period_to: date | None) -> None:
 PicklistFilter = Annotated[
     str | None, Query(pattern=PICKLIST_CODE_PATTERN, description="A value of the leads service's picklist")
 ]
+UtmFilter = Annotated[
+    Annotated[str, SingleLine(min_length=1, max_length=200)] | None,
+    Query(description="A UTM value exactly as the leads were captured with it (case-sensitive)"),
+]
 Label = Annotated[Annotated[str, SingleLine(min_length=1, max_length=100)] | None, Query()]
 FromDay = Annotated[
     IsoDate | None, Query(alias="from", description="First day, inclusive (YYYY-MM-DD, UTC).")
@@ -288,10 +292,13 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
         description=(
             "Counts leads by the steps they reached, with step-to-step and overall conversion "
             "rates (fractions with four decimals as strings; null when a step has no leads), by "
-            "lead source, origin, campaign, rating or owner (group_by) and period. Periods use when "
-            "things happened (captured, qualified, converted, the opportunity's creation and win). "
-            "Filters and group_by together may name one dimension, or two of lead_source, "
-            "campaign_id, rating and owner_id. Each rate's formula is in its field's description; "
+            "lead source, origin, campaign, rating, owner or the UTM source, medium and campaign of "
+            "the lead's capture (group_by) and period. Periods use when things happened (captured, "
+            "qualified, converted, the opportunity's creation and win). Filters and group_by "
+            "together may name one dimension, or two of lead_source, campaign_id, rating and "
+            "owner_id, or utm_source with lead_source, utm_medium or utm_campaign (e.g. "
+            "group_by=lead_source&utm_source=google: lead-source conversion of one UTM source). "
+            "A lead without UTM counts under null. Each rate's formula is in its field's description; "
             "converted_rate is a deprecated alias of qualified_to_converted_rate."
         ),
     )
@@ -302,6 +309,9 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
         campaign_id: Id | None = None,
         rating: LeadRating | None = None,
         owner_id: Id | None = None,
+        utm_source: UtmFilter = None,
+        utm_medium: UtmFilter = None,
+        utm_campaign: UtmFilter = None,
         period_from: FromDay = None,
         period_to: ToDay = None,
         basis: Annotated[
@@ -323,6 +333,9 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
                 "campaign_id": campaign_id,
                 "rating": rating,
                 "owner_id": owner_id,
+                "utm_source": utm_source,
+                "utm_medium": utm_medium,
+                "utm_campaign": utm_campaign,
                 "from": period_from,
                 "to": period_to,
                 "basis": basis,
@@ -550,7 +563,9 @@ def reports_router(runtime: ServiceRuntime, repo: ReportingRepository) -> APIRou
             "currency, by default the company currency). An opportunity's source is its own, else the "
             "one its lead's conversion named. Rates are shares of the leads captured (qualified_rate, "
             "lead_conversion_rate) or of the closed opportunities (win_rate); converted_rate is a "
-            "deprecated alias of lead_conversion_rate."
+            "deprecated alias of lead_conversion_rate. Not split by UTM (won revenue and losses are "
+            "kept per opportunity, without the lead's UTM): the funnel gives lead-source conversion "
+            "of a UTM source with group_by=lead_source&utm_source=..."
         ),
     )
     async def lead_sources(

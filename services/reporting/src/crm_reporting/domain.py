@@ -41,6 +41,7 @@ from crm_contracts.events.leads import (
     LeadRating,
     LeadStatus,
     LeadUpdated,
+    Utm,
 )
 from crm_contracts.events.opportunities import (
     ForecastCategory,
@@ -164,6 +165,9 @@ class LeadFacts(Fact):
     score: int | None = None
     owner_id: str | None = None
     origin: PicklistCode | None = None
+    utm_source: str | None = Field(default=None, description="As the lead's capture gave it (case kept).")
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
     captured_at: datetime | None = None
     qualified_at: datetime | None = Field(default=None, description="First qualification.")
     disqualified_at: datetime | None = Field(default=None, description="Latest disqualification.")
@@ -197,6 +201,15 @@ def lead_id_of(data: LeadEvent) -> str:
     return data.lead_id
 
 
+def utm_registers(utm: Utm | None) -> dict[str, str | None]:
+    """The UTM dimensions of the funnel: a lead without UTM has none of them (null)."""
+    return {
+        "utm_source": utm.source if utm else None,
+        "utm_medium": utm.medium if utm else None,
+        "utm_campaign": utm.campaign if utm else None,
+    }
+
+
 def apply_lead_event(lead: LeadFacts | None, event: CloudEvent[Any]) -> LeadFacts:
     """Fold one lead event into the lead's facts."""
     data: LeadEvent = event.data
@@ -214,6 +227,7 @@ def apply_lead_event(lead: LeadFacts | None, event: CloudEvent[Any]) -> LeadFact
             "owner_id": snapshot.owner_id,
             "origin": snapshot.origin,
             "captured_at": to_millis(snapshot.captured_at),
+            **utm_registers(snapshot.utm),
         }
     elif isinstance(data, LeadQualified):
         registers = {
@@ -243,6 +257,8 @@ def apply_lead_event(lead: LeadFacts | None, event: CloudEvent[Any]) -> LeadFact
         }
         if data.captured_at is not None:
             registers["captured_at"] = to_millis(data.captured_at)
+        if "utm" in data.model_fields_set:  # a conversion published before UTM was carried says nothing
+            registers.update(utm_registers(data.utm))
         firsts = {"converted_at": to_millis(data.converted_at)}
     return fact.folded(at=event.time, stamp=stamp_of(event), registers=registers, firsts=firsts).with_funnel()
 

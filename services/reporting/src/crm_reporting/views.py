@@ -362,6 +362,9 @@ class FunnelDimension(StrEnum):
     CAMPAIGN = "campaign_id"
     RATING = "rating"
     OWNER = "owner_id"
+    UTM_SOURCE = "utm_source"
+    UTM_MEDIUM = "utm_medium"
+    UTM_CAMPAIGN = "utm_campaign"
 
 
 class PeriodBasis(StrEnum):
@@ -379,6 +382,9 @@ class FunnelQuery(Period):
     campaign_id: str | None = None
     rating: LeadRating | None = None
     owner_id: str | None = None
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
     basis: PeriodBasis = PeriodBasis.ACTIVITY
     group_by: FunnelDimension | None = None
 

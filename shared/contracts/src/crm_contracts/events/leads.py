@@ -256,6 +256,9 @@ class LeadSnapshot(Contract):
     lead_source: PicklistCode
     origin: PicklistCode
     campaign_id: Id | None = None
+    utm: Utm | None = Field(
+        default=None, description="The UTM parameters of the lead's latest capture (none: not tracked)."
+    )
     owner_id: Id | None = None
     captured_at: IsoDateTime
     captured_at_source: CapturedAtSource = Field(
@@ -324,6 +327,9 @@ class ConvertedAccount(Contract):
     employees: int | None = Field(default=None, ge=0)
     country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
     city: Annotated[str, SingleLine(max_length=100)] | None = None
+    website: Annotated[str, SingleLine(max_length=300)] | None = Field(
+        default=None, description="The lead's company website; fills a matched account's only if it has none."
+    )
 
 
 class ConvertedContact(Contract):
@@ -334,6 +340,12 @@ class ConvertedContact(Contract):
     email: EmailStr | None = None
     phone: Annotated[str, SingleLine(max_length=40)] | None = None
     job_title: Annotated[str, SingleLine(max_length=200)] | None = None
+    consent: Consent | None = Field(
+        default=None,
+        description="The lead's consent flags, stated when the lead was last captured (captured_at). "
+        "Absent (older publishers): nothing is said about consent. A matched contact takes them only "
+        "if its own consent was recorded earlier (or never).",
+    )
 
 
 class ConvertedOpportunity(Contract):
@@ -355,6 +367,10 @@ class LeadConverted(Contract):
     opportunity: ConvertedOpportunity | None = None
     lead_source: PicklistCode
     campaign_id: Id | None = None
+    utm: Utm | None = Field(
+        default=None,
+        description="The lead's UTM parameters; the opportunity opened on conversion keeps them.",
+    )
     converted_at: IsoDateTime
     converted_by: Actor
     captured_at: IsoDateTime | None = None

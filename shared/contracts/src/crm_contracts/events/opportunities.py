@@ -59,6 +59,19 @@ class AccountCreated(Contract):
     parent_account_id: Id | None = Field(default=None, description="The parent company (subsidiaries)")
 
 
+class ContactConsent(Contract):
+    """What the person said about being contacted, when and through what: a lead's form (the
+    lead's capture time), the API, or an import. The newest statement holds."""
+
+    do_not_email: bool = False
+    do_not_call: bool = False
+    recorded_at: IsoDateTime = Field(description="When the consent was given (a lead's: its capture)")
+    source: Annotated[str, SingleLine(min_length=1, max_length=300)] = Field(
+        description="How it was given: 'lead conversion <lead id>', 'api' or 'import <source system>'",
+        examples=["lead conversion 4f1c2d9e-0a51-4a1b-9d6e-5b3f0d6a2c11"],
+    )
+
+
 class ContactCreated(Contract):
     contact_id: Id
     account_id: Id | None = None
@@ -73,6 +86,10 @@ class ContactCreated(Contract):
         default=None, description="Role at the account"
     )
     influencer: bool = False
+    consent: ContactConsent | None = Field(
+        default=None,
+        description="Do not email / do not call, when and how it was said; null: none recorded",
+    )
 
 
 class OpportunityFigures(Contract):
