@@ -221,8 +221,8 @@ async def follow_job(
             print(f"  {kind}: GET {location} unanswered for {POLL_TIMEOUT} s", file=sys.stderr, flush=True)
     if job["state"] != "done":
         raise SystemExit(f"the {kind} import ended {job['state']}: {job.get('error')}")
-    phase.records, phase.rejected = job["file_rows"], job["failed"]
-    if job["failed"]:
+    phase.records, phase.rejected = job["file_rows"], job["rejected"]
+    if job["rejected"]:
         await rejections(stack, service, job["rejections"], phase)
 
 

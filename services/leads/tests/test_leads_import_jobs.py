@@ -89,7 +89,7 @@ async def test_bad_rows_of_every_kind_are_listed_and_good_rows_captured_with_the
     )
     assert response.status_code == 202, response.text
     job = await ended(http, response.headers["location"])
-    assert (job["state"], job["file_rows"], job["applied"], job["failed"]) == ("done", 7, 3, 4)
+    assert (job["state"], job["file_rows"], job["applied"], job["rejected"]) == ("done", 7, 3, 4)
     rejections = list(csv.DictReader(io.StringIO((await http.get(job["rejections"])).text)))
     by_row = {int(r["row"]): r for r in rejections}
     assert sorted(by_row) == [2, 3, 5, 6]
@@ -218,7 +218,8 @@ async def test_a_service_killed_mid_import_resumes_and_applies_each_row_once(
         ) as second:
             async with httpx.AsyncClient(base_url=second["leads"].base_url, timeout=60) as http:
                 job = await ended(http, f"/imports/{job_id}", timeout=300)
-            assert (job["state"], job["processed"], job["applied"], job["failed"]) == ("done", rows, rows, 0)
+            counts = (job["state"], job["processed"], job["applied"], job["rejected"])
+            assert counts == ("done", rows, rows, 0)
             assert await db.leads.count_documents({}) == rows
             # Read while the service runs: its relay publishes the rest once the killed one's
             # outbox lease has run out, which may be after the job is done.

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from crm_contracts.events.leads import IDENTIFYING_FIELDS, lead_captured_example
+from crm_contracts.events.leads import IDENTIFYING_FIELDS, LeadCaptured, lead_captured_example
 from crm_leads.bootstrap import LeadsSettings, create_app
 from crm_leads.imports import captured_from
 from crm_runtime.chunking import UploadChunker
@@ -141,3 +141,31 @@ async def test_engagement_counters_beyond_what_the_database_holds_are_refused(
     # Found by the OpenAPI fuzz: a 22-digit visit count reached MongoDB (64-bit ints) as a 500.
     response = await http.post(path, json=lead_captured_example() | {"engagement": {counter: 10**21}})
     assert fields(response) == {f"engagement.{counter}": "Input should be less than or equal to 1000000000"}
+
+
+LONGEST_EXTERNAL_ID = "x" * 128
+TOO_LONG = "String should have at most 128 characters"
+
+
+@pytest.mark.parametrize("path", CAPTURES)
+async def test_an_external_id_has_one_limit_over_http_refused_with_a_field_error(
+    http: httpx.AsyncClient, path: str
+) -> None:
+    response = await http.post(
+        path, json=lead_captured_example() | {"external_id": LONGEST_EXTERNAL_ID + "x"}
+    )
+    assert fields(response) == {"external_id": TOO_LONG}
+
+
+def test_an_external_id_has_the_same_limit_on_lead_captured_and_in_imports() -> None:
+    from crm_contracts import catalog
+    from crm_runtime.events import decode, encode, make_event
+
+    accepted = LeadCaptured.model_validate(lead_captured_example() | {"external_id": LONGEST_EXTERNAL_ID})
+    event = make_event(catalog.LEAD_CAPTURED, accepted, source="/webforms", subject="s")
+    assert decode(catalog.LEAD_CAPTURED, encode(event)).data.external_id == LONGEST_EXTERNAL_ID
+    with pytest.raises(ValidationError, match=TOO_LONG):
+        LeadCaptured.model_validate(lead_captured_example() | {"external_id": LONGEST_EXTERNAL_ID + "x"})
+    ndjson = b'{"external_id": "' + b"x" * 129 + b'", "person": {"first_name": "Ada"}}'
+    [rejections] = _import_rejections(ndjson, "application/x-ndjson")
+    assert [(r.column, r.reason) for r in rejections] == [("external_id", TOO_LONG)]

@@ -326,7 +326,7 @@ async def test_an_ndjson_import_reports_each_row_and_keeps_historical_times(lead
     job, rejected = await run_import(leads, NDJSON, "application/x-ndjson")
     assert job["state"] == "done" and job["object"] == "leads" and job["format"] == "ndjson"
     # r3 has no captured_at: since issue 18 it is captured at the upload's receipt, not refused.
-    assert (job["file_rows"], job["processed"], job["applied"], job["failed"]) == (5, 5, 3, 2)
+    assert (job["file_rows"], job["processed"], job["applied"], job["rejected"]) == (5, 5, 3, 2)
     assert sorted(rejected) == [3, 4]  # line numbers; the blank line 2 is not a row
     assert rejected[3][0]["column"] == "person.email" and rejected[3][0]["external_id"] == "r2"
     assert rejected[3][0]["value"] == "not-an-email"
@@ -344,7 +344,7 @@ async def test_an_ndjson_import_reports_each_row_and_keeps_historical_times(lead
 
     # Imported again (a later receipt): r3 brings nothing new, so it keeps its first time.
     again, rejected_again = await run_import(leads, NDJSON, "application/x-ndjson")
-    assert (again["applied"], again["failed"], sorted(rejected_again)) == (3, 2, [3, 4])
+    assert (again["applied"], again["rejected"], sorted(rejected_again)) == (3, 2, [3, 4])
     assert await leads.topic_size("lead.created") == 3 and await leads.topic_size("lead.updated") == 0
     assert len(await leads.stored()) == 3
     assert (await leads.http.get(f"/leads/{r3['id']}")).json()["captured_at"] == r3["captured_at"]
@@ -352,7 +352,8 @@ async def test_an_ndjson_import_reports_each_row_and_keeps_historical_times(lead
 
 async def test_a_csv_import_nests_dotted_columns_and_rejects_bad_rows_alone(leads: Leads) -> None:
     job, rejected = await run_import(leads, CSV, "text/csv; charset=utf-8", "?source_system=crm-export")
-    assert (job["state"], job["source_system"], job["applied"], job["failed"]) == ("done", "crm-export", 2, 1)
+    counts = (job["state"], job["source_system"], job["applied"], job["rejected"])
+    assert counts == ("done", "crm-export", 2, 1)
     [problem] = rejected[2]
     assert (problem["column"], problem["value"], problem["external_id"]) == ("company.size", "many", "c2")
     ada = (await leads.http.get(f"/leads/{lead_id_for('crm-export', 'c1')}")).json()

@@ -112,7 +112,7 @@ async def test_rescoring_runs_as_a_job_with_progress_and_announces_each_changed_
 
     runtime.jobs.start()
     done = await eventually(lambda: finished_job(http, location), timeout=60)
-    assert (done["total"], done["processed"], done["applied"], done["failed"]) == (12, 12, 8, 0)
+    assert (done["total"], done["processed"], done["applied"], done["rejected"]) == (12, 12, 8, 0)
     assert done["eta_seconds"] == 0 and done["rate_per_second"] is not None and done["error"] is None
     assert done["started_at"] <= done["updated_at"] == done["finished_at"]
 

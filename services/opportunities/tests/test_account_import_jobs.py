@@ -114,7 +114,7 @@ async def test_subsidiaries_before_parents_resolve_in_the_job_and_bad_rows_are_r
 ) -> None:
     job, rejected = await service.import_file("accounts", ACCOUNTS)
     assert (job["state"], job["file_rows"], job["processed"]) == ("done", 13, 13)
-    assert (job["applied"], job["failed"]) == (5, 8)
+    assert (job["applied"], job["rejected"]) == (5, 8)
     assert sorted(rejected) == [3, 4, 6, 7, 8, 10, 11, 13]
     orphan = rejected[3]
     assert (orphan["external_id"], orphan["column"], orphan["value"]) == ("O-1", "parent_external_id", "P-9")
@@ -157,7 +157,7 @@ async def test_subsidiaries_before_parents_resolve_in_the_job_and_bad_rows_are_r
     assert parents[grandchild["id"]] == child["id"] and parents[child["id"]] == parent["id"]
 
     again, rejected_again = await service.import_file("accounts", ACCOUNTS)
-    assert (again["state"], again["applied"], again["failed"]) == ("done", 5, 8)
+    assert (again["state"], again["applied"], again["rejected"]) == ("done", 5, 8)
     assert sorted(rejected_again) == sorted(rejected)
     assert [(await service.account(e))["version"] for e in ("P-1", "C-1", "G-1", "S-1")] == [1, 1, 1, 1]
     assert await service.published("account.created") == 4
@@ -171,7 +171,7 @@ async def test_contacts_link_to_accounts_of_an_earlier_job_and_unknown_ones_are_
         HEADER + b"P-1,Analytical Engines,engines-people.example,GB,,,,,\nC-1,Engines Retail,,,,,,P-1,\n"
     )
     first, _ = await service.import_file("accounts", accounts)
-    assert (first["applied"], first["failed"]) == (2, 0)
+    assert (first["applied"], first["rejected"]) == (2, 0)
 
     contacts = (
         b"external_id,first_name,last_name,email,account_external_id,role,decision_maker,influencer,created_at\n"
@@ -183,7 +183,7 @@ async def test_contacts_link_to_accounts_of_an_earlier_job_and_unknown_ones_are_
         b"K-6,Alan,Turing,alan@engines-people.example,,,maybe,,\n"
     )
     job, rejected = await service.import_file("contacts", contacts)
-    assert (job["state"], job["applied"], job["failed"]) == ("done", 3, 3)
+    assert (job["state"], job["applied"], job["rejected"]) == ("done", 3, 3)
     assert sorted(rejected) == [3, 4, 6]
     assert (rejected[3]["column"], rejected[3]["value"]) == ("account_external_id", "P-l")
     assert rejected[3]["reason"] == (
@@ -217,7 +217,7 @@ async def test_contacts_link_to_accounts_of_an_earlier_job_and_unknown_ones_are_
     assert next(r.json()["time"] for r in created if r.json()["subject"] == ada_id) == "2021-03-04T10:00:00Z"
 
     again, _ = await service.import_file("contacts", contacts)
-    assert (again["applied"], again["failed"]) == (3, 3)
+    assert (again["applied"], again["rejected"]) == (3, 3)
     assert await service.published("contact.created") == 2
     assert await service.published("contact.updated") == 0
 
@@ -284,7 +284,7 @@ async def test_a_service_killed_while_deferred_rows_are_applied_resumes_and_appl
                     return job if job["state"] not in ("queued", "running") else None
 
                 job = await eventually(ended, timeout=300)
-            assert (job["state"], job["processed"], job["applied"], job["failed"]) == (
+            assert (job["state"], job["processed"], job["applied"], job["rejected"]) == (
                 "done",
                 2 * pairs,
                 2 * pairs,

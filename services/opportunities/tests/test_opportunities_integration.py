@@ -483,7 +483,7 @@ async def import_job(
 
 async def test_a_bulk_import_reports_each_row_and_a_second_run_changes_nothing(service: Service) -> None:
     job, rejected = await import_job(service, "accounts", ACCOUNTS_CSV, "legacy")
-    assert (job["state"], job["applied"], job["failed"]) == ("done", 2, 1)
+    assert (job["state"], job["applied"], job["rejected"]) == ("done", 2, 1)
     assert list(rejected) == [2] and rejected[2]["column"] == "employees"
     a1 = (await service.http.get(f"/accounts/{imported_id('account', 'legacy', 'A-1')}")).json()
     a3 = (await service.http.get(f"/accounts/{imported_id('account', 'legacy', 'A-3')}")).json()
@@ -800,11 +800,11 @@ async def test_imports_upsert_accounts_and_contacts(
 ) -> None:
     accounts = b"external_id,name,industry,domain\nA-1,Analytical Engines,Computing,engines-imp.example\n"
     first, _ = await import_job(service, "accounts", accounts, "old")
-    assert (first["applied"], first["failed"]) == (1, 0)
+    assert (first["applied"], first["rejected"]) == (1, 0)
     account_id = imported_id("account", "old", "A-1")
     changed = accounts.replace(b"Computing", b"Machinery")
     again, _ = await import_job(service, "accounts", changed, "old")
-    assert (again["applied"], again["failed"]) == (1, 0)
+    assert (again["applied"], again["rejected"]) == (1, 0)
     [updated] = await service.events("account.updated", until=lambda rs: len(rs) >= 1)
     assert (updated.json()["subject"], updated.json()["data"]["changed_fields"]) == (account_id, ["industry"])
 
@@ -819,7 +819,7 @@ async def test_imports_upsert_accounts_and_contacts(
         b"C-4,Charles,Babbage,,,,A-404\n"
     )
     imported, rejected = await import_job(service, "contacts", contacts, "old")
-    assert (imported["applied"], imported["failed"]) == (2, 2)
+    assert (imported["applied"], imported["rejected"]) == (2, 2)
     assert sorted(rejected) == [3, 4] and rejected[4]["column"] == "account_external_id"
     # C-2 matched the contact already having its email: no second one
     assert (await service.http.get(f"/contacts/{imported_id('contact', 'old', 'C-2')}")).status_code == 404
@@ -828,7 +828,7 @@ async def test_imports_upsert_accounts_and_contacts(
     ada = (await service.http.get(f"/contacts/{ada_id}")).json()
     assert (ada["account_id"], ada["role"], ada["decision_maker"]) == (account_id, "economic buyer", True)
     rerun, _ = await import_job(service, "contacts", contacts.replace(b"economic buyer", b"champion"), "old")
-    assert (rerun["applied"], rerun["failed"]) == (2, 2)
+    assert (rerun["applied"], rerun["rejected"]) == (2, 2)
     [contact_updated] = await service.events("contact.updated", until=lambda rs: len(rs) >= 1)
     assert (contact_updated.json()["subject"], contact_updated.json()["data"]["changed_fields"]) == (
         ada_id,

@@ -169,7 +169,7 @@ async def test_bad_rows_of_every_kind_are_rejected_naming_the_column_and_every_g
     body = ndjson(WON, *BAD_ROWS[:4], NO_ACCOUNT, *BAD_ROWS[4:], WON | {"name": "again"})
     body += b"{not json\n"
     job = await service.imported(body)
-    assert (job["file_rows"], job["applied"], job["failed"]) == (12, 2, 10)
+    assert (job["file_rows"], job["applied"], job["rejected"]) == (12, 2, 10)
     rejected = await service.rejections(job)
     assert {k: (r["column"], r["value"]) for k, r in rejected.items() if k.startswith("B-")} == {
         "B-1": ("line_items.0.product", "Widgte Pro"),
@@ -231,7 +231,7 @@ async def test_bad_rows_of_every_kind_are_rejected_naming_the_column_and_every_g
     # The same file again: nothing changes, nothing is emitted, the same rows are rejected.
     before = await service.topic_sizes()
     again = await service.imported(body)
-    assert (again["applied"], again["failed"]) == (2, 10)
+    assert (again["applied"], again["rejected"]) == (2, 10)
     assert (await service.rejections(again)).keys() == rejected.keys()
     assert await service.topic_sizes() == before
     assert (await service.opportunity("O-1"))["version"] == 4
@@ -247,7 +247,7 @@ async def test_an_open_deal_imported_again_moves_on_and_a_closed_one_changed_is_
     moved = NO_ACCOUNT | {"stage_id": "proposal", "amount": "950"}
     changed_won = won | {"amount": "5000"}
     job = await service.imported(ndjson(moved, changed_won))
-    assert (job["applied"], job["failed"]) == (1, 1)
+    assert (job["applied"], job["rejected"]) == (1, 1)
     refused = (await service.rejections(job))["O-1"]
     assert (refused["column"], refused["reason"]) == (
         "stage_id",
@@ -290,7 +290,7 @@ async def test_a_csv_export_gives_history_and_line_items_one_cell_each(service: 
         "C-3,Typo,,,,,Widget Pr0*1,,\n"
     ).encode()
     job = await service.imported(export, headers={"content-type": "text/csv"})
-    assert (job["applied"], job["failed"]) == (2, 1)
+    assert (job["applied"], job["rejected"]) == (2, 1)
     [typo] = (await service.rejections(job)).values()
     assert (typo["external_id"], typo["column"], typo["value"]) == (
         "C-3",

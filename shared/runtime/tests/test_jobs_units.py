@@ -85,3 +85,12 @@ def test_cancelling_and_failing_end_an_active_job_and_nothing_moves_a_finished_o
             finished.cancelled(T0)
     with pytest.raises(JobFinished):
         queued.advanced(JobStep(processed=1), T0)  # a batch needs the job claimed first
+
+
+def test_refused_items_are_shown_as_rejected_and_still_as_the_deprecated_failed() -> None:
+    job = running().advanced(JobStep(processed=10, applied=7, failed=3), T0 + timedelta(seconds=1))
+    shown = JobView.of(job).model_dump(mode="json")
+    assert (shown["applied"], shown["rejected"], shown["failed"]) == (7, 3, 3)
+    schema = JobView.model_json_schema()["properties"]
+    assert schema["failed"]["deprecated"] is True and "rejected" in schema["failed"]["description"]
+    assert "deprecated" not in schema["rejected"]

@@ -65,7 +65,7 @@ def progress_line(job: dict[str, Any], *, width: int = 30) -> str:
     return (
         f"[{bar}] {share:4.0%} {done:,}/{total:,} rows · "
         f"{f'{rate:,.0f}' if rate else '?'} rows/s · ETA {_duration(job.get('eta_seconds'))} · "
-        f"{job['failed']:,} rejected · {job['state']}"
+        f"{job['rejected']:,} rejected · {job['state']}"
     )
 
 
@@ -95,12 +95,12 @@ def summary(job: dict[str, Any], base: str, waited: float) -> str:
     lines = [
         f"import {job['id']} ({job['object']} from {job['source_system']}): {job['state']}",
         f"  rows read {job['processed']:,} of {job['file_rows']:,}; applied {job['applied']:,}; "
-        f"rejected {job['failed']:,}",
+        f"rejected {job['rejected']:,}",
         f"  {job['rate_per_second'] or 0:,.0f} rows/s; {waited:.1f}s from upload to end",
     ]
     if job.get("error"):
         lines.append(f"  error: {job['error']}")
-    if job["failed"]:
+    if job["rejected"]:
         lines.append(f"  rejections: {base}{job['rejections']}")
     return "\n".join(lines)
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from crm_contracts.events.common import Actor, Id, IsoDateTime, MultiLine, ShortText, SingleLine
+from crm_contracts.events.common import Actor, ExternalId, Id, IsoDateTime, MultiLine, ShortText, SingleLine
 from crm_contracts.events.leads import (
     CapturedAtSource,
     Company,
@@ -82,7 +82,7 @@ class NewLead(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [lead_captured_example()]})
 
     source_system: SourceSystem = HTTP_SYSTEM
-    external_id: Annotated[str, SingleLine(min_length=1, max_length=128)] | None = None
+    external_id: ExternalId | None = None
     person: Person = Person()
     company: Company = Company()
     lead_source: PicklistGiven | None = Field(

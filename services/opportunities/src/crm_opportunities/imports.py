@@ -9,6 +9,7 @@ from typing import Annotated
 
 from crm_contracts.events.common import (
     Currency,
+    ExternalId,
     Id,
     IsoDateTime,
     Money,
@@ -32,7 +33,6 @@ from .domain import YearEstablished
 # Ids derived from (system, kind, external id): importing the same export again updates the
 # same records instead of duplicating them.
 IMPORT_NAMESPACE = uuid.UUID("0f6d3f5e-2b9a-4c1e-8d47-3a5e9c1b7d20")
-ExternalId = Annotated[str, SingleLine(min_length=1, max_length=128)]
 
 
 def imported_id(kind: str, system: str, external_id: str) -> str:

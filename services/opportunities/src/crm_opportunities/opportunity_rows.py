@@ -9,12 +9,21 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
-from crm_contracts.events.common import Currency, Id, IsoDate, IsoDateTime, Money, Percent, ShortText
+from crm_contracts.events.common import (
+    Currency,
+    ExternalId,
+    Id,
+    IsoDate,
+    IsoDateTime,
+    Money,
+    Percent,
+    ShortText,
+)
 from crm_contracts.events.picklists import PicklistCode
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .domain import DEFAULT_PIPELINE_ID
-from .imports import ExternalId, ImportRow
+from .imports import ImportRow
 
 # A name as another CRM spells it: the id or the name of a record here (see ``names``).
 Name = Annotated[str, Field(min_length=1, max_length=200)]

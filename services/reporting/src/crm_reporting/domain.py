@@ -74,6 +74,8 @@ def to_millis(moment: datetime) -> datetime:
 
 
 def stamp_of(event: CloudEvent[Any]) -> Stamp:
+    # The id only orders events about one record, all published by its owning service (one
+    # source); whether an event was applied at all is the inbox's (source, id) question.
     version = event.version if event.version is not None else UNVERSIONED
     return (version, to_millis(event.time), event.id)
 

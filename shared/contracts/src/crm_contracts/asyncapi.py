@@ -71,7 +71,9 @@ def build() -> dict[str, Any]:
                 "One topic per event type, named <entity>.<past-tense-verb>. Every message is a "
                 "CloudEvents 1.0 structured JSON envelope; `sequence` carries the aggregate version; "
                 "the Kafka key is the aggregate id (for lead.captured, which other systems publish: "
-                "`<source_system>:<external_id>`, see its message). Topic names may carry a "
+                "`<source_system>:<external_id>`, see its message). An event is identified by its "
+                "CloudEvents `source` and `id` together: consumers apply each (source, id) once, so "
+                "publishers may number their events alike. Topic names may carry a "
                 "deployment prefix (CRM_TOPIC_PREFIX)."
             ),
         },

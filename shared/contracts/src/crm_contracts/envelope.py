@@ -36,10 +36,11 @@ class CloudEvent(BaseModel, Generic[DataT]):
 
     specversion: Literal["1.0"] = SPEC_VERSION
     id: Annotated[str, SingleLine(min_length=1, max_length=200)] = Field(
-        description="Unique per event; consumers de-duplicate on it."
+        description="Unique within its source (CloudEvents): consumers de-duplicate on "
+        "(source, id), so two publishers may number their events alike."
     )
     source: Annotated[str, SingleLine(min_length=1, max_length=500)] = Field(
-        description="URI-reference of the producing system."
+        description="URI-reference of the producing system; with id, the event's identity."
     )
     type: Annotated[str, SingleLine(min_length=1, max_length=200)] = Field(
         description="Event type including schema version."

@@ -1,15 +1,16 @@
 """At-least-once, idempotent event consumption, a fetched batch per transaction.
 
 Offsets are committed only after the handlers' transaction committed (never ack-first). Each
-event id is recorded in the ``inbox`` collection in the same transaction as the state change,
-so a redelivered or duplicated event changes nothing. The events of one fetch (up to
-``consumer_batch_size``) are applied in offset order inside one transaction: a transaction's
-reads see its own writes, so this equals applying them one by one, minus a commit, an inbox
-lookup and a round of reads per event. If the batch fails for a reason other than the
-database, its events are applied one at a time instead, so one bad event is retried and
-dead-lettered alone. Unparseable or invalid messages, and messages whose handler keeps
-failing, go to ``<topic>.dlq``; database outages are not the message's fault, so those are
-retried by seeking back instead.
+event's CloudEvents identity, its ``source`` and ``id`` (see ``inbox``), is recorded in the
+``inbox`` collection in the same transaction as the state change, so a redelivered or
+duplicated event changes nothing, while two publishers reusing each other's ids both apply. The
+events of one fetch (up to ``consumer_batch_size``) are applied in offset order inside one
+transaction: a transaction's reads see its own writes, so this equals applying them one by one,
+minus a commit, an inbox lookup and a round of reads per event. If the batch fails for a reason
+other than the database, its events are applied one at a time instead, so one bad event is
+retried and dead-lettered alone. Unparseable or invalid messages, and messages whose handler
+keeps failing, go to ``<topic>.dlq``; database outages are not the message's fault, so those
+are retried by seeking back instead.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 
 from .dead_letters import send_to_dead_letters
 from .events import decode
+from .inbox import inbox_key, legacy_entry_covers, legacy_inbox_key
 from .logs import Outages
 from .mongo import Document, in_transaction
 from .outbox import Outbox
@@ -253,14 +255,21 @@ class EventConsumer:
         """Apply every new event of ``deliveries`` in one transaction; per delivery, whether it
         was new (False: applied before, or earlier in the same batch)."""
         ids = [self._inbox_id(d) for d in deliveries]
+        legacy_ids = [self._legacy_inbox_id(d) for d in deliveries]
 
         async def work(session: AsyncClientSession) -> list[bool]:
-            known = {
-                doc["_id"]
+            wanted = set(ids)
+            found = {
+                doc["_id"]: doc
                 async for doc in self._db[INBOX].find(
-                    {"_id": {"$in": list(set(ids))}}, {"_id": 1}, session=session
+                    {"_id": {"$in": sorted(wanted | set(legacy_ids))}}, {"processed_at": 1}, session=session
                 )
             }
+            known = {inbox_id for inbox_id in found if inbox_id in wanted}
+            for delivery, inbox_id, legacy_id in zip(deliveries, ids, legacy_ids, strict=True):
+                # Applied before the inbox keyed by source: the same event, redelivered.
+                if legacy_entry_covers(found.get(legacy_id), delivery.event.time):
+                    known.add(inbox_id)
             new: list[Delivery] = []
             applied: list[bool] = []
             for delivery, inbox_id in zip(deliveries, ids, strict=True):
@@ -298,7 +307,10 @@ class EventConsumer:
             f"{delivery.route.spec.topic} apply",
             context=_trace_context(delivery.record),
             kind=trace.SpanKind.CONSUMER,
-            attributes={"messaging.message.id": delivery.event.id},
+            attributes={
+                "messaging.message.id": delivery.event.id,
+                "cloudevents.event_source": delivery.event.source,
+            },
         )
 
     async def handle_event(self, delivery: Delivery) -> None:
@@ -320,14 +332,18 @@ class EventConsumer:
                 log.error(
                     "handler keeps failing",
                     exc_info=failure,
-                    extra={"topic": topic, "event_id": event.id},
+                    extra={"topic": topic, "event_source": event.source, "event_id": event.id},
                 )
                 await self._dead_letter(route, record, failure, attempts=attempts)
                 return
             await asyncio.sleep(self._settings.consumer_retry_backoff_seconds * attempts)
 
     def _inbox_id(self, delivery: Delivery) -> str:
-        return f"{self._settings.group_id}|{delivery.route.spec.topic}|{delivery.event.id}"
+        event = delivery.event
+        return inbox_key(self._settings.group_id, delivery.route.spec.topic, event.source, event.id)
+
+    def _legacy_inbox_id(self, delivery: Delivery) -> str:
+        return legacy_inbox_key(self._settings.group_id, delivery.route.spec.topic, delivery.event.id)
 
     async def _dead_letter(
         self, route: Route, record: Any, error: BaseException | str, *, attempts: int

@@ -8,7 +8,8 @@ A service declares what it imports as ``ImportTarget`` s (an object such as ``le
 to apply a chunk of its rows) and mounts ``ImportJobs.router()``:
 
 - ``POST /imports/{object}`` answers 202 with the job as soon as the upload is stored;
-- ``GET /imports/{id}``, ``GET /imports``: state, rows read / applied / rejected, rate, ETA;
+- ``GET /imports/{id}``, ``GET /imports``: state, rows read / applied / rejected (``failed``
+  is the deprecated alias of ``rejected``), rate, ETA;
 - ``GET /imports/{id}/rejections``: the rejected rows as CSV (row, external id, column,
   value, reason);
 - ``DELETE /imports/{id}`` cancels (a running job stops after the chunk in hand).
@@ -178,7 +179,7 @@ class ImportParams(BaseModel):
 
 class ImportView(JobView):
     """An import job: ``processed`` counts the rows read, ``applied`` those imported (created,
-    updated or already up to date), ``failed`` those rejected."""
+    updated or already up to date), ``rejected`` those refused (``failed``: its deprecated alias)."""
 
     object: str = Field(description="What the file holds, e.g. leads")
     source_system: str = Field(description="The system the rows come from (their external ids' namespace)")

@@ -202,7 +202,14 @@ class JobView(BaseModel):
     total: int | None = Field(description="Items the job goes through, once known")
     processed: int = Field(description="Items read so far")
     applied: int = Field(description="Items that changed something")
-    failed: int = Field(description="Items refused")
+    rejected: int = Field(
+        description="Items refused, each for a reason it was given (an import's rejected rows, "
+        "listed by `GET /imports/{id}/rejections`); not to be confused with state `failed`"
+    )
+    failed: int = Field(
+        description="Deprecated alias of `rejected` (same value), kept for existing clients",
+        json_schema_extra={"deprecated": True},
+    )
     rate_per_second: float | None = Field(description="Items processed per second so far")
     eta_seconds: float | None = Field(description="Estimated seconds left at that rate; 0 once done")
     cancel_requested: bool = Field(description="Cancellation asked for; a running job stops after its batch")
@@ -217,6 +224,7 @@ class JobView(BaseModel):
         rate, eta = job.rate, job.eta_seconds
         return cls(
             **job.model_dump(include=set(cls.model_fields) & set(Job.model_fields)),
+            rejected=job.failed,  # stored under its first name, shown under the one word for it
             rate_per_second=round(rate, 2) if rate is not None else None,
             eta_seconds=round(eta, 1) if eta is not None else None,
         )

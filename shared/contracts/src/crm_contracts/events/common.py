@@ -250,10 +250,12 @@ ShortText = Annotated[str, SingleLine(min_length=1, max_length=200)]
 LongText = Annotated[str, MultiLine(max_length=5000)]
 
 # Another system's name and its own id for a record: together, and only together, they identify
-# the record (different systems reuse the same ids).
+# the record (different systems reuse the same ids). One definition for events, HTTP bodies and
+# imports alike: an external id longer than EXTERNAL_ID_MAX_LENGTH is refused with a field error.
 SOURCE_SYSTEM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 SourceSystem = Annotated[str, SingleLine(min_length=1, max_length=64), Field(pattern=SOURCE_SYSTEM_PATTERN)]
-ExternalId = Annotated[str, SingleLine(min_length=1, max_length=128)]
+EXTERNAL_ID_MAX_LENGTH = ID_MAX_LENGTH
+ExternalId = Annotated[str, SingleLine(min_length=1, max_length=EXTERNAL_ID_MAX_LENGTH)]
 
 
 class Contract(BaseModel):

@@ -14,6 +14,7 @@ from .common import (
     Actor,
     Contract,
     Currency,
+    ExternalId,
     Id,
     IsoDate,
     IsoDateTime,
@@ -192,9 +193,7 @@ class LeadCaptured(Contract):
     """
 
     source_system: ShortText = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", examples=["webforms"])
-    external_id: Annotated[str, SingleLine(min_length=1, max_length=128)] = Field(
-        examples=["form-submission-981"]
-    )
+    external_id: ExternalId = Field(examples=["form-submission-981"])
     person: Person = Person()
     company: Company = Company()
     lead_source: PicklistGiven | None = Field(
