@@ -29,7 +29,7 @@ from .dead_letters import dlq_topic
 from .health import Detail, health_router
 from .http import BodySizeLimit, TokenAuth, UnexpectedErrors, install_error_handlers
 from .jobs import JobRunner
-from .kafka import BROKER_LOGGER, create_broker, ensure_topics
+from .kafka import BROKER_LOGGER, create_broker
 from .lag import LagMonitor
 from .logs import KafkaClientLogThrottle, Outages, configure_logging
 from .mongo import DatabaseUnreachable, create_client, in_transaction
@@ -38,6 +38,7 @@ from .outbox import Outbox, OutboxRelay
 from .query_parameters import reject_unknown_query_parameters
 from .settings import ServiceSettings
 from .telemetry import configure_tracing, instrument_app
+from .topics import TopicCheck, ensure_topics
 from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class ServiceRuntime:
             outages=self.outages,
             on_kafka_reachable=kafka_reachable,
         )
+        self.topic_check = TopicCheck(settings, self.registry)
         self.jobs = JobRunner(self.client, self.db, self.outbox, settings, outages=self.outages)
         self.auth = TokenAuth(settings.api_tokens.get_secret_value() if settings.api_tokens else None)
         self.source = f"/crm/{settings.service_name}"
@@ -128,6 +130,7 @@ class ServiceRuntime:
         for hook in self._startup:
             await hook()
         await ensure_topics(self.settings, self._owned_topics())
+        await self.topic_check.run(self._owned_topics())
         self.consumer.bind()
         await self.broker.start()
         self.relay.start()
@@ -206,7 +209,7 @@ class ServiceRuntime:
             health_router(
                 {"mongodb": self._check_mongo, "kafka": self._check_kafka},
                 auth=self.auth,
-                details=health_details,
+                details={"topics": self.topic_check.detail, **(health_details or {})},
             )
         )
         for router in routers:
