@@ -52,9 +52,13 @@ class LagMonitor:
     def total(self) -> int | None:
         return sum(self.by_topic.values()) if self.by_topic else None
 
-    def start(self, topics: list[str]) -> None:
-        """Watch the lag of ``topics`` (logical names) for the service's consumer group."""
+    def watch(self, topics: list[str]) -> None:
+        """Measure the lag of ``topics`` (logical names) for the service's consumer group."""
         self._topics = topics
+
+    def start(self, topics: list[str]) -> None:
+        """Watch ``topics`` every interval in the background."""
+        self.watch(topics)
         if topics:
             self._task = asyncio.create_task(self._run(), name="lag-monitor")
 
