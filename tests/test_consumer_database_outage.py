@@ -16,13 +16,14 @@ from crm_localinfra.testing import (
     eventually,
     isolation_key,
     publish_all,
+    sample_sum,
     service_client,
     service_env,
 )
 from crm_runtime import ServiceRuntime, ServiceSettings, UnitOfWork, make_event
 from crm_runtime.dead_letters import dlq_topic
 from crm_runtime.events import encode
-from crm_runtime.kafka import ensure_topics
+from crm_runtime.topics import ensure_topics
 from pymongo import AsyncMongoClient
 
 pytestmark = pytest.mark.integration
@@ -63,7 +64,7 @@ async def test_events_consumed_during_a_database_outage_are_applied_once_it_is_b
     applied = checker[settings.database_name]["applied"]
 
     def dead_lettered() -> float:
-        return runtime.registry.get_sample_value("crm_events_dead_lettered_total", {"topic": TOPIC}) or 0.0
+        return sample_sum(runtime.registry, "crm_events_dead_lettered_total", topic=TOPIC)
 
     try:
         async with service_client(app):

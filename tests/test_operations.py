@@ -103,7 +103,7 @@ async def test_a_consumed_event_trace_continues_into_the_events_it_causes(infra:
     from crm_localinfra.testing import Outgoing, publish_all, service_client
     from crm_runtime import make_event
     from crm_runtime.events import encode
-    from crm_runtime.kafka import ensure_topics
+    from crm_runtime.topics import ensure_topics
 
     settings = LeadsSettings(**service_env(infra, "leads", isolation=isolation_key()))
     await ensure_topics(settings, ["lead.captured"])

@@ -248,6 +248,49 @@ def test_service_configuration_comes_from_its_config_map(
         assert container["envFrom"] == [{"configMapRef": {"name": name}}]
 
 
+TOPIC_ENV = {
+    "CRM_KAFKA_CREATE_TOPICS": "true",
+    "CRM_KAFKA_TOPIC_PARTITIONS": "3",
+    "CRM_KAFKA_REPLICATION_FACTOR": "3",
+    "CRM_KAFKA_MIN_INSYNC_REPLICAS": "2",
+    "CRM_KAFKA_TOPIC_RETENTION_MS": "-1",
+    "CRM_KAFKA_DLQ_RETENTION_MS": "2592000000",
+}
+
+
+def test_topics_are_created_durable_by_default_and_configurable(render: Render) -> None:
+    from crm_runtime import ServiceSettings
+    from crm_runtime.topics import requirement
+
+    for service in SERVICES:
+        data = one(render(), "ConfigMap", f"{RELEASE}-{service}")["data"]
+        assert {k: data.get(k) for k in TOPIC_ENV} == TOPIC_ENV
+        # The service reads them as it would from its environment.
+        env = {k.removeprefix("CRM_").lower(): data[k] for k in TOPIC_ENV}
+        settings = ServiceSettings(service_name=service, **env)
+        assert requirement(settings, "lead.captured").configs["min.insync.replicas"] == "2"
+        assert requirement(settings, "lead.captured").configs["retention.ms"] == "-1"
+        assert requirement(settings, "lead.captured.dlq").configs["retention.ms"] == "2592000000"
+    custom = render(
+        "--set", "kafka.topics.replicationFactor=5", "--set", "kafka.topics.minInsyncReplicas=3",
+        "--set", "kafka.topics.retentionMs=604800000", "--set", "kafka.topics.create=false",
+    )  # fmt: skip
+    data = one(custom, "ConfigMap", f"{RELEASE}-leads")["data"]
+    assert data["CRM_KAFKA_REPLICATION_FACTOR"] == "5" and data["CRM_KAFKA_MIN_INSYNC_REPLICAS"] == "3"
+    assert data["CRM_KAFKA_TOPIC_RETENTION_MS"] == "604800000" and data["CRM_KAFKA_CREATE_TOPICS"] == "false"
+
+
+def test_min_insync_replicas_above_the_replication_factor_fails_the_render(
+    helm_bin: Path, chart: Path
+) -> None:
+    result = helm(
+        helm_bin, "template", RELEASE, str(chart),
+        "--set", "kafka.topics.replicationFactor=2", "--set", "kafka.topics.minInsyncReplicas=3",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "minInsyncReplicas cannot exceed" in result.stderr
+
+
 def test_every_service_gets_the_one_company_currency(render: Render, full_manifests: list[Manifest]) -> None:
     for manifests, currency in ((render(), "EUR"), (full_manifests, "USD")):
         config = {m["metadata"]["name"]: m["data"] for m in find(manifests, "ConfigMap")}
@@ -423,6 +466,8 @@ def test_pods_carry_prometheus_scrape_annotations(default_manifests: list[Manife
         ("kafka.securityProtocol=TLS", "/kafka/securityProtocol"),
         ("defaults.autoscaling.targetCPUUtilizationPercentage=150", "targetCPUUtilization"),
         ("defaults.replicas=3", "replicas"),
+        ("kafka.topics.retentionMs=-2", "/kafka/topics/retentionMs"),
+        ("kafka.topics.replicationFactor=0", "/kafka/topics/replicationFactor"),
     ],
 )
 def test_values_schema_rejects_bad_values(helm_bin: Path, chart: Path, setting: str, reported: str) -> None:

@@ -720,7 +720,7 @@ async def test_metrics_expose_consumer_lag_outbox_and_event_counters(leads: Lead
     async def lag_reported() -> bool:
         text = (await leads.http.get("/metrics")).text
         return (
-            'crm_consumer_lag{topic="lead.captured"} 0.0' in text
+            f'crm_consumer_lag{{consumergroup="{leads.settings.group_id}",topic="lead.captured"}} 0.0' in text
             and 'crm_events_processed_total{topic="lead.captured"} 1.0' in text
         )
 

@@ -9,10 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from crm_localinfra.testing import eventually, isolation_key, publish_raw, service_client, service_env
 from crm_reporting.aggregates import COUNTER_VIEWS
 from crm_reporting.bootstrap import ReportingSettings, create_app
-from crm_reporting.rebuild import rebuild
+from crm_reporting.rebuild import EventsMissing, rebuild
 from crm_reporting.repository import Generation, ReportingRepository
 from crm_runtime.mongo import Document
 from pymongo import AsyncMongoClient
@@ -87,3 +89,56 @@ async def test_a_rebuild_from_the_topics_equals_what_live_consumption_built(infr
             await eventually(counted, timeout=30)
     finally:
         await mongo.close()
+
+
+async def test_a_rebuild_refuses_when_retention_already_deleted_events(infra: Any) -> None:
+    settings = ReportingSettings(**service_env(infra, "reporting", isolation=isolation_key()))
+    mongo: AsyncMongoClient[Document] = AsyncMongoClient(infra.mongo_url, tz_aware=True)
+    repo = ReportingRepository(mongo, mongo[settings.database_name])
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        async with service_client(create_app(settings)) as http:
+            await publish(infra.kafka_bootstrap, settings, STORY)
+            await settled(http, repo, len(STORY))
+            live = await repo.live()
+            # What a short retention would have done: the oldest events of one topic are gone.
+            topic = settings.topic("lead.created")
+            ends = await read_ends(infra.kafka_bootstrap, topic)
+            deleted = {p: end for p, end in ends.items() if end > 0}
+            assert deleted, "the story publishes lead.created events"
+            await admin.delete_records(
+                {TopicPartition(topic, p): RecordsToDelete(end) for p, end in deleted.items()}
+            )
+
+            with pytest.raises(EventsMissing) as refused:
+                await rebuild(settings)
+
+            assert refused.value.missing == {"lead.created": deleted}
+            assert f"lead.created[{min(deleted)}]: {deleted[min(deleted)]}" in str(refused.value)
+            assert "--accept-missing-events" in str(refused.value)
+            # Nothing was touched: the live views stay, no new generation was started.
+            assert await repo.generation_numbers() == [live.number]
+            assert (await repo.live()).number == live.number
+
+            result = await rebuild(settings, accept_missing_events=True)
+
+            assert result.missing_events == {"lead.created": deleted}
+            assert result.replayed + result.caught_up == len(STORY) - sum(deleted.values())
+            assert (await repo.live()).number == live.number + 1
+    finally:
+        await admin.close()
+        await mongo.drop_database(settings.database_name)
+        await mongo.close()
+
+
+async def read_ends(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer._client.add_topic(topic)  # aiokafka has no public per-topic metadata request
+        await consumer._client.force_metadata_update()
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        return {tp.partition: end for tp, end in (await consumer.end_offsets(partitions)).items()}
+    finally:
+        await consumer.stop()

@@ -16,13 +16,14 @@ from crm_localinfra.testing import (
     isolation_key,
     publish_all,
     read_topic,
+    sample_sum,
     service_client,
     service_env,
 )
 from crm_runtime import PermanentEventError, ServiceRuntime, ServiceSettings, UnitOfWork, make_event
 from crm_runtime.dead_letters import H_ERROR, dlq_topic
 from crm_runtime.events import encode
-from crm_runtime.kafka import ensure_topics
+from crm_runtime.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +90,7 @@ async def test_a_fetched_batch_applies_each_new_event_once_and_isolates_bad_ones
     )
 
     def sample(name: str) -> float:
-        return runtime.registry.get_sample_value(name, {"topic": topic}) or 0.0
+        return sample_sum(runtime.registry, name, topic=topic)
 
     async with service_client(app):
 

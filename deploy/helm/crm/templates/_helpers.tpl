@@ -87,10 +87,20 @@ Fills .out with a service's effective settings: .Values.defaults overridden by
 {{- $root := .root }}
 {{- $cfg := dict }}
 {{- include "crm.config" (dict "root" $root "name" .name "out" $cfg) }}
+{{- $topics := $root.Values.kafka.topics }}
+{{- if gt (int $topics.minInsyncReplicas) (int $topics.replicationFactor) }}
+{{- fail "kafka.topics.minInsyncReplicas cannot exceed kafka.topics.replicationFactor: every acks=all write would be refused" }}
+{{- end }}
 {{- $data := dict
   "CRM_KAFKA_BOOTSTRAP_SERVERS" $root.Values.kafka.bootstrapServers
   "CRM_KAFKA_SECURITY_PROTOCOL" $root.Values.kafka.securityProtocol
   "CRM_TOPIC_PREFIX" $root.Values.topicPrefix
+  "CRM_KAFKA_CREATE_TOPICS" (toString $topics.create)
+  "CRM_KAFKA_TOPIC_PARTITIONS" (toString $topics.partitions)
+  "CRM_KAFKA_REPLICATION_FACTOR" (toString $topics.replicationFactor)
+  "CRM_KAFKA_MIN_INSYNC_REPLICAS" (toString $topics.minInsyncReplicas)
+  "CRM_KAFKA_TOPIC_RETENTION_MS" (toString (int64 $topics.retentionMs))
+  "CRM_KAFKA_DLQ_RETENTION_MS" (toString (int64 $topics.dlqRetentionMs))
   "CRM_COMPANY_CURRENCY" $root.Values.companyCurrency
   "CRM_MONGO_DATABASE" (default (printf "crm_%s" .name) $cfg.mongoDatabase)
   "CRM_HTTP_HOST" "0.0.0.0"

@@ -283,7 +283,8 @@ def _properties(cfg: KafkaConfig) -> str:
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
-        # Keep a development disk small: a day of data, 64 MiB segments.
+        # Topics created without their own retention keep a day (a small development disk); the
+        # services create theirs with retention.ms=-1 (dead letters 30 days), which overrides it.
         "log.retention.hours": "24",
         "log.segment.bytes": str(64 * 1024 * 1024),
         "num.network.threads": "2",

@@ -170,6 +170,17 @@ async def read_topic(
         await consumer.stop()
 
 
+def sample_sum(registry: Any, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include ``labels`` (a counter split by more
+    labels than the test cares about, e.g. the dead letters' ``source``)."""
+    return sum(
+        float(sample.value)
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
 async def eventually(check: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.2) -> Any:
     """Await ``check()`` until it returns a truthy value without raising AssertionError."""
     deadline = time.monotonic() + timeout

@@ -11,7 +11,9 @@
 4. The old generation is dropped (``--keep-previous`` keeps it).
 
 Settings come from the environment like the service's (``CRM_*``). The topics must keep
-their events (retention ``-1``) for a rebuild to see everything.
+their events (retention ``-1``) for a rebuild to see everything: when a partition's earliest
+offset is past 0, its first events are gone and the rebuild refuses to run (saying how many
+per topic and partition) unless ``--accept-missing-events`` is given.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import argparse
 import asyncio
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +58,39 @@ class RebuildResult:
     caught_up: int
     skipped_invalid: int
     seconds: float
+    # Events Kafka had already deleted, per logical topic and partition (accepted by the caller).
+    missing_events: dict[str, dict[int, int]] = field(default_factory=dict)
+
+
+class EventsMissing(Exception):
+    """Kafka no longer holds a topic's first events: a rebuild would silently leave them out."""
+
+    def __init__(self, missing: dict[str, dict[int, int]]) -> None:
+        self.missing = missing
+        parts = ", ".join(
+            f"{topic}[{partition}]: {count}"
+            for topic, partitions in sorted(missing.items())
+            for partition, count in sorted(partitions.items())
+        )
+        total = sum(sum(p.values()) for p in missing.values())
+        super().__init__(
+            f"{total} event(s) were already deleted from the topics (retention), so the rebuilt "
+            f"views would leave them out: {parts}. Set the topics' retention.ms to -1; to rebuild "
+            "without them anyway, pass --accept-missing-events."
+        )
+
+
+async def missing_events(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], prefix: str
+) -> dict[str, dict[int, int]]:
+    """Per logical topic and partition, how many events precede the earliest one Kafka keeps
+    (offsets start at 0 and the topics are never compacted, so the earliest offset counts them)."""
+    missing: dict[str, dict[int, int]] = {}
+    earliest = await consumer.beginning_offsets(partitions) if partitions else {}
+    for tp, offset in earliest.items():
+        if offset > 0:
+            missing.setdefault(tp.topic[len(prefix) :], {})[tp.partition] = offset
+    return missing
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topics: list[str]) -> list[TopicPartition]:
@@ -110,7 +146,11 @@ async def replay(
 
 
 async def rebuild(
-    settings: ReportingSettings, *, batch: int = BATCH, keep_previous: bool = False
+    settings: ReportingSettings,
+    *,
+    batch: int = BATCH,
+    keep_previous: bool = False,
+    accept_missing_events: bool = False,
 ) -> RebuildResult:
     started = time.monotonic()
     client = create_client(settings)
@@ -123,6 +163,15 @@ async def rebuild(
         skipped += 1
 
     try:
+        specs = {settings.topic(spec.topic): spec for spec in PROJECTED_EVENTS}
+        await consumer.start()
+        partitions = await _partitions(consumer, sorted(specs))
+        # Before anything is written: a refused rebuild leaves no generation behind.
+        missing = await missing_events(consumer, partitions, settings.topic_prefix)
+        if missing and not accept_missing_events:
+            raise EventsMissing(missing)
+        if missing:
+            log.warning("rebuilding without events Kafka already deleted", extra={"missing": missing})
         await repo.setup()
         live = await repo.live()
         for number in await repo.generation_numbers():
@@ -131,9 +180,6 @@ async def rebuild(
                 await repo.generation(number).drop()
         target = repo.generation(live.number + 1)
         await target.ensure_indexes()
-        specs = {settings.topic(spec.topic): spec for spec in PROJECTED_EVENTS}
-        await consumer.start()
-        partitions = await _partitions(consumer, sorted(specs))
         consumer.assign(partitions)
         if partitions:
             await consumer.seek_to_beginning(*partitions)
@@ -152,7 +198,7 @@ async def rebuild(
         if not keep_previous:
             await repo.generation(previous).drop()
         return RebuildResult(
-            target.number, previous, replayed, caught_up, skipped, time.monotonic() - started
+            target.number, previous, replayed, caught_up, skipped, time.monotonic() - started, missing
         )
     finally:
         await consumer.stop()
@@ -170,9 +216,26 @@ def main() -> None:
     parser.add_argument(
         "--keep-previous", action="store_true", help="keep the replaced generation's collections"
     )
+    parser.add_argument(
+        "--accept-missing-events",
+        action="store_true",
+        help="rebuild even when retention already deleted some of a topic's first events "
+        "(the views then leave them out); without it the rebuild refuses and says how many",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    result = asyncio.run(rebuild(ReportingSettings(), batch=args.batch, keep_previous=args.keep_previous))
+    try:
+        result = asyncio.run(
+            rebuild(
+                ReportingSettings(),
+                batch=args.batch,
+                keep_previous=args.keep_previous,
+                accept_missing_events=args.accept_missing_events,
+            )
+        )
+    except EventsMissing as refused:
+        print(json.dumps({"refused": str(refused), "missing_events": refused.missing}), file=sys.stderr)
+        raise SystemExit(2) from None
     print(json.dumps(asdict(result)))
 
 

@@ -38,7 +38,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from .dead_letters import send_to_dead_letters
+from .dead_letters import SourceLabels, send_to_dead_letters
 from .events import decode
 from .inbox import inbox_key, legacy_entry_covers, legacy_inbox_key
 from .logs import Outages
@@ -135,8 +135,13 @@ class EventConsumer:
             "crm_events_duplicate", "Redelivered events ignored", ["topic"], registry=registry
         )
         self.dead_lettered = Counter(
-            "crm_events_dead_lettered", "Events sent to a dead-letter topic", ["topic"], registry=registry
+            "crm_events_dead_lettered",
+            "Events sent to a dead-letter topic, by the event's CloudEvents source ('unparseable' "
+            "when the message is not a CloudEvent; after 50 distinct sources, 'other')",
+            ["topic", "source"],
+            registry=registry,
         )
+        self._sources = SourceLabels()
         self.batch_sizes = Histogram(
             "crm_consumer_batch_events",
             "Valid events per fetched batch (each batch is applied in one transaction)",
@@ -355,4 +360,4 @@ class EventConsumer:
         await send_to_dead_letters(
             self._broker, record, group=self._settings.group_id, error=error, attempts=attempts
         )
-        self.dead_lettered.labels(route.spec.topic).inc()
+        self.dead_lettered.labels(route.spec.topic, self._sources.of(record.value)).inc()

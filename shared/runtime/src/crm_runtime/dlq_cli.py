@@ -20,7 +20,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from .dead_letters import H_TOPIC, dlq_topic
+from .dead_letters import H_TOPIC, dlq_topic, original_headers
 from .kafka import aiokafka_options
 from .settings import ServiceSettings
 
@@ -100,7 +100,8 @@ async def replay_command(settings: ServiceSettings, topic: str, dry_run: bool) -
                     record.value,
                     key=record.key,
                     headers=[
-                        ("crm-replayed-from", f"{record.topic}:{record.partition}:{record.offset}".encode())
+                        *original_headers(record.headers or ()),
+                        ("crm-replayed-from", f"{record.topic}:{record.partition}:{record.offset}".encode()),
                     ],
                 )
             print(json.dumps({"replayed_to": target, **_describe(record)}))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import ssl
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
@@ -75,30 +74,3 @@ def aiokafka_options(settings: ServiceSettings) -> dict[str, object]:
             settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
         )
     return options
-
-
-async def ensure_topics(settings: ServiceSettings, topics: list[str]) -> list[str]:
-    """Create the service's topics (logical names) that do not exist yet, with the configured
-    partitions and replication, instead of relying on broker auto-creation. Returns the
-    physical names it created."""
-    if not settings.kafka_create_topics or not topics:
-        return []
-    admin = AIOKafkaAdminClient(**aiokafka_options(settings))
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = sorted({settings.topic(t) for t in topics} - existing)
-        if missing:
-            response = await admin.create_topics(
-                [
-                    NewTopic(name, settings.kafka_topic_partitions, settings.kafka_replication_factor)
-                    for name in missing
-                ]
-            )
-            for name, code, *_ in getattr(response, "topic_errors", []):
-                # 36 = TOPIC_ALREADY_EXISTS: another replica created it first, which is fine.
-                if code not in (0, 36):
-                    raise RuntimeError(f"could not create topic {name}: error code {code}")
-        return missing
-    finally:
-        await admin.close()

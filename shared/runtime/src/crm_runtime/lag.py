@@ -1,6 +1,10 @@
 """Consumer lag of the service's group: how many messages of each consumed topic wait to be
 applied. Exported as a Prometheus gauge (and used by readers of projections to say how fresh
-they are); autoscaling on lag reads the same gauge."""
+they are).
+
+Every replica measures the whole group's lag, so each pod exports the same figure: aggregate it
+with ``max by (consumergroup, topic)`` (then sum over topics), never by summing over pods, or
+N replicas count it N times (the chart's alert and the documented autoscaling query do so)."""
 
 from __future__ import annotations
 
@@ -38,8 +42,9 @@ class LagMonitor:
         self._on_kafka_reachable = on_kafka_reachable
         self.gauge = Gauge(
             "crm_consumer_lag",
-            "Messages not yet consumed by the service's group, per logical topic",
-            ["topic"],
+            "Messages not yet consumed by the service's group, per logical topic: the whole "
+            "group's figure, the same on every replica (aggregate with max by topic, not sum)",
+            ["consumergroup", "topic"],
             registry=registry,
         )
 
@@ -47,9 +52,13 @@ class LagMonitor:
     def total(self) -> int | None:
         return sum(self.by_topic.values()) if self.by_topic else None
 
-    def start(self, topics: list[str]) -> None:
-        """Watch the lag of ``topics`` (logical names) for the service's consumer group."""
+    def watch(self, topics: list[str]) -> None:
+        """Measure the lag of ``topics`` (logical names) for the service's consumer group."""
         self._topics = topics
+
+    def start(self, topics: list[str]) -> None:
+        """Watch ``topics`` every interval in the background."""
+        self.watch(topics)
         if topics:
             self._task = asyncio.create_task(self._run(), name="lag-monitor")
 
@@ -99,6 +108,6 @@ class LagMonitor:
                 0, end - (done.offset if done is not None and done.offset >= 0 else 0)
             )
         for topic, value in lag.items():
-            self.gauge.labels(topic).set(value)
+            self.gauge.labels(self._settings.group_id, topic).set(value)
         self.by_topic = lag
         return lag

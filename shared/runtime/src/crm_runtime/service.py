@@ -31,7 +31,7 @@ from .health import Detail, health_router
 from .http import BodySizeLimit, TokenAuth, UnexpectedErrors, install_error_handlers
 from .http_metrics import HttpInstrumentation
 from .jobs import JobRunner
-from .kafka import BROKER_LOGGER, create_broker, ensure_topics
+from .kafka import BROKER_LOGGER, create_broker
 from .lag import LagMonitor
 from .logs import KafkaClientLogThrottle, Outages, configure_logging
 from .mongo import DatabaseUnreachable, create_client, in_transaction
@@ -40,6 +40,7 @@ from .outbox import Outbox, OutboxRelay
 from .query_parameters import reject_unknown_query_parameters
 from .settings import ServiceSettings
 from .telemetry import configure_tracing, instrument_app
+from .topics import TopicCheck, ensure_topics
 from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class ServiceRuntime:
             outages=self.outages,
             on_kafka_reachable=kafka_reachable,
         )
+        self.topic_check = TopicCheck(settings, self.registry)
         self.jobs = JobRunner(self.client, self.db, self.outbox, settings, outages=self.outages)
         self.auth = TokenAuth(settings.api_tokens.get_secret_value() if settings.api_tokens else None)
         self.source = f"/crm/{settings.service_name}"
@@ -133,6 +135,7 @@ class ServiceRuntime:
         for hook in self._startup:
             await hook()
         await ensure_topics(self.settings, self._owned_topics())
+        await self.topic_check.run(self._owned_topics())
         self.consumer.bind()
         await self.broker.start()
         self.relay.start()
@@ -216,7 +219,7 @@ class ServiceRuntime:
                 {"mongodb": self._check_mongo},
                 degrading={"kafka": self._check_kafka},
                 auth=self.auth,
-                details=health_details,
+                details={"topics": self.topic_check.detail, **(health_details or {})},
                 registry=self.registry,
             )
         )

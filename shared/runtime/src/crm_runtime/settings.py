@@ -31,7 +31,28 @@ class ServiceSettings(BaseSettings):
         default=True, description="Create the service's topics at start if they are missing."
     )
     kafka_topic_partitions: int = Field(default=3, ge=1, le=1000)
-    kafka_replication_factor: int = Field(default=1, ge=1, le=10, description="Use 3 in production.")
+    kafka_replication_factor: int = Field(
+        default=1, ge=1, le=10, description="Replicas of each topic the service creates; use 3 in production."
+    )
+    kafka_min_insync_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=10,
+        description="min.insync.replicas of each topic the service creates: with acks=all a write "
+        "counts once this many replicas have it; use 2 with 3 replicas.",
+    )
+    kafka_topic_retention_ms: int = Field(
+        default=-1,
+        ge=-1,
+        description="retention.ms of the event topics the service creates; -1 keeps every event, "
+        "which a read-model rebuild needs (it replays each topic from offset 0).",
+    )
+    kafka_dlq_retention_ms: int = Field(
+        default=30 * 24 * 3600 * 1000,
+        ge=-1,
+        description="retention.ms of the dead-letter topics (<topic>.dlq) the service creates: how "
+        "long a parked message can still be replayed (default 30 days; -1 keeps them).",
+    )
     consumer_group: str | None = Field(default=None, description="Defaults to 'crm-<service>'.")
 
     mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017/?directConnection=true")
@@ -109,6 +130,16 @@ class ServiceSettings(BaseSettings):
     def _sasl_needs_credentials(self) -> ServiceSettings:
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
             raise ValueError("CRM_KAFKA_SASL_USERNAME is required with a SASL security protocol")
+        return self
+
+    @model_validator(mode="after")
+    def _min_insync_within_replicas(self) -> ServiceSettings:
+        if self.kafka_min_insync_replicas > self.kafka_replication_factor:
+            raise ValueError(
+                f"CRM_KAFKA_MIN_INSYNC_REPLICAS ({self.kafka_min_insync_replicas}) cannot exceed "
+                f"CRM_KAFKA_REPLICATION_FACTOR ({self.kafka_replication_factor}): every acks=all "
+                "write would be refused"
+            )
         return self
 
     @property
