@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from crm_runtime import ServiceRuntime, ServiceSettings
 from crm_runtime.imports import ImportJobs
+from crm_runtime.picklist_api import picklists_router
 from fastapi import FastAPI
 from pydantic import Field
 
@@ -11,6 +12,7 @@ from .api import routers
 from .domain import DEFAULT_LOSS_REASONS, LossReason
 from .handlers import register_handlers
 from .import_targets import import_targets
+from .opportunity_events import SOURCE
 from .repository import Repositories
 from .use_cases import DuplicateRecord, Policy, seed_default_pipeline
 
@@ -20,14 +22,15 @@ class OpportunitiesSettings(ServiceSettings):
     default_loss_reasons: list[LossReason] = Field(
         default=list(DEFAULT_LOSS_REASONS),
         min_length=1,
-        description="Loss reasons of pipelines that define none (JSON list in CRM_DEFAULT_LOSS_REASONS).",
+        description="The loss_reason picklist until an administrator revises it (JSON list in "
+        'CRM_DEFAULT_LOSS_REASONS): values (no_budget) or names to make values of ("Bad luck": bad_luck).',
     )
 
 
 def create_app(settings: OpportunitiesSettings | None = None) -> FastAPI:
     settings = settings or OpportunitiesSettings()
     runtime = ServiceRuntime(settings)
-    repos = Repositories.of(runtime.db)
+    repos = Repositories.of(runtime.db, settings.default_loss_reasons)
     policy = Policy(
         company_currency=settings.company_currency, default_loss_reasons=tuple(settings.default_loss_reasons)
     )
@@ -48,7 +51,17 @@ def create_app(settings: OpportunitiesSettings | None = None) -> FastAPI:
             "Accounts, contacts and opportunities moving through configurable pipelines until "
             "they are won or lost; the closed opportunity's case."
         ),
-        routers=[*routers(runtime, repos, policy), imports.router()],
+        routers=[
+            *routers(runtime, repos, policy),
+            picklists_router(
+                runtime,
+                repos.picklists,
+                source=SOURCE,
+                lists="loss reasons",
+                matched_by="Closing an opportunity as lost (HTTP, the opportunities import)",
+            ),
+            imports.router(),
+        ],
         openapi_tags=[
             {"name": "pipelines", "description": "Pipelines and their ordered stages"},
             {"name": "products", "description": "The product catalogue line items come from"},
@@ -56,6 +69,11 @@ def create_app(settings: OpportunitiesSettings | None = None) -> FastAPI:
             {"name": "accounts", "description": "Companies the business tracks"},
             {"name": "contacts", "description": "People, usually at an account"},
             {"name": "opportunities", "description": "Potential revenue, stage moves, the case"},
+            {
+                "name": "picklists",
+                "description": "The organisation's loss reasons: values, labels, aliases that fold "
+                "spellings together, and what a blank or unknown reason gets",
+            },
             {
                 "name": "imports",
                 "description": "Import jobs: CSV or NDJSON files of accounts, contacts and opportunities "
