@@ -89,7 +89,9 @@ class PicklistRevised(Contract):
     version: int = Field(ge=1)
     values: list[PicklistValue]
     blank_value: PicklistCode | None = Field(
-        description="The value a capture that names none (missing, null or blank) gets"
+        default=None,
+        description="The value a record that names none (missing, null or blank) gets; absent or "
+        "null: such a record is refused",
     )
     unknown_values: UnknownValues
     revised_at: IsoDateTime
