@@ -829,7 +829,9 @@ def _check_open_forecast_category(category: ForecastCategory | None) -> None:
 
 
 # Fields whose value may be cleared with an explicit null.
-_CLEARABLE = frozenset({"expected_close_date", "owner_id", "primary_contact_id", "sales_team_id"})
+_CLEARABLE = frozenset(
+    {"expected_close_date", "owner_id", "primary_contact_id", "sales_team_id", "forecast_category"}
+)
 
 
 def _text(value: Any) -> str | None:
