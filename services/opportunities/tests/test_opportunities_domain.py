@@ -237,8 +237,8 @@ def test_closing_as_lost_needs_a_loss_reason() -> None:
     assert opp.status is OpportunityStatus.OPEN and opp.version == 1
 
 
-def test_the_loss_reason_comes_from_the_pipelines_list_or_the_default_one() -> None:
-    with pytest.raises(InvalidRequest, match="not one of"):
+def test_the_loss_reason_comes_from_the_pipelines_list_or_the_organisations_picklist() -> None:
+    with pytest.raises(InvalidRequest, match="'bad luck' is not a value of the loss_reason picklist"):
         opportunity().move_to_stage(pipeline(), "closed_lost", by=REP, now=at(1), loss_reason="bad luck")
     opp = opportunity()
     opp.move_to_stage(
@@ -246,10 +246,10 @@ def test_the_loss_reason_comes_from_the_pipelines_list_or_the_default_one() -> N
         "closed_lost",
         by=REP,
         now=at(1),
-        loss_reason="bad luck",
+        loss_reason="Bad Luck",
         default_loss_reasons=["bad luck"],
-    )
-    assert (opp.status, opp.loss_reason, opp.probability) == (OpportunityStatus.LOST, "bad luck", 0)
+    )  # a list configured by name: its value is made of the name, any spelling of it matches
+    assert (opp.status, opp.loss_reason, opp.probability) == (OpportunityStatus.LOST, "bad_luck", 0)
     custom = Pipeline(
         id="p2", name="P2", stages=[stage("a"), WON, LOST], loss_reasons=["churned"], created_at=T0
     )
@@ -818,3 +818,29 @@ def test_a_csv_row_carries_its_stage_history_in_one_cell() -> None:
             {"external_id": "O-2", "name": "x", "account_id": "a", "stage_history": "prospecting 2025-01-10"}
         )
     assert problems_of(err.value)[0].field == "stage_history"
+
+
+def test_a_reps_forecast_category_overrides_the_stages_until_the_next_move() -> None:
+    from crm_contracts.events.opportunities import ForecastCategory
+    from crm_opportunities.domain import OpportunityChanges
+
+    opp = opportunity()
+    assert (opp.forecast_category, opp.forecast_category_overridden) == (ForecastCategory.PIPELINE, False)
+    assert opp.update(OpportunityChanges(forecast_category=ForecastCategory.COMMIT), by=REP, now=at(1)) == [
+        "forecast_category"
+    ]
+    assert (opp.forecast_category, opp.forecast_category_overridden) == (ForecastCategory.COMMIT, True)
+    assert opp.figures().forecast_category_overridden is True
+    with pytest.raises(InvalidRequest, match="closed comes with winning"):
+        opp.update(OpportunityChanges(forecast_category=ForecastCategory.CLOSED), by=REP, now=at(2))
+    opp.update(OpportunityChanges(forecast_category=None), by=REP, now=at(3))
+    assert (opp.forecast_category, opp.forecast_category_overridden) == (ForecastCategory.PIPELINE, False)
+    opp.update(OpportunityChanges(forecast_category=ForecastCategory.BEST_CASE), by=REP, now=at(4))
+    opp.move_to_stage(pipeline(), "closed_lost", by=REP, now=at(5), loss_reason="Price", loss_note="Too dear")
+    assert (opp.forecast_category, opp.forecast_category_overridden) == (ForecastCategory.OMITTED, False)
+    assert (opp.loss_reason, opp.loss_note, opp.competitor) == ("price", "Too dear", None)
+
+
+def test_a_loss_note_or_competitor_only_comes_with_closing_lost() -> None:
+    with pytest.raises(InvalidRequest, match="competitor only applies when closing as lost"):
+        opportunity().move_to_stage(pipeline(), "closed_won", by=REP, now=at(1), competitor="Rival")

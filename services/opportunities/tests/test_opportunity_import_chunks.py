@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from crm_contracts.events.common import Actor
+from crm_contracts.events.opportunities import OpportunityClosed
+from crm_contracts.events.picklists import PicklistName, UnknownValues
 from crm_opportunities.domain import (
     DEFAULT_LOSS_REASONS,
     Account,
@@ -36,6 +38,7 @@ from crm_opportunities.opportunity_import import (
 )
 from crm_opportunities.opportunity_rows import OpportunityRow
 from crm_opportunities.use_cases import Policy
+from crm_runtime.picklists import Picklist
 from crm_runtime.uploads import UnreadableUpload
 from pydantic import ValidationError
 
@@ -43,6 +46,7 @@ T0 = datetime(2025, 1, 10, 9, 0, tzinfo=UTC)
 SYSTEM = "old-crm"
 BY = Actor(id=f"import:{SYSTEM}")
 POLICY = Policy(company_currency="EUR")
+LOSS_REASONS = Picklist.default(PicklistName.LOSS_REASON)
 
 
 def at(days: float) -> datetime:
@@ -65,7 +69,11 @@ def account(external_id: str = "A-1") -> Account:
     )
 
 
-def records(*opportunities: Opportunity, accounts: tuple[Account, ...] = ()) -> ChunkRecords:
+def records(
+    *opportunities: Opportunity,
+    accounts: tuple[Account, ...] = (),
+    loss_reasons: Picklist = LOSS_REASONS,
+) -> ChunkRecords:
     pipeline = default_pipeline(T0)
     products = [
         product("widget", "Wïdget Pro", "19.90"),
@@ -81,6 +89,7 @@ def records(*opportunities: Opportunity, accounts: tuple[Account, ...] = ()) -> 
         products=Names("product", [(p, (p.id, p.name)) for p in products]),
         teams=Names("sales team", [(t, (t.id, t.name)) for t in teams]),
         teams_by_id={t.id: t for t in teams},
+        loss_reasons=loss_reasons,
     )
 
 
@@ -321,16 +330,53 @@ def test_an_open_deal_imported_again_gets_its_new_figures_line_items_and_stage()
     )  # read copy untouched
 
 
-def test_a_loss_reason_is_one_of_the_pipelines_written_as_a_label_or_as_its_code() -> None:
+def test_a_loss_reason_is_folded_by_the_organisations_picklist_aliases_included() -> None:
     assert "no_budget" in DEFAULT_LOSS_REASONS
     lost = resolve(row(stage_id="closed_lost", loss_reason="No Budget"), 1, records(), SYSTEM, POLICY)
     assert lost.loss_reason == "no_budget"
+    defaults = Picklist.default(PicklistName.LOSS_REASON)
+    revised = defaults.revised(
+        [
+            v.model_copy(update={"aliases": ["Too expensive"]}) if v.value == "price" else v
+            for v in defaults.values
+        ],
+        blank_value=None,
+        unknown_values=UnknownValues.REJECT,
+        now=T0,
+        by="admin-1",
+    )
+    aliased = resolve(
+        row(stage_id="closed_lost", loss_reason="too-expensive"),
+        1,
+        records(loss_reasons=revised),
+        SYSTEM,
+        POLICY,
+    )
+    assert aliased.loss_reason == "price"
     with pytest.raises(RowRefused) as err:
-        resolve(
-            row(stage_id="closed_lost", loss_reason="no budget"),
-            1,
-            records(),
-            SYSTEM,
-            Policy(company_currency="EUR", default_loss_reasons=("price",)),
-        )
-    assert err.value.reason == "unknown loss reason 'no budget'"
+        resolve(row(stage_id="closed_lost", loss_reason="Budjet"), 1, records(), SYSTEM, POLICY)
+    assert (err.value.column, err.value.value) == ("loss_reason", "Budjet")
+    assert (
+        err.value.reason
+        == "'Budjet' is not a value of the loss_reason picklist; did you mean 'no_budget' or 'No budget'?"
+    )
+
+
+def test_a_lost_row_keeps_its_loss_note_and_competitor_in_the_closed_event() -> None:
+    resolved = resolve(
+        row(
+            stage_id="closed_lost",
+            loss_reason="price",
+            loss_note="Went with a cheaper bid",
+            competitor="Rival AG",
+        ),
+        1,
+        records(),
+        SYSTEM,
+        POLICY,
+    )
+    applied = apply_new(resolved, figures_in(records()), POLICY, BY)
+    closed = [event.data for _, event in applied.emissions if isinstance(event.data, OpportunityClosed)]
+    assert [(c.loss_reason, c.loss_note, c.competitor) for c in closed] == [
+        ("price", "Went with a cheaper bid", "Rival AG")
+    ]

@@ -11,7 +11,7 @@ from statistics import median
 from typing import Any
 
 from crm_contracts.events.leads import default_picklist_values
-from crm_contracts.events.opportunities import StageKind
+from crm_contracts.events.opportunities import StageKind, default_loss_reason_values
 from crm_contracts.events.picklists import PicklistName
 from crm_reporting.domain import FUNNEL_STEPS, LeadFacts, OpportunityFacts, value_of
 from crm_reporting.memory import MemoryFactStore
@@ -322,11 +322,14 @@ def win_loss(store: MemoryFactStore, q: WinLossQuery) -> list[WinLossRow]:
                 },
                 average_cycle_days=ms_to_days(sum(f["wc"]) + sum(f["lc"]), len(f["wc"]) + len(f["lc"])),
                 average_won_cycle_days=ms_to_days(sum(f["wc"]), len(f["wc"])),
+                # the story revises no picklist: the default loss reasons' labels
+                label=DEFAULT_LOSS_REASON_LABELS.get(key[0] or "") if q.group_by == "loss_reason" else None,
             )
         )
     return rows
 
 
+DEFAULT_LOSS_REASON_LABELS = {v.value: v.label for v in default_loss_reason_values()}
 DEFAULT_SOURCE_LABELS = {v.value: v.label for v in default_picklist_values(PicklistName.LEAD_SOURCE)}
 
 

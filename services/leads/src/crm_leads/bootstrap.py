@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from crm_runtime import ServiceRuntime, ServiceSettings
 from crm_runtime.imports import ImportJobs
+from crm_runtime.picklist_api import picklists_router
 from fastapi import FastAPI
 from pydantic import Field
 
@@ -11,9 +12,8 @@ from .api import leads_router
 from .bulk_api import bulk_router
 from .handlers import register_handlers
 from .imports import lead_import
-from .picklist_api import picklists_router
 from .repository import LeadRepository
-from .use_cases import RESCORING_JOB, Rescoring, rescoring_step
+from .use_cases import RESCORING_JOB, SOURCE, Rescoring, rescoring_step
 
 
 class LeadsSettings(ServiceSettings):
@@ -37,13 +37,20 @@ def create_app(settings: LeadsSettings | None = None) -> FastAPI:
     runtime.on_startup(rescoring.resume_if_needed)
     runtime.on_shutdown(rescoring.stop)
     register_handlers(runtime.consumer, repo)
+    lead_picklists = picklists_router(
+        runtime,
+        repo.picklist_store,
+        source=SOURCE,
+        lists="lead sources, origins",
+        matched_by="Captures (lead.captured, HTTP, imports)",
+    )
     return runtime.create_app(
         title="CRM leads",
         description="Capture leads from any system, de-duplicate, qualify hot/warm/cold, convert.",
         routers=[
             bulk_router(runtime, repo),
             *leads_router(runtime, repo, rescoring),
-            picklists_router(runtime, repo),
+            lead_picklists,
             imports.router(),
         ],
         openapi_tags=[

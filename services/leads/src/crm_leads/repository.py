@@ -16,14 +16,14 @@ import bson
 from bson.codec_options import CodecOptions
 from crm_contracts.events.leads import LeadStatus
 from crm_runtime.mongo import Document, from_bson, to_bson
+from crm_runtime.picklist_store import PicklistStore
 from pymongo import ASCENDING, DESCENDING, ReplaceOne, UpdateMany
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from .domain import MAX_DUPLICATE_LINKS, OPEN_STATUSES, Lead, MatchKeys
-from .picklist_store import PicklistStore
-from .picklists import Picklists
+from .picklists import LEAD_PICKLISTS, Picklist, Picklists
 from .scoring import ScoringRules, default_rules
 
 LEADS = "leads"
@@ -93,11 +93,11 @@ class LeadRepository:
         self._rules_ttl = rules_ttl_seconds
         self._cached_rules: tuple[float, ScoringRules] | None = None
         self._rules_observers: list[Callable[[ScoringRules], None]] = []
-        self.picklist_store = PicklistStore(db)
+        self.picklist_store = PicklistStore(db, {name: Picklist.default(name) for name in LEAD_PICKLISTS})
 
     async def picklists(self, session: AsyncClientSession | None = None) -> Picklists:
         """The organisation's picklists captures are folded with."""
-        return await self.picklist_store.all(session)
+        return Picklists((await self.picklist_store.all(session)).lists)
 
     def on_new_scoring_rules(self, observer: Callable[[ScoringRules], None]) -> None:
         """Call ``observer`` when this process first sees a rule set another version than the

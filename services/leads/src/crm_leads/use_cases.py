@@ -41,7 +41,6 @@ from .domain import (
     shared_keys,
     timed_capture,
 )
-from .picklist_store import PicklistChanged
 from .picklists import Picklist
 from .repository import ConcurrentModification, LeadRepository, LeadStore
 from .scoring import ScoringRules, ScoringRuleSet
@@ -439,28 +438,18 @@ async def revise_picklist(
     expected_version: int | None,
     by: Actor,
 ) -> Picklist:
-    """Replace a picklist's values (labels, aliases, active flags, new values) and announce it
-    on ``picklist.revised``. Leads keep the values they hold; see ``Picklist.revised``."""
-    current = (await repo.picklist_store.all(uow.session)).of(name)
-    if expected_version is not None and expected_version != current.version:
-        raise PicklistChanged(f"expected_version: the {name} picklist is at version {current.version}")
-    now = now_ms()
-    revised = current.revised(
-        values, blank_value=blank_value, unknown_values=unknown_values, now=now, by=by.id
+    """Replace one of the leads service's picklists and announce it on ``picklist.revised``.
+    Leads keep the values they hold; see ``Picklist.revised``."""
+    return await repo.picklist_store.revise(
+        uow,
+        name,
+        values,
+        blank_value=blank_value,
+        unknown_values=unknown_values,
+        expected_version=expected_version,
+        by=by,
+        source=SOURCE,
     )
-    await repo.picklist_store.save(revised, current.version, uow.session)
-    await uow.emit(
-        catalog.PICKLIST_REVISED,
-        make_event(
-            catalog.PICKLIST_REVISED,
-            revised.revised_event(by),
-            source=SOURCE,
-            subject=name.value,
-            version=revised.version,
-            time=now,
-        ),
-    )
-    return revised
 
 
 async def rescore_leads(

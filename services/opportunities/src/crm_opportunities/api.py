@@ -22,7 +22,7 @@ from crm_contracts.events.common import (
     ShortText,
     SingleLine,
 )
-from crm_contracts.events.opportunities import AccountTier, AccountType, ContactConsent
+from crm_contracts.events.opportunities import AccountTier, AccountType, ContactConsent, ForecastCategory
 from crm_contracts.events.picklists import PicklistCode
 from crm_runtime import ApiError, ServiceRuntime, UnitOfWork
 from crm_runtime.external_refs import ByExternalReference, ExternalReference
@@ -36,11 +36,13 @@ from .domain import (
     AccountChanges,
     Address,
     Case,
+    Competitor,
     Contact,
     ContactChanges,
     ContactRole,
     IllegalTransition,
     InvalidRequest,
+    LossNote,
     LossReason,
     Opportunity,
     OpportunityChanges,
@@ -341,12 +343,17 @@ class NewOpportunityBody(_Body):
     created_at: IsoDateTime | None = Field(
         default=None, description="When it really happened (historical imports); now when omitted"
     )
+    forecast_category: ForecastCategory | None = Field(
+        default=None,
+        description="Overrides the stage's default forecast category (omitted, pipeline, best_case, "
+        "commit; closed comes with winning); the stage's when omitted",
+    )
     by: Actor
 
 
 class OpportunityPatch(_Body):
     """Only the fields present change; null clears expected_close_date, owner_id,
-    primary_contact_id and sales_team_id."""
+    primary_contact_id and sales_team_id, and puts forecast_category back to the stage's."""
 
     name: ShortText | None = None
     amount: Money | None = None
@@ -357,6 +364,10 @@ class OpportunityPatch(_Body):
     primary_contact_id: Id | None = None
     contact_roles: list[ContactRole] | None = Field(default=None, max_length=50)
     sales_team_id: Id | None = None
+    forecast_category: ForecastCategory | None = Field(
+        default=None,
+        description="Overrides the stage's default until the next stage move; null: the stage's again",
+    )
     by: Actor
     expected_version: ExpectedVersion = None
 
@@ -365,7 +376,17 @@ class StageMoveRequest(_Body):
     stage_id: Id
     by: Actor
     expected_version: ExpectedVersion = None
-    loss_reason: LossReason | None = Field(default=None, description="Required when closing as lost")
+    loss_reason: LossReason | None = Field(
+        default=None,
+        description="Closing as lost: a value, label or alias of the loss_reason picklist (GET "
+        "/picklists/loss_reason), matched ignoring case, spaces and punctuation and stored as the value; "
+        "a blank one gets the list's blank_value or is refused. A pipeline with loss reasons of its own "
+        "takes one of those, spelled exactly.",
+    )
+    loss_note: LossNote | None = Field(
+        default=None, description="Closing as lost: the rep's free-text account of why"
+    )
+    competitor: Competitor | None = Field(default=None, description="Closing as lost: who won the deal")
     probability: Percent | None = Field(default=None, description="Overrides the stage's default")
 
 
@@ -763,6 +784,7 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
             contact_roles=body.contact_roles,
             sales_team_id=body.sales_team_id,
             created_at=body.created_at,
+            forecast_category=body.forecast_category,
         )
         return await run(lambda uow: open_opportunity(repos, uow, new))
 
@@ -871,6 +893,8 @@ def routers(runtime: ServiceRuntime, repos: Repositories, policy: Policy) -> lis
                 expected_version=body.expected_version,
                 loss_reason=body.loss_reason,
                 probability=body.probability,
+                loss_note=body.loss_note,
+                competitor=body.competitor,
             ),
             path_field="opportunity_id",
         )

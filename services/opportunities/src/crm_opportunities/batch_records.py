@@ -251,6 +251,7 @@ class ConversionBatch:
             opportunities=self._opportunities,
             products=real.products,
             sales_teams=real.sales_teams,
+            picklists=real.picklists,
         )
 
     @classmethod

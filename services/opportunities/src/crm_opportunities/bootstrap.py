@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from crm_runtime import ServiceRuntime, ServiceSettings
 from crm_runtime.imports import ImportJobs
+from crm_runtime.picklist_api import picklists_router
 from fastapi import FastAPI
 from pydantic import Field
 
@@ -12,6 +13,7 @@ from .bulk_api import bulk_router
 from .domain import DEFAULT_LOSS_REASONS, LossReason
 from .handlers import register_handlers
 from .import_targets import import_targets
+from .opportunity_events import SOURCE
 from .repository import Repositories
 from .use_cases import DuplicateRecord, Policy, seed_default_pipeline
 
@@ -21,14 +23,15 @@ class OpportunitiesSettings(ServiceSettings):
     default_loss_reasons: list[LossReason] = Field(
         default=list(DEFAULT_LOSS_REASONS),
         min_length=1,
-        description="Loss reasons of pipelines that define none (JSON list in CRM_DEFAULT_LOSS_REASONS).",
+        description="The loss_reason picklist until an administrator revises it (JSON list in "
+        'CRM_DEFAULT_LOSS_REASONS): values (no_budget) or names to make values of ("Bad luck": bad_luck).',
     )
 
 
 def create_app(settings: OpportunitiesSettings | None = None) -> FastAPI:
     settings = settings or OpportunitiesSettings()
     runtime = ServiceRuntime(settings)
-    repos = Repositories.of(runtime.db)
+    repos = Repositories.of(runtime.db, settings.default_loss_reasons)
     policy = Policy(
         company_currency=settings.company_currency, default_loss_reasons=tuple(settings.default_loss_reasons)
     )
@@ -49,7 +52,18 @@ def create_app(settings: OpportunitiesSettings | None = None) -> FastAPI:
             "Accounts, contacts and opportunities moving through configurable pipelines until "
             "they are won or lost; the closed opportunity's case."
         ),
-        routers=[bulk_router(runtime, repos, policy), *routers(runtime, repos, policy), imports.router()],
+        routers=[
+            bulk_router(runtime, repos, policy),
+            *routers(runtime, repos, policy),
+            picklists_router(
+                runtime,
+                repos.picklists,
+                source=SOURCE,
+                lists="loss reasons",
+                matched_by="Closing an opportunity as lost (HTTP, the opportunities import)",
+            ),
+            imports.router(),
+        ],
         openapi_tags=[
             {"name": "pipelines", "description": "Pipelines and their ordered stages"},
             {"name": "products", "description": "The product catalogue line items come from"},
@@ -59,6 +73,11 @@ def create_app(settings: OpportunitiesSettings | None = None) -> FastAPI:
             {
                 "name": "opportunities",
                 "description": "Potential revenue, stage moves (one or in bulk), the case",
+            },
+            {
+                "name": "picklists",
+                "description": "The organisation's loss reasons: values, labels, aliases that fold "
+                "spellings together, and what a blank or unknown reason gets",
             },
             {
                 "name": "imports",

@@ -14,6 +14,8 @@ from typing import TypeVar
 import bson
 from bson.codec_options import CodecOptions
 from crm_runtime.mongo import Document
+from crm_runtime.picklist_store import PicklistStore
+from crm_runtime.picklists import Picklist, PicklistSet
 from pydantic import BaseModel
 from pymongo import ReplaceOne
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -114,6 +116,24 @@ class HeldSalesTeams(SalesTeamRepository):
         raise NotInABatch("changing an opportunity's sales team is not a bulk action")
 
 
+class HeldPicklists(PicklistStore):
+    """The loss reasons read once per bulk request (in its transaction), not once per item."""
+
+    def __init__(self, real: PicklistStore, session: AsyncClientSession) -> None:
+        self.defaults = real.defaults
+        self._real = real
+        self._session = session
+        self._read: PicklistSet | None = None
+
+    async def all(self, session: AsyncClientSession | None = None) -> PicklistSet:
+        if self._read is None:
+            self._read = await self._real.all(self._session)
+        return self._read
+
+    async def save(self, picklist: Picklist, expected_version: int, session: AsyncClientSession) -> None:
+        raise NotInABatch("revising a picklist is not a bulk action")
+
+
 class BulkRecords:
     """``Repositories`` for a bulk action over the opportunities it names."""
 
@@ -131,6 +151,7 @@ class BulkRecords:
             opportunities=self._opportunities,
             products=real.products,
             sales_teams=self._teams,
+            picklists=HeldPicklists(real.picklists, session),
         )
 
     @classmethod

@@ -13,8 +13,18 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from crm_contracts.events.common import MONEY_MAX, Actor, Currency, Id, Percent, ShortText, SingleLine
+from crm_contracts.events.common import (
+    MONEY_MAX,
+    Actor,
+    Currency,
+    Id,
+    MultiLine,
+    Percent,
+    ShortText,
+    SingleLine,
+)
 from crm_contracts.events.leads import Utm
+from crm_contracts.events.opportunities import DEFAULT_LOSS_REASONS as DEFAULT_LOSS_REASON_LABELS
 from crm_contracts.events.opportunities import (
     AccountCreated,
     AccountTier,
@@ -29,7 +39,8 @@ from crm_contracts.events.opportunities import (
     PipelineStage,
     StageKind,
 )
-from crm_contracts.events.picklists import PicklistCode
+from crm_contracts.events.picklists import PICKLIST_CODE_PATTERN, PicklistCode, PicklistName, PicklistValue
+from crm_runtime.picklists import Picklist, UnknownPicklistValue, value_code
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -44,18 +55,31 @@ from pydantic import (
 DEFAULT_PIPELINE_ID = "default"
 CENT = Decimal("0.01")
 
-# Used when a pipeline names no loss reasons of its own; the service can replace it by setting.
-DEFAULT_LOSS_REASONS: tuple[str, ...] = (
-    "price",
-    "competitor",
-    "no_budget",
-    "no_decision",
-    "timing",
-    "product_fit",
-    "other",
-)
+# The loss_reason picklist's values until an administrator revises it (the service can replace
+# them by setting); a pipeline with a list of its own uses that one instead.
+DEFAULT_LOSS_REASONS: tuple[str, ...] = tuple(value for value, _ in DEFAULT_LOSS_REASON_LABELS)
 
 LossReason = ShortText
+LossNote = Annotated[str, MultiLine(max_length=2000)]
+Competitor = Annotated[str, SingleLine(max_length=200)]
+
+
+def loss_reason_list(names: Sequence[str] | Picklist) -> Picklist:
+    """The loss_reason picklist as configured by names (``CRM_DEFAULT_LOSS_REASONS``): each a
+    value (``no_budget``) or a label to make one of (``"Bad luck"`` gives ``bad_luck``), plus
+    ``unknown``; the suite's labels for its own defaults. A picklist is taken as it is."""
+    if isinstance(names, Picklist):
+        return names
+    labels = dict(DEFAULT_LOSS_REASON_LABELS)
+    values: list[PicklistValue] = []
+    for name in names:
+        code = name if re.fullmatch(PICKLIST_CODE_PATTERN, name) else value_code(name)
+        if all(entry.value != code for entry in values):
+            values.append(PicklistValue(value=code, label=labels.get(code, name)))
+    default = Picklist.default(PicklistName.LOSS_REASON)
+    unknown = [entry for entry in default.values if entry.value == "unknown"]
+    values += [entry for entry in unknown if all(v.value != "unknown" for v in values)]
+    return Picklist(name=PicklistName.LOSS_REASON, values=values, blank_value=None)
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -163,7 +187,7 @@ class Pipeline(BaseModel):
                 return index
         return None
 
-    def defined_event(self, default_loss_reasons: Sequence[str]) -> PipelineDefined:
+    def defined_event(self, default_loss_reasons: Sequence[str] | Picklist) -> PipelineDefined:
         """The full definition, so readers can order stages without asking this service."""
         return PipelineDefined(
             pipeline_id=self.id,
@@ -183,8 +207,36 @@ class Pipeline(BaseModel):
             defined_at=self.updated_at or self.created_at,
         )
 
-    def allowed_loss_reasons(self, default: Sequence[str]) -> Sequence[str]:
-        return self.loss_reasons if self.loss_reasons is not None else default
+    def allowed_loss_reasons(self, default: Sequence[str] | Picklist) -> Sequence[str]:
+        """The pipeline's own list, else the organisation's (its active values)."""
+        if self.loss_reasons is not None:
+            return self.loss_reasons
+        return default.active_values() if isinstance(default, Picklist) else default
+
+    def loss_reason(self, given: str | None, organisation: Sequence[str] | Picklist) -> str:
+        """The loss reason a close as lost stores for ``given``. A pipeline with a list of its
+        own (kept for installations that had them) takes only its values, spelled exactly; else
+        the organisation's loss_reason picklist folds the spelling (aliases, case, blanks)."""
+        if self.loss_reasons is not None:
+            if not given:
+                raise InvalidRequest(
+                    f"closing as lost needs a loss_reason, one of: {', '.join(self.loss_reasons)}",
+                    field="loss_reason",
+                )
+            if given not in self.loss_reasons:
+                raise InvalidRequest(
+                    f"loss_reason {given!r} is not one of: {', '.join(self.loss_reasons)}",
+                    field="loss_reason",
+                )
+            return given
+        picklist = loss_reason_list(organisation)
+        try:
+            return picklist.resolve(given)
+        except UnknownPicklistValue as exc:
+            reason = exc.reason
+            if not exc.given:
+                reason = f"closing as lost needs a loss_reason, one of: {', '.join(picklist.active_values())}"
+            raise InvalidRequest(f"loss_reason: {reason}", field="loss_reason") from exc
 
     def revise(
         self,
@@ -805,10 +857,25 @@ class OpportunityChanges(BaseModel):
     primary_contact_id: str | None = None
     contact_roles: list[ContactRole] | None = None
     sales_team_id: str | None = None
+    forecast_category: ForecastCategory | None = Field(
+        default=None, description="Overrides the stage's default; null goes back to the stage's"
+    )
+
+
+def _check_open_forecast_category(category: ForecastCategory | None) -> None:
+    # closed belongs to won deals: an open one in it would count as booked revenue.
+    if category is ForecastCategory.CLOSED:
+        raise InvalidRequest(
+            "an open opportunity's forecast category is omitted, pipeline, best_case or commit; "
+            "closed comes with winning it",
+            field="forecast_category",
+        )
 
 
 # Fields whose value may be cleared with an explicit null.
-_CLEARABLE = frozenset({"expected_close_date", "owner_id", "primary_contact_id", "sales_team_id"})
+_CLEARABLE = frozenset(
+    {"expected_close_date", "owner_id", "primary_contact_id", "sales_team_id", "forecast_category"}
+)
 
 
 def _text(value: Any) -> str | None:
@@ -855,6 +922,9 @@ class Opportunity(BaseModel):
     closed_at: AwareDatetime | None = None
     closed_by: Actor | None = None
     loss_reason: str | None = None
+    loss_note: str | None = Field(default=None, description="When lost: the rep's account of why")
+    competitor: str | None = Field(default=None, description="When lost: who won the deal instead")
+    forecast_category_overridden: bool = False
     contact_roles: list[ContactRole] = Field(default_factory=list)
     sales_team_id: str | None = None
     line_items: list[LineItem] = Field(default_factory=list)
@@ -891,13 +961,16 @@ class Opportunity(BaseModel):
         utm: Utm | None = None,
         contact_roles: Sequence[ContactRole] = (),
         sales_team_id: str | None = None,
+        forecast_category: ForecastCategory | None = None,
     ) -> Opportunity:
-        """A new opportunity in ``stage_id`` (the pipeline's first stage when omitted)."""
+        """A new opportunity in ``stage_id`` (the pipeline's first stage when omitted), in the
+        stage's forecast category unless ``forecast_category`` overrides it."""
         stage = pipeline.stage(stage_id) if stage_id is not None else pipeline.first_stage
         if stage.is_closed:
             raise InvalidRequest(
                 f"a new opportunity starts in an open stage, not {stage.id!r}", field="stage_id"
             )
+        _check_open_forecast_category(forecast_category)
         visit = _visit(
             pipeline.id, stage, probability if probability is not None else stage.probability, now, by
         )
@@ -914,7 +987,8 @@ class Opportunity(BaseModel):
             stage_kind=stage.kind,
             probability=visit.probability,
             probability_overridden=probability is not None and probability != stage.probability,
-            forecast_category=stage.forecast_category,
+            forecast_category=forecast_category or stage.forecast_category,
+            forecast_category_overridden=forecast_category not in (None, stage.forecast_category),
             amount=amount if amount is not None else Decimal("0"),
             currency=currency,
             expected_close_date=expected_close_date,
@@ -939,12 +1013,14 @@ class Opportunity(BaseModel):
         created_at: datetime | None,
         closed_at: datetime | None,
         loss_reason: str | None,
-        default_loss_reasons: Sequence[str],
+        default_loss_reasons: Sequence[str] | Picklist,
         by: Actor,
         now: datetime,
         history: Sequence[HistoricalStage] = (),
         line_items: Sequence[LineItem] = (),
         derive_amount: bool = True,
+        loss_note: str | None = None,
+        competitor: str | None = None,
         **fields: Any,
     ) -> ImportedOpportunity:
         """An opportunity brought over from another CRM, replayed through its original stages
@@ -997,6 +1073,8 @@ class Opportunity(BaseModel):
                     loss_reason=loss_reason if last else None,
                     probability=probability if last and last_is_open else None,
                     default_loss_reasons=default_loss_reasons,
+                    loss_note=loss_note if last else None,
+                    competitor=competitor if last else None,
                 )
             except OpportunityRuleViolation as exc:
                 field = (
@@ -1026,10 +1104,13 @@ class Opportunity(BaseModel):
         now: datetime,
         loss_reason: str | None = None,
         probability: int | None = None,
-        default_loss_reasons: Sequence[str] = DEFAULT_LOSS_REASONS,
+        default_loss_reasons: Sequence[str] | Picklist = DEFAULT_LOSS_REASONS,
+        loss_note: str | None = None,
+        competitor: str | None = None,
     ) -> StageMove:
-        """Move forward or backward within the pipeline. Closing as lost needs a reason from
-        the pipeline's list; a closed opportunity only leaves its stage through ``reopen``."""
+        """Move forward or backward within the pipeline. Closing as lost needs a reason (see
+        ``Pipeline.loss_reason``), and may say more in a note and name the competitor who won;
+        a closed opportunity only leaves its stage through ``reopen``."""
         self._check_pipeline(pipeline)
         if self.is_closed:
             raise IllegalTransition(
@@ -1042,22 +1123,24 @@ class Opportunity(BaseModel):
                 f"opportunity {self.id} is already in stage {target.id!r}", field="stage_id"
             )
         if target.kind is StageKind.CLOSED_LOST:
-            allowed = pipeline.allowed_loss_reasons(default_loss_reasons)
-            if not loss_reason:
-                raise InvalidRequest(
-                    f"closing as lost needs a loss_reason, one of: {', '.join(allowed)}", field="loss_reason"
-                )
-            if loss_reason not in allowed:
-                raise InvalidRequest(
-                    f"loss_reason {loss_reason!r} is not one of: {', '.join(allowed)}", field="loss_reason"
-                )
-        elif loss_reason is not None:
-            raise InvalidRequest("loss_reason only applies when closing as lost", field="loss_reason")
+            loss_reason = pipeline.loss_reason(loss_reason, default_loss_reasons)
+        else:
+            for name, value in (
+                ("loss_reason", loss_reason),
+                ("loss_note", loss_note),
+                ("competitor", competitor),
+            ):
+                if value is not None:
+                    raise InvalidRequest(f"{name} only applies when closing as lost", field=name)
         if target.is_closed and probability is not None and probability != target.probability:
             raise InvalidRequest(
                 f"a {target.kind.value} opportunity has probability {target.probability}", field="probability"
             )
-        return self._enter(target, probability, by=by, now=now, loss_reason=loss_reason)
+        move = self._enter(target, probability, by=by, now=now, loss_reason=loss_reason)
+        if target.kind is StageKind.CLOSED_LOST:
+            self.loss_note = loss_note or None
+            self.competitor = competitor or None
+        return move
 
     def reopen(
         self,
@@ -1147,7 +1230,12 @@ class Opportunity(BaseModel):
         self.status = _STATUS_OF_KIND[target.kind]
         self.probability = visit.probability
         self.probability_overridden = visit.probability != target.probability
+        # A rep's forecast category, like a probability, holds until the next move (as in
+        # Salesforce, a new stage brings its own default).
         self.forecast_category = target.forecast_category
+        self.forecast_category_overridden = False
+        self.loss_note = None
+        self.competitor = None
         if target.is_closed:
             self.closed_at = now
             self.closed_by = by
@@ -1178,6 +1266,9 @@ class Opportunity(BaseModel):
         if "currency" in fields and changes.currency != self.currency and self.line_items:
             raise InvalidRequest("the line items are priced in the current currency", field="currency")
         changed: list[str] = []
+        if "forecast_category" in fields:
+            fields.remove("forecast_category")
+            changed += self._override_forecast_category(changes.forecast_category, by=by, now=now)
         for name in fields:
             previous = getattr(self, name)
             setattr(self, name, getattr(changes, name))
@@ -1193,6 +1284,28 @@ class Opportunity(BaseModel):
         if changed:
             self._touch(now)
         return changed
+
+    def _override_forecast_category(
+        self, category: ForecastCategory | None, *, by: Actor, now: datetime
+    ) -> list[str]:
+        """A rep's forecast category (None: the stage's default again)."""
+        _check_open_forecast_category(category)
+        default = self.stage_history[-1].forecast_category if self.stage_history else self.forecast_category
+        previous = self.forecast_category
+        self.forecast_category = category or default
+        self.forecast_category_overridden = self.forecast_category != default
+        if self.forecast_category == previous:
+            return []
+        self.changes.append(
+            FieldChange(
+                field="forecast_category",
+                previous=previous.value,
+                value=self.forecast_category.value,
+                at=now,
+                by=by,
+            )
+        )
+        return ["forecast_category"]
 
     def set_line_items(
         self, items: Sequence[LineItem], *, derive_amount: bool, by: Actor, now: datetime
@@ -1253,6 +1366,7 @@ class Opportunity(BaseModel):
             stage_kind=self.stage_kind,
             probability=self.probability,
             forecast_category=self.forecast_category,
+            forecast_category_overridden=self.forecast_category_overridden,
             amount=self.amount,
             currency=self.currency,
             expected_close_date=self.expected_close_date,
@@ -1345,6 +1459,8 @@ class Case(BaseModel):
     opportunity: Opportunity
     outcome: OpportunityStatus
     loss_reason: str | None
+    loss_note: str | None = None
+    competitor: str | None = None
     closed_at: AwareDatetime
     closed_by: Actor | None
     cycle_days: float = Field(description="Days from creation to close")
@@ -1378,6 +1494,8 @@ def build_case(
         opportunity=opportunity,
         outcome=opportunity.status,
         loss_reason=opportunity.loss_reason,
+        loss_note=opportunity.loss_note,
+        competitor=opportunity.competitor,
         closed_at=opportunity.closed_at,
         closed_by=opportunity.closed_by,
         cycle_days=round((opportunity.closed_at - opportunity.created_at).total_seconds() / 86400, 3),

@@ -174,6 +174,7 @@ class ImportBatch:
             opportunities=real.opportunities,
             products=real.products,
             sales_teams=real.sales_teams,
+            picklists=real.picklists,
         )
 
     async def save(self) -> None:

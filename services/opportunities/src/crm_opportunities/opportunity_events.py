@@ -84,6 +84,8 @@ def opportunity_moved(
             amount=opportunity.amount,
             currency=opportunity.currency,
             loss_reason=opportunity.loss_reason,
+            loss_note=opportunity.loss_note,
+            competitor=opportunity.competitor,
             closed_at=now,
             closed_by=by,
             opportunity=figures,

@@ -23,9 +23,11 @@ from typing import Any, TypeVar
 from crm_contracts.envelope import utcnow
 from crm_contracts.events.common import Actor
 from crm_contracts.events.opportunities import OpportunityFigures, StageKind
+from crm_contracts.events.picklists import PicklistName
 from crm_runtime import UnitOfWork
 from crm_runtime.imports import ImportContext, ImportRow, ImportTarget, Rejection, rejections_of
 from crm_runtime.mongo import Document
+from crm_runtime.picklists import Picklist, UnknownPicklistValue
 from crm_runtime.suggestions import did_you_mean
 from crm_runtime.uploads import UnreadableUpload
 from pydantic import BaseModel, ValidationError
@@ -90,6 +92,8 @@ class ChunkRecords:
     products: Names[Product]
     teams: Names[SalesTeam]
     teams_by_id: dict[str, SalesTeam]
+    loss_reasons: Picklist
+    """The organisation's loss_reason picklist, read once for the chunk."""
 
     @classmethod
     async def load(
@@ -118,7 +122,9 @@ class ChunkRecords:
             *(o.sales_team_id for o in opportunities.values() if o.sales_team_id),
         }
         teams = await _catalogue(repos.sales_teams, team_names, session)
+        loss_reasons = (await repos.picklists.all(session)).of(PicklistName.LOSS_REASON)
         return cls(
+            loss_reasons=loss_reasons,
             opportunities=opportunities,
             accounts=accounts,
             pipelines=Names("pipeline", ((p, (p.id, p.name)) for p in pipelines)),
@@ -173,6 +179,7 @@ class ResolvedRow:
     loss_reason: str | None
     currency: str
     """The row's, else the company currency (a new deal's; line items are priced in it)."""
+    loss_reasons: Picklist
 
 
 def resolve(
@@ -206,11 +213,14 @@ def resolve(
     if row.status is not None:
         stage_id = _stage_of_status(row, pipeline, stage_id or (history[-1].stage_id if history else None))
     loss_reason = None
-    if row.loss_reason is not None:
-        reasons = Names(
-            "loss reason", ((r, (r,)) for r in pipeline.allowed_loss_reasons(policy.default_loss_reasons))
-        )
+    if row.loss_reason is not None and pipeline.loss_reasons is not None:  # the pipeline's own list
+        reasons = Names("loss reason", ((r, (r,)) for r in pipeline.loss_reasons))
         loss_reason = _named(reasons, "loss_reason", row.loss_reason)
+    elif row.loss_reason is not None:
+        try:
+            loss_reason = records.loss_reasons.resolve(row.loss_reason)
+        except UnknownPicklistValue as exc:
+            raise RowRefused("loss_reason", row.loss_reason, exc.reason) from exc
     sales_team_id = None
     if row.sales_team_id is not None:
         sales_team_id = _named(records.teams, "sales_team_id", row.sales_team_id).id
@@ -232,6 +242,7 @@ def resolve(
         sales_team_id=sales_team_id,
         currency=currency,
         loss_reason=loss_reason,
+        loss_reasons=records.loss_reasons,
     )
 
 
@@ -318,7 +329,9 @@ def apply_new(resolved: ResolvedRow, figures: FiguresOf, policy: Policy, by: Act
         created_at=row.created_at,
         closed_at=row.closed_at,
         loss_reason=resolved.loss_reason,
-        default_loss_reasons=policy.default_loss_reasons,
+        default_loss_reasons=resolved.loss_reasons,
+        loss_note=row.loss_note,
+        competitor=row.competitor,
         by=by,
         now=utcnow(),
         history=resolved.history,
@@ -423,7 +436,9 @@ def apply_again(
             by=by,
             now=now,
             loss_reason=resolved.loss_reason,
-            default_loss_reasons=policy.default_loss_reasons,
+            default_loss_reasons=resolved.loss_reasons,
+            loss_note=row.loss_note,
+            competitor=row.competitor,
         )
     if move is not None:
         applied.emissions += opportunity_moved(work, move, figures(work), by=by)

@@ -22,7 +22,7 @@ from crm_contracts.events.common import (
 from crm_contracts.events.picklists import PicklistCode
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .domain import DEFAULT_PIPELINE_ID
+from .domain import DEFAULT_PIPELINE_ID, Competitor, LossNote
 from .imports import ImportRow
 
 # A name as another CRM spells it: the id or the name of a record here (see ``names``).
@@ -117,8 +117,12 @@ class OpportunityRow(ImportRow):
     created_at: IsoDateTime | None = Field(default=None, description="The original creation time")
     closed_at: IsoDateTime | None = None
     loss_reason: Name | None = Field(
-        default=None, description="Why it was lost: one of the pipeline's reasons"
+        default=None,
+        description="Why it was lost: a value, label or alias of the loss_reason picklist (a pipeline "
+        "with reasons of its own: one of those)",
     )
+    loss_note: LossNote | None = Field(default=None, description="Lost: the rep's account of why")
+    competitor: Competitor | None = Field(default=None, description="Lost: who won the deal instead")
     stage_history: list[HistoryEntry] | None = Field(
         default=None,
         min_length=1,

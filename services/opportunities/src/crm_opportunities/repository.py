@@ -5,11 +5,13 @@ changes cannot both win."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from crm_contracts.events.picklists import PicklistName
 from crm_runtime.mongo import Document, from_bson, to_bson
+from crm_runtime.picklist_store import PicklistStore
 from pydantic import BaseModel
 from pymongo import ASCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -18,6 +20,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from .domain import (
+    DEFAULT_LOSS_REASONS,
     MAX_HIERARCHY_DEPTH,
     Account,
     Contact,
@@ -26,6 +29,7 @@ from .domain import (
     Pipeline,
     Product,
     SalesTeam,
+    loss_reason_list,
 )
 
 PIPELINES = "pipelines"
@@ -262,10 +266,15 @@ class Repositories:
     opportunities: OpportunityRepository
     products: ProductRepository
     sales_teams: SalesTeamRepository
+    picklists: PicklistStore
+    """The organisation's picklists this service owns (loss reasons)."""
 
     @classmethod
-    def of(cls, db: AsyncDatabase[Document]) -> Repositories:
+    def of(
+        cls, db: AsyncDatabase[Document], default_loss_reasons: Sequence[str] = DEFAULT_LOSS_REASONS
+    ) -> Repositories:
         return cls(
+            picklists=PicklistStore(db, {PicklistName.LOSS_REASON: loss_reason_list(default_loss_reasons)}),
             pipelines=PipelineRepository(db[PIPELINES]),
             accounts=AccountRepository(db[ACCOUNTS], db[ACCOUNT_DOMAINS]),
             contacts=ContactRepository(db[CONTACTS]),

@@ -22,10 +22,12 @@ from crm_contracts.events.common import Actor
 from crm_contracts.events.leads import LeadConverted, Utm
 from crm_contracts.events.opportunities import (
     ContactConsent,
+    ForecastCategory,
     OpportunityFigures,
 )
-from crm_contracts.events.picklists import PicklistCode
+from crm_contracts.events.picklists import PicklistCode, PicklistName
 from crm_runtime import UnitOfWork, make_event
+from crm_runtime.picklists import Picklist
 from pydantic import BaseModel
 
 from .batch_records import ConversionBatch
@@ -440,6 +442,7 @@ class NewOpportunity:
     contact_roles: Sequence[ContactRole] = ()
     sales_team_id: str | None = None
     created_at: datetime | None = None
+    forecast_category: ForecastCategory | None = None
 
 
 async def open_opportunity(repos: Repositories, uow: UnitOfWork, new: NewOpportunity) -> Opportunity:
@@ -470,6 +473,7 @@ async def open_opportunity(repos: Repositories, uow: UnitOfWork, new: NewOpportu
         campaign_id=new.campaign_id,
         contact_roles=new.contact_roles,
         sales_team_id=new.sales_team_id,
+        forecast_category=new.forecast_category,
     )
     await repos.opportunities.add(opportunity, uow.session)
     figures = await _figures(repos, uow, opportunity, pipeline=pipeline, account=account)
@@ -493,6 +497,11 @@ async def _opportunity(
     return opportunity
 
 
+async def loss_reasons(repos: Repositories, uow: UnitOfWork) -> Picklist:
+    """The organisation's loss_reason picklist as it stands in this transaction."""
+    return (await repos.picklists.all(uow.session)).of(PicklistName.LOSS_REASON)
+
+
 async def move_opportunity(
     repos: Repositories,
     uow: UnitOfWork,
@@ -504,6 +513,8 @@ async def move_opportunity(
     expected_version: int | None = None,
     loss_reason: str | None = None,
     probability: int | None = None,
+    loss_note: str | None = None,
+    competitor: str | None = None,
 ) -> Opportunity:
     opportunity = await _opportunity(repos, uow, opportunity_id, expected_version)
     read_version = opportunity.version
@@ -516,7 +527,9 @@ async def move_opportunity(
         now=now,
         loss_reason=loss_reason,
         probability=probability,
-        default_loss_reasons=policy.default_loss_reasons,
+        default_loss_reasons=await loss_reasons(repos, uow),
+        loss_note=loss_note,
+        competitor=competitor,
     )
     await repos.opportunities.update(opportunity, read_version, uow.session)
     await _record_move(repos, uow, opportunity, move, pipeline=pipeline, by=by)

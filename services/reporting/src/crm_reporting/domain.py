@@ -358,6 +358,11 @@ class OpportunityFacts(Fact):
     won: bool | None = None
     closed_at: datetime | None = None
     loss_reason: str | None = None
+    loss_note: str | None = Field(default=None, description="From opportunity.closed, when lost.")
+    competitor: str | None = Field(default=None, description="From opportunity.closed, when lost.")
+    forecast_category_overridden: bool | None = Field(
+        default=None, description="The rep set forecast_category instead of the stage's default."
+    )
     converted_from_lead_id: str | None = Field(
         default=None, description="The lead whose conversion opened it (from lead.converted)."
     )
@@ -470,6 +475,7 @@ def _figures(figures: OpportunityFigures) -> dict[str, Any]:
         "stage_kind": figures.stage_kind,
         "probability": figures.probability,
         "forecast_category": figures.forecast_category,
+        "forecast_category_overridden": figures.forecast_category_overridden,
         "amount": figures.amount,
         "currency": figures.currency,
         "expected_close_date": figures.expected_close_date,
@@ -526,13 +532,15 @@ def apply_opportunity_event(opportunity: OpportunityFacts | None, event: CloudEv
             closed_at=to_millis(data.changed_at) if closed else None,
         )
         if not closed:
-            registers["loss_reason"] = None
+            registers.update(loss_reason=None, loss_note=None, competitor=None)
     elif isinstance(data, OpportunityClosed):
         # The closing amount is the one that counts (campaigns takes the same).
         registers.update(
             won=data.won,
             closed_at=to_millis(data.closed_at),
             loss_reason=data.loss_reason,
+            loss_note=data.loss_note,
+            competitor=data.competitor,
             amount=data.amount,
             currency=data.currency,
         )

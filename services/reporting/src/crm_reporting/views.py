@@ -17,9 +17,10 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from crm_contracts.events.campaigns import CampaignStatus, CampaignType
-from crm_contracts.events.leads import LeadRating, default_picklist_values
+from crm_contracts.events.leads import LeadRating
 from crm_contracts.events.opportunities import ForecastCategory
 from crm_contracts.events.picklists import PicklistCode, PicklistName
+from crm_runtime.picklists import default_values
 from pydantic import BaseModel, ConfigDict, Field
 
 from .aggregates import (
@@ -583,7 +584,8 @@ async def lead_source_rows(source: ViewSource, query: LeadSourceQuery) -> list[L
 
 async def picklist_labels(source: ViewSource, picklist: PicklistName) -> dict[str, str]:
     """Each value's label: the newest revision's (``picklist.revised``), else the default's."""
-    labels = {entry.value: entry.label for entry in default_picklist_values(picklist)}
+    values, _ = default_values(picklist)
+    labels = {entry.value: entry.label for entry in values}
     selector = Selector(LABELS, LABEL_CUBOID, match={"picklist": picklist.value}, periods=(ALL,))
     for doc in await source.counters(selector):
         label = doc.text("label")
@@ -643,6 +645,11 @@ class WinLossRow(BaseModel):
     won_revenue_in_other_currencies: dict[str, Decimal]
     average_cycle_days: Decimal | None = Field(description="Created to closed, won and lost.")
     average_won_cycle_days: Decimal | None = Field(description="Created to won.")
+    label: str | None = Field(
+        default=None,
+        description="group_by=loss_reason: the reason's label in the organisation's loss_reason "
+        "picklist (the opportunities service's GET /picklists/loss_reason; its newest picklist.revised)",
+    )
 
 
 async def win_loss_rows(source: ViewSource, query: WinLossQuery) -> list[WinLossRow]:
@@ -652,6 +659,8 @@ async def win_loss_rows(source: ViewSource, query: WinLossQuery) -> list[WinLoss
     dated = await read_dated(
         source, WIN_LOSS, cuboid, match, query.period_from, query.period_to, query.period, group
     )
+    by_reason = query.group_by is WinLossDimension.LOSS_REASON
+    labels = await picklist_labels(source, PicklistName.LOSS_REASON) if by_reason else {}
     rows = []
     for key in sorted(dated, key=lambda k: (sort_key(k[0][0] if k[0] else None), sort_key(k[1]))):
         f = dated[key]
@@ -675,6 +684,7 @@ async def win_loss_rows(source: ViewSource, query: WinLossQuery) -> list[WinLoss
                 won_revenue_in_other_currencies={c: from_cents(v) for c, v in sorted(amounts.items())},
                 average_cycle_days=ms_to_days(f.get("won_cycle_ms", 0) + f.get("lost_cycle_ms", 0), cycles),
                 average_won_cycle_days=ms_to_days(f.get("won_cycle_ms", 0), f.get("won_cycles", 0)),
+                label=labels.get(str(key[0][0])) if by_reason and key[0] and key[0][0] else None,
             )
         )
     return rows

@@ -237,10 +237,11 @@ CAMPAIGN_MEMBER_STATUS_CHANGED = EventSpec(
 PICKLIST_REVISED = EventSpec(
     "picklist.revised",
     picklists.PicklistRevised,
-    description="An administrator revised one of the organisation's picklists (lead sources, "
-    "origins): its full list of values with labels, aliases and whether each is active. Keyed by "
-    "the picklist's name; a picklist never revised has its default values.",
-    producer="leads",
+    description="An administrator revised one of the organisation's picklists: its full list of "
+    "values with labels, aliases and whether each is active. Keyed by the picklist's name; a "
+    "picklist never revised has its default values. The leads service publishes lead_source and "
+    "lead_origin, the opportunities service loss_reason (each list has one owner).",
+    producer="leads, opportunities",
     consumers=("reporting",),
 )
 

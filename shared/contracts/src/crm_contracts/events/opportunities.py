@@ -8,8 +8,20 @@ from typing import Annotated
 
 from pydantic import EmailStr, Field
 
-from .common import Actor, Contract, Currency, Id, IsoDate, IsoDateTime, Money, Percent, ShortText, SingleLine
-from .picklists import PicklistCode
+from .common import (
+    Actor,
+    Contract,
+    Currency,
+    Id,
+    IsoDate,
+    IsoDateTime,
+    Money,
+    MultiLine,
+    Percent,
+    ShortText,
+    SingleLine,
+)
+from .picklists import PicklistCode, PicklistValue
 
 
 class AccountType(StrEnum):
@@ -42,6 +54,29 @@ class ForecastCategory(StrEnum):
     BEST_CASE = "best_case"
     COMMIT = "commit"
     CLOSED = "closed"
+
+
+DEFAULT_LOSS_REASONS: tuple[tuple[str, str], ...] = (
+    ("price", "Price"),
+    ("competitor", "Lost to a competitor"),
+    ("no_budget", "No budget"),
+    ("no_decision", "No decision"),
+    ("timing", "Timing"),
+    ("product_fit", "Product fit"),
+    ("other", "Other"),
+)
+"""The loss reasons the suite shipped with (value, label): the ``loss_reason`` picklist until
+an administrator revises it."""
+
+UNKNOWN_LOSS_REASON = PicklistValue(value="unknown", label="Unknown")
+"""In the default list so that an administrator who wants a lost deal without a reason accepted
+(a migration's blanks) only sets the list's ``blank_value`` to it."""
+
+
+def default_loss_reason_values() -> list[PicklistValue]:
+    return [PicklistValue(value=value, label=label) for value, label in DEFAULT_LOSS_REASONS] + [
+        UNKNOWN_LOSS_REASON
+    ]
 
 
 class AccountCreated(Contract):
@@ -107,7 +142,13 @@ class OpportunityFigures(Contract):
     stage_name: ShortText
     stage_kind: StageKind
     probability: Percent
-    forecast_category: ForecastCategory
+    forecast_category: ForecastCategory = Field(
+        description="The opportunity's forecast category: its stage's default unless overridden"
+    )
+    forecast_category_overridden: bool = Field(
+        default=False,
+        description="True when a rep set the forecast category instead of taking the stage's default",
+    )
     amount: Money
     currency: Currency
     expected_close_date: IsoDate | None = None
@@ -171,7 +212,17 @@ class OpportunityClosed(Contract):
     won: bool
     amount: Money
     currency: Currency
-    loss_reason: Annotated[str, SingleLine(max_length=200)] | None = None
+    loss_reason: Annotated[str, SingleLine(max_length=200)] | None = Field(
+        default=None,
+        description="When lost: the loss_reason picklist's value (GET /picklists/loss_reason on the "
+        "opportunities service); a pipeline with a loss-reason list of its own names one of those",
+    )
+    loss_note: Annotated[str, MultiLine(max_length=2000)] | None = Field(
+        default=None, description="When lost: the rep's free-text account of why"
+    )
+    competitor: Annotated[str, SingleLine(max_length=200)] | None = Field(
+        default=None, description="When lost: who won the deal instead (free text)"
+    )
     closed_at: IsoDateTime
     closed_by: Actor
     opportunity: OpportunityFigures

@@ -1,11 +1,14 @@
-"""Picklists: the organisation's value lists for fields such as a lead's source and origin.
+"""Picklists: the organisation's value lists for fields such as a lead's source and origin or
+an opportunity's loss reason.
 
-The leads service owns them (an administrator revises them over HTTP) and announces every
+Each list has one owner, the service that writes the field it governs: the leads service owns
+``lead_source`` and ``lead_origin``, the opportunities service ``loss_reason``. An administrator
+revises a list over its owner's HTTP API (``/picklists``), and the owner announces every
 revision on ``picklist.revised``, so other services learn the values and their labels. Events
 carry a picklist field as the list's canonical ``value`` (a ``PicklistCode``); what a capturing
-system wrote is folded into it by the leads service. The defaults are the values the suite
-shipped with as closed lists (``LeadSource``, ``LeadOrigin``) plus ``unknown`` for a capture
-that names no source."""
+system or a rep wrote is folded into it by the owner. The defaults are the values the suite
+shipped with as closed lists (``LeadSource``, ``LeadOrigin``, the default loss reasons) plus
+``unknown``."""
 
 from __future__ import annotations
 
@@ -40,6 +43,16 @@ class PicklistName(StrEnum):
 
     LEAD_SOURCE = "lead_source"
     LEAD_ORIGIN = "lead_origin"
+    LOSS_REASON = "loss_reason"
+    """Why an opportunity was lost (owned by the opportunities service)."""
+
+
+PICKLIST_FIELDS: dict[PicklistName, str] = {
+    PicklistName.LEAD_SOURCE: "lead_source",
+    PicklistName.LEAD_ORIGIN: "origin",
+    PicklistName.LOSS_REASON: "loss_reason",
+}
+"""The field of a record (a capture, an opportunity) each picklist governs: rejections name it."""
 
 
 class UnknownValues(StrEnum):
@@ -76,7 +89,9 @@ class PicklistRevised(Contract):
     version: int = Field(ge=1)
     values: list[PicklistValue]
     blank_value: PicklistCode | None = Field(
-        description="The value a capture that names none (missing, null or blank) gets"
+        default=None,
+        description="The value a record that names none (missing, null or blank) gets; absent or "
+        "null: such a record is refused",
     )
     unknown_values: UnknownValues
     revised_at: IsoDateTime

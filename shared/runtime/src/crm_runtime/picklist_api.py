@@ -1,4 +1,4 @@
-"""HTTP routes of the organisation's picklists: ``GET /picklists``, ``GET/PUT
+"""HTTP routes of the organisation's picklists a service owns: ``GET /picklists``, ``GET/PUT
 /picklists/{name}``. Reading needs the read scope, revising the admin scope (the organisation's
 configuration, like pipelines in the opportunities service)."""
 
@@ -8,14 +8,13 @@ from typing import Any
 
 from crm_contracts.events.common import Actor
 from crm_contracts.events.picklists import PicklistCode, PicklistName, PicklistValue, UnknownValues
-from crm_runtime import ApiError, ServiceRuntime
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .picklist_store import PicklistChanged
+from .http import ApiError
+from .picklist_store import PicklistChanged, PicklistStore
 from .picklists import MAX_VALUES, Picklist, ValueRemoved, check_definition
-from .repository import LeadRepository
-from .use_cases import revise_picklist
+from .service import ServiceRuntime
 
 _EXAMPLE: dict[str, Any] = {
     "values": [
@@ -34,7 +33,7 @@ _EXAMPLE: dict[str, Any] = {
 
 class PicklistRevision(BaseModel):
     """The whole list as it is to be: every value it had must be in it (set ``active`` to false
-    to retire one; leads keep it and reports still show it)."""
+    to retire one; records keep it and reports still show it)."""
 
     model_config = ConfigDict(
         extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [_EXAMPLE]}
@@ -42,8 +41,7 @@ class PicklistRevision(BaseModel):
 
     values: list[PicklistValue] = Field(min_length=1, max_length=MAX_VALUES)
     blank_value: PicklistCode | None = Field(
-        description="The value a capture naming none gets (missing, null or blank); "
-        "null refuses such captures"
+        description="The value a record naming none gets (missing, null or blank); null refuses such records"
     )
     unknown_values: UnknownValues = Field(
         default=UnknownValues.REJECT,
@@ -61,35 +59,51 @@ class PicklistRevision(BaseModel):
         return self
 
 
-def picklists_router(runtime: ServiceRuntime, repo: LeadRepository) -> APIRouter:
+def picklists_router(
+    runtime: ServiceRuntime, store: PicklistStore, *, source: str, lists: str, matched_by: str
+) -> APIRouter:
+    """The routes of ``store``'s lists; ``lists`` names them for the OpenAPI summary (``lead
+    sources, origins``), ``matched_by`` says which inputs are folded with them."""
     router = APIRouter(prefix="/picklists", tags=["picklists"])
     read = [Depends(runtime.auth.require("read"))]
     admin = [Depends(runtime.auth.require("admin"))]
+    owned = store.names
 
-    @router.get("", dependencies=read, summary="The organisation's picklists (lead sources, origins)")
+    def owned_list(name: PicklistName) -> PicklistName:
+        if name not in owned:
+            raise ApiError(
+                404,
+                "not_found",
+                f"picklist {name.value} is not kept by this service; its lists: "
+                + ", ".join(n.value for n in owned),
+                field="name",
+            )
+        return name
+
+    @router.get("", dependencies=read, summary=f"The organisation's picklists ({lists})")
     async def list_picklists() -> list[Picklist]:
-        lists = await repo.picklist_store.all()
-        return [lists.of(name) for name in PicklistName]
+        kept = await store.all()
+        return [kept.of(name) for name in owned]
 
     @router.get("/{name}", dependencies=read, summary="One picklist (version 0: the defaults)")
     async def get_picklist(name: PicklistName) -> Picklist:
-        return (await repo.picklist_store.all()).of(name)
+        return (await store.all()).of(owned_list(name))
 
     @router.put(
         "/{name}",
         dependencies=admin,
         summary="Revise a picklist: labels, aliases, new values, deactivated values; announced on "
         "picklist.revised",
-        description="Captures (lead.captured, HTTP, imports) match a value, its label or an alias "
-        "ignoring case, accents, spaces and punctuation, and store the value. Leads keep the values "
+        description=f"{matched_by} match a value, its label or an alias "
+        "ignoring case, accents, spaces and punctuation, and store the value. Records keep the values "
         "they hold: a value cannot be removed, only deactivated (then it stays readable and in "
-        "reports, and new captures naming it are treated as naming an unknown value).",
+        "reports, and new records naming it are treated as naming an unknown value).",
     )
     async def put_picklist(name: PicklistName, body: PicklistRevision) -> Picklist:
+        owned_list(name)
         try:
             return await runtime.transaction(
-                lambda uow: revise_picklist(
-                    repo,
+                lambda uow: store.revise(
                     uow,
                     name,
                     body.values,
@@ -97,6 +111,7 @@ def picklists_router(runtime: ServiceRuntime, repo: LeadRepository) -> APIRouter
                     unknown_values=body.unknown_values,
                     expected_version=body.expected_version,
                     by=body.by,
+                    source=source,
                 )
             )
         except PicklistChanged as exc:
