@@ -145,6 +145,7 @@ async def test_a_batch_that_fails_only_together_is_merged_one_delta_at_a_time(se
             "counts": [[FUNNEL, key.doc_id, [["t.x", str(2**62 * HIGH_BASE)]]]],
             "names": [],
             "events": 0,
+            "keys": 1,  # sized as delta_documents sizes them, so the merger takes both together
         }
         await g.deltas.insert_one(delta)
     assert (await setup.merger.step(g)).deltas == 0  # the batch failed

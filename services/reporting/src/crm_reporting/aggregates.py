@@ -271,6 +271,14 @@ class Tally:
                 self.name(key, field_name, tag)
         return self
 
+    def add_change(self, new: Tally, old: Tally) -> Tally:
+        """Add ``new - old`` without building the difference first (the same sums: a batch's
+        changed facts are tallied into one total, and the copy was a third of the time)."""
+        self.merge(new)
+        for key, fields in old.counts.items():
+            self.add(key, fields, -1)
+        return self
+
     def __sub__(self, other: Tally) -> Tally:
         """What changes from ``other`` to ``self``. Names only ever grow (newest wins), so
         the difference keeps ``self``'s."""
@@ -607,9 +615,9 @@ class Changes:
     def tally(self) -> Tally:
         total = Tally()
         for old_lead, new_lead in self.leads.values():
-            total.merge(lead_tally(new_lead) - lead_tally(old_lead))
+            total.add_change(lead_tally(new_lead), lead_tally(old_lead))
         for old_opp, new_opp in self.opportunities.values():
-            total.merge(opportunity_tally(new_opp) - opportunity_tally(old_opp))
+            total.add_change(opportunity_tally(new_opp), opportunity_tally(old_opp))
         for campaign_id, _ in self.new_members:
             total.merge(member_tally(campaign_id))
         for pipeline in self.pipelines:

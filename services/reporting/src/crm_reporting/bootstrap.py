@@ -14,6 +14,13 @@ from .repository import MERGE_MAX_KEYS, ReportingRepository
 
 class ReportingSettings(ServiceSettings):
     service_name: str = "reporting"
+    # Larger than the other services' batches: a batch's facts are loaded and written with a
+    # constant number of queries, and its events' counter differences add up into one delta
+    # (the same day's and month's counters of many events become one update), so the cost per
+    # event falls with the batch (about 100 events/s at 100, see tests/load/README.md).
+    consumer_batch_size: int = Field(
+        default=500, ge=1, le=1000, description="Most events applied together in one transaction."
+    )
     merge_max_keys: int = Field(
         default=MERGE_MAX_KEYS,
         ge=10,

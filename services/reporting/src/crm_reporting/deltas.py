@@ -71,6 +71,8 @@ def delta_documents(tally: Tally, as_of: dict[str, datetime]) -> list[Document]:
             "counts": [entry for kind, entry in chunk if kind == "counts"],
             "names": [entry for kind, entry in chunk if kind == "names"],
         }
+        # Counter documents it changes: the merger sizes its transactions by them unread.
+        document["keys"] = len(chunk)
         if start == 0 and as_of:
             document["as_of"] = as_of
         documents.append(document)
