@@ -17,7 +17,8 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def helm_bin() -> Path:
-    """The pinned Helm CLI, built by deploy/scripts/ensure-helm.sh on first use (about 2 min)."""
+    """The pinned Helm CLI: `./crm test` builds it before the tests (deploy/scripts/ensure-helm.sh);
+    a bare pytest run builds it here on first use (about 2 min)."""
     script = REPO_ROOT / "deploy" / "scripts" / "ensure-helm.sh"
     result = subprocess.run(["bash", str(script)], check=True, capture_output=True, text=True, timeout=1200)
     return Path(result.stdout.strip().splitlines()[-1])

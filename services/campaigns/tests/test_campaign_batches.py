@@ -49,6 +49,7 @@ from crm_contracts.events.opportunities import (
     StageKind,
 )
 from crm_localinfra.testing import (
+    CommandCounter,
     Outgoing,
     eventually,
     isolation_key,
@@ -66,7 +67,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 pytestmark = pytest.mark.integration
 
@@ -458,20 +459,6 @@ async def test_a_survivor_merged_again_passes_everything_on_along_the_chain(runt
             await store.client.drop_database(store.db.name)
 
 
-class _Commands(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.names.append(event.command_name)
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 def _batch_of(size: int, tag: str) -> list[CloudEvent[Any]]:
     at = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
     batch: list[CloudEvent[Any]] = []
@@ -499,7 +486,7 @@ def _batch_of(size: int, tag: str) -> list[CloudEvent[Any]]:
 
 
 async def test_a_batch_costs_the_same_round_trips_whatever_its_size(runtime: ServiceRuntime) -> None:
-    commands = _Commands()
+    commands = CommandCounter()
     client: AsyncMongoClient[Document] = AsyncMongoClient(
         runtime.settings.mongo_url.get_secret_value(), event_listeners=[commands], tz_aware=True
     )
@@ -507,10 +494,12 @@ async def test_a_batch_costs_the_same_round_trips_whatever_its_size(runtime: Ser
     try:
         counts = []
         for size in (3, 60):
-            commands.names.clear()
+            commands.commands.clear()
             await store.deliver(_batch_of(size, f"n{size}"))
-            counts.append(len([n for n in commands.names if n not in ("commitTransaction", "endSessions")]))
-        assert counts[0] == counts[1], commands.names
+            counts.append(
+                len([n for n in commands.commands if n not in ("commitTransaction", "endSessions")])
+            )
+        assert counts[0] == counts[1], commands.commands
     finally:
         await client.drop_database(store.db.name)
         await client.close()

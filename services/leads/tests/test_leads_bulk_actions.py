@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from crm_contracts.events.common import Actor
 from crm_contracts.events.leads import LeadCaptured, lead_captured_example
 from crm_leads.bootstrap import LeadsSettings, create_app
@@ -21,12 +20,19 @@ from crm_leads.domain import Lead
 from crm_leads.repository import LeadRepository
 from crm_leads.scoring import default_rules
 from crm_leads.use_cases import now_ms
-from crm_localinfra.testing import eventually, isolation_key, service_client, service_env
+from crm_localinfra.testing import (
+    CommandCounter,
+    eventually,
+    isolation_key,
+    service_client,
+    service_env,
+    topic_size,
+)
 from crm_runtime.bulk import MAX_BULK_ITEMS
 from crm_runtime.mongo import Document, in_transaction
 from crm_runtime.outbox import Outbox
 from crm_runtime.unit_of_work import UnitOfWork
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 pytestmark = pytest.mark.integration
 
@@ -63,19 +69,7 @@ class Leads:
             return bool(await self.runtime.outbox.pending() == 0)
 
         await eventually(drained, timeout=30)
-        bootstrap, topic = self.settings.kafka_bootstrap_servers, self.settings.topic(name)
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-        await consumer.start()
-        await producer.start()
-        try:
-            if topic not in await consumer.topics():
-                return 0
-            partitions = [TopicPartition(topic, p) for p in await producer.partitions_for(topic)]
-            return sum((await consumer.end_offsets(partitions)).values())
-        finally:
-            await producer.stop()
-            await consumer.stop()
+        return await topic_size(self.settings.kafka_bootstrap_servers, self.settings.topic(name))
 
 
 @pytest.fixture
@@ -167,25 +161,9 @@ async def test_a_bulk_request_outside_the_limit_is_refused_naming_items(leads: L
     assert bad_item.status_code == 422 and bad_item.json()["fields"][0]["field"] == "items.0.reason"
 
 
-class CommandCounter(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.commands: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        target = event.command.get(event.command_name)
-        if isinstance(target, str) and target in {"leads", "outbox", "scoring_rules", "picklists"}:
-            self.commands.append(f"{event.command_name} {target}")
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 async def test_a_bulk_request_costs_the_same_round_trips_for_4_or_40_leads(infra: Any) -> None:
     settings = LeadsSettings(**service_env(infra, "leads", isolation=isolation_key()))
-    counter = CommandCounter()
+    counter = CommandCounter({"leads", "outbox", "scoring_rules", "picklists"})
     client: AsyncMongoClient[Document] = AsyncMongoClient(
         settings.mongo_url.get_secret_value(), tz_aware=True, event_listeners=[counter]
     )

@@ -23,7 +23,7 @@ from crm_leads.bootstrap import LeadsSettings
 from crm_leads.handlers import register_handlers
 from crm_leads.repository import ConcurrentModification, LeadRepository
 from crm_leads.use_cases import capture_leads, merge_leads
-from crm_localinfra.testing import isolation_key, service_env
+from crm_localinfra.testing import CommandCounter, isolation_key, service_env
 from crm_runtime import EventConsumer, ServiceRuntime, make_event
 from crm_runtime.consumer import Delivery
 from crm_runtime.mongo import Document, in_transaction
@@ -32,7 +32,7 @@ from crm_runtime.unit_of_work import UnitOfWork
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 pytestmark = pytest.mark.integration
 
@@ -103,20 +103,6 @@ def cases(draw: st.DrawFn) -> Case:
     batches = [delivery[a:b] for a, b in itertools.pairwise(bounds)]
     merge = len({c.external_id for c in stored}) >= 2 and draw(st.booleans())
     return Case(stored, merge, batches)
-
-
-class CommandCounter(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.commands: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.commands.append(event.command_name)
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from crm_contracts.envelope import utcnow
-from crm_localinfra.testing import isolation_key, service_env
+from crm_localinfra.testing import TRANSACTION_ENDS, CommandCounter, isolation_key, service_env
 from crm_opportunities.bootstrap import OpportunitiesSettings
 from crm_opportunities.import_targets import account_import, contact_import
 from crm_opportunities.imports import imported_id
@@ -21,26 +21,11 @@ from crm_runtime.imports import ImportContext, ImportRow, ImportTarget, Rejectio
 from crm_runtime.mongo import Document, in_transaction
 from crm_runtime.outbox import Outbox
 from crm_runtime.unit_of_work import UnitOfWork
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 pytestmark = pytest.mark.integration
 
 SYSTEM = "legacy"
-
-
-class CommandCounter(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.commands: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name not in ("commitTransaction", "abortTransaction", "endSessions"):
-            self.commands.append(event.command_name)
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
 
 
 @dataclass
@@ -70,7 +55,7 @@ class Store:
 @pytest.fixture
 async def store(infra: Any) -> AsyncIterator[Callable[[], Awaitable[Store]]]:
     settings = OpportunitiesSettings(**service_env(infra, "opportunities", isolation=isolation_key()))
-    counter = CommandCounter()
+    counter = CommandCounter(ignore=TRANSACTION_ENDS)
     client: AsyncMongoClient[Document] = AsyncMongoClient(
         settings.mongo_url.get_secret_value(), tz_aware=True, w="majority", event_listeners=[counter]
     )

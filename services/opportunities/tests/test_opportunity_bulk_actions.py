@@ -15,7 +15,14 @@ from typing import Any
 import httpx
 import pytest
 from crm_contracts.events.common import Actor
-from crm_localinfra.testing import eventually, isolation_key, service_client, service_env, topic_size
+from crm_localinfra.testing import (
+    CommandCounter,
+    eventually,
+    isolation_key,
+    service_client,
+    service_env,
+    topic_size,
+)
 from crm_opportunities.bootstrap import OpportunitiesSettings, create_app
 from crm_opportunities.bulk_actions import StageItem, move_opportunities
 from crm_opportunities.domain import Account
@@ -25,9 +32,11 @@ from crm_runtime.bulk import MAX_BULK_ITEMS
 from crm_runtime.mongo import Document, in_transaction
 from crm_runtime.outbox import Outbox
 from crm_runtime.unit_of_work import UnitOfWork
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 pytestmark = pytest.mark.integration
+
+BULK_RECORDS = frozenset({"opportunities", "accounts", "pipelines", "sales_teams", "outbox"})
 
 REP = {"id": "rep-1", "name": "Rita Rep"}
 T0 = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
@@ -143,27 +152,9 @@ async def test_a_bulk_request_outside_the_limit_is_refused_naming_items(service:
     assert response.status_code == 422 and [f["field"] for f in response.json()["fields"]] == ["items"]
 
 
-class CommandCounter(monitoring.CommandListener):
-    RECORDS = frozenset({"opportunities", "accounts", "pipelines", "sales_teams", "outbox"})
-
-    def __init__(self) -> None:
-        self.commands: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        target = event.command.get(event.command_name)
-        if isinstance(target, str) and target in self.RECORDS:
-            self.commands.append(f"{event.command_name} {target}")
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 async def test_a_bulk_close_costs_the_same_round_trips_for_4_or_40_deals(infra: Any) -> None:
     settings = OpportunitiesSettings(**service_env(infra, "opportunities", isolation=isolation_key()))
-    counter = CommandCounter()
+    counter = CommandCounter(BULK_RECORDS)
     client: AsyncMongoClient[Document] = AsyncMongoClient(
         settings.mongo_url.get_secret_value(), tz_aware=True, event_listeners=[counter]
     )

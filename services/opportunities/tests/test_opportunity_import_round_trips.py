@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from crm_contracts.envelope import utcnow
-from crm_localinfra.testing import isolation_key, service_env
+from crm_localinfra.testing import CommandCounter, isolation_key, service_env
 from crm_opportunities.bootstrap import OpportunitiesSettings
 from crm_opportunities.domain import Account, Product, SalesTeam
 from crm_opportunities.imports import imported_id
@@ -24,7 +24,7 @@ from crm_runtime import UnitOfWork
 from crm_runtime.imports import ImportContext, ImportRow
 from crm_runtime.mongo import Document, in_transaction
 from crm_runtime.outbox import Outbox
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 pytestmark = pytest.mark.integration
 
@@ -33,30 +33,12 @@ SIZES = (4, 40)
 RECORDS = {"opportunities", "accounts", "products", "sales_teams", "pipelines", "outbox"}
 
 
-class CommandCounter(monitoring.CommandListener):
-    """The commands sent to the collections an import chunk reads and writes."""
-
-    def __init__(self) -> None:
-        self.commands: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        target = event.command.get(event.command_name)
-        if isinstance(target, str) and target in RECORDS:
-            self.commands.append(f"{event.command_name} {target}")
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 @pytest.fixture
 async def store(
     infra: Any,
 ) -> AsyncIterator[tuple[AsyncMongoClient[Document], Repositories, Outbox, CommandCounter]]:
     settings = OpportunitiesSettings(**service_env(infra, "opportunities", isolation=isolation_key()))
-    counter = CommandCounter()
+    counter = CommandCounter(RECORDS)
     client: AsyncMongoClient[Document] = AsyncMongoClient(
         settings.mongo_url.get_secret_value(), tz_aware=True, w="majority", event_listeners=[counter]
     )

@@ -13,32 +13,17 @@ from typing import Any
 import pytest
 from crm_contracts.envelope import CloudEvent
 from crm_contracts.events.leads import LeadRating
-from crm_localinfra.testing import isolation_key, service_env
+from crm_localinfra.testing import TRANSACTION_ENDS, CommandCounter, isolation_key, service_env
 from crm_reporting.aggregates import COUNTER_VIEWS
 from crm_reporting.bootstrap import ReportingSettings
 from crm_reporting.projection import project_many
 from crm_reporting.repository import Generation, ReportingRepository
 from crm_runtime.mongo import Document, in_transaction
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 from reporting_events import PROPOSAL, PROSPECTING, Deal, Lead, at, cost_recorded, days, member_added
 from reporting_story import STORY
 
 pytestmark = pytest.mark.integration
-
-
-class CommandCounter(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.commands: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name not in ("commitTransaction", "abortTransaction", "endSessions"):
-            self.commands.append(event.command_name)
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
 
 
 @dataclass
@@ -64,7 +49,7 @@ class Store:
 @pytest.fixture
 async def store(infra: Any) -> AsyncIterator[Store]:
     settings = ReportingSettings(**service_env(infra, "reporting", isolation=isolation_key()))
-    counter = CommandCounter()
+    counter = CommandCounter(ignore=TRANSACTION_ENDS)
     client: AsyncMongoClient[Document] = AsyncMongoClient(
         settings.mongo_url.get_secret_value(), tz_aware=True, w="majority", event_listeners=[counter]
     )

@@ -21,6 +21,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from pymongo import monitoring
 
 from ._proc import free_port, pid_alive, spawn, stop_pid, tail
 
@@ -299,3 +300,32 @@ async def _wait_ready(client: httpx.AsyncClient, service: RunningService, second
             pass
         await asyncio.sleep(0.3)
     raise AssertionError(f"{service.name} not ready in {seconds}s:\n{tail(service.log_path)}")
+
+
+TRANSACTION_ENDS = frozenset({"commitTransaction", "abortTransaction", "endSessions"})
+
+
+class CommandCounter(monitoring.CommandListener):
+    """The database commands a client sends, for round-trip tests (a batch of 4 and one of 40
+    must send the same commands). With ``collections``, only commands on those collections are
+    kept, as ``"<command> <collection>"``; otherwise every command's name not in ``ignore``."""
+
+    def __init__(self, collections: Iterable[str] | None = None, ignore: Iterable[str] = ()) -> None:
+        self.collections = frozenset(collections) if collections is not None else None
+        self.ignore = frozenset(ignore)
+        self.commands: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if self.collections is None:
+            if event.command_name not in self.ignore:
+                self.commands.append(event.command_name)
+            return
+        target = event.command.get(event.command_name)
+        if isinstance(target, str) and target in self.collections:
+            self.commands.append(f"{event.command_name} {target}")
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass

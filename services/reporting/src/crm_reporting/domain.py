@@ -259,7 +259,7 @@ def apply_lead_event(lead: LeadFacts | None, event: CloudEvent[Any]) -> LeadFact
         }
         if data.captured_at is not None:
             registers["captured_at"] = to_millis(data.captured_at)
-        if "utm" in data.model_fields_set:  # a conversion published before UTM was carried says nothing
+        if data.utm is not None:  # a conversion without UTM (or published before it was carried) says nothing
             registers.update(utm_registers(data.utm))
         firsts = {"converted_at": to_millis(data.converted_at)}
     return fact.folded(at=event.time, stamp=stamp_of(event), registers=registers, firsts=firsts).with_funnel()
