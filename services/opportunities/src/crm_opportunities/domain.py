@@ -236,7 +236,7 @@ class Pipeline(BaseModel):
             reason = exc.reason
             if not exc.given:
                 reason = f"closing as lost needs a loss_reason, one of: {', '.join(picklist.active_values())}"
-            raise InvalidRequest(f"loss_reason: {reason}", field="loss_reason") from exc
+            raise InvalidRequest(reason, field="loss_reason") from exc
 
     def revise(
         self,
