@@ -64,7 +64,7 @@ async def _each(
             raise ItemRejected(exc.field, str(exc), version=lead.version) from exc
         return changed.version != lead.version, changed.version
 
-    result = await apply_items(uow, items, apply, refusal=lambda _: None)
+    result = await apply_items(uow, items, apply)
     await store.save()
     return result
 

@@ -51,7 +51,7 @@ async def _each(
             raise ItemRejected(exc.field, str(exc), version=before.version) from exc
         return after.version != before.version, after.version
 
-    result = await apply_items(uow, items, apply, refusal=lambda _: None)
+    result = await apply_items(uow, items, apply)
     await records.save()
     return result
 

@@ -105,11 +105,11 @@ async def apply_items(
     items: Sequence[Item],
     apply: Callable[[Item], Awaitable[ItemOutcome]],
     *,
-    refusal: Refusal,
+    refusal: Refusal | None = None,
 ) -> BulkResult:
     """Run ``apply`` for each item in order inside ``uow``, its events held for one outbox
-    write. A domain refusal (``refusal`` maps an exception to ``ItemRejected``, or None for
-    an unexpected one, which aborts the request) rejects only that item. The operations refuse
+    write. A domain refusal (``ItemRejected``, or what ``refusal`` maps an exception to; None
+    for an unexpected one, which aborts the request) rejects only that item. The operations refuse
     before they change anything; should one refuse after emitting, ``HalfApplied`` aborts the
     whole request rather than keep part of an item."""
     results: list[ItemResult] = []
@@ -124,7 +124,7 @@ async def apply_items(
             try:
                 applied, version = await apply(item)
             except Exception as exc:
-                rejected = exc if isinstance(exc, ItemRejected) else refusal(exc)
+                rejected = exc if isinstance(exc, ItemRejected) else refusal(exc) if refusal else None
                 if rejected is None:
                     raise
                 if len(uow.emitted) != emitted:
